@@ -1,0 +1,112 @@
+"""Forms validate everything against the limits of batch-api.md before anything is sent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from .models import ENDPOINTS
+
+METADATA_ROWS = 6
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+# batchweb stamps two metadata keys of its own on each batch it creates.
+RESERVED_METADATA = 2
+MIN_EXPIRY_HOURS = 1
+MAX_EXPIRY_HOURS = 720  # 30 days: 3600..2592000 seconds
+
+ENDPOINT_CHOICES = [(e, e) for e in ENDPOINTS]
+
+
+class BatchCreateForm(forms.Form):
+    input_file_id = forms.CharField(
+        label="Input file id",
+        max_length=128,
+        help_text="The id of a JSONL file uploaded with purpose “batch”, e.g. file-abc123.",
+        widget=forms.TextInput(attrs={"placeholder": "file-…", "autocomplete": "off"}),
+    )
+    endpoint = forms.ChoiceField(label="Endpoint", choices=ENDPOINT_CHOICES)
+    completion_window = forms.ChoiceField(
+        label="Completion window",
+        choices=[("24h", "24 hours")],
+        initial="24h",
+        help_text="The only window the Batch API offers.",
+    )
+    label = forms.CharField(
+        label="Label",
+        required=False,
+        max_length=MAX_METADATA_VALUE,
+        help_text="Shown in the list; stored as the metadata key “job”.",
+    )
+    output_expires_after_hours = forms.IntegerField(
+        label="Delete output files after (hours)",
+        required=False,
+        min_value=MIN_EXPIRY_HOURS,
+        max_value=MAX_EXPIRY_HOURS,
+        help_text="Optional, 1 to 720 hours. Left empty, OpenAI keeps them 30 days.",
+    )
+    submission_token = forms.CharField(widget=forms.HiddenInput, max_length=64)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for i in range(METADATA_ROWS):
+            self.fields[f"meta_key_{i}"] = forms.CharField(
+                label=f"Metadata key {i + 1}", required=False, max_length=MAX_METADATA_KEY
+            )
+            self.fields[f"meta_value_{i}"] = forms.CharField(
+                label=f"Metadata value {i + 1}", required=False, max_length=MAX_METADATA_VALUE
+            )
+
+    def clean_input_file_id(self) -> str:
+        value = self.cleaned_data["input_file_id"].strip()
+        if any(c.isspace() or c in "/?#%" for c in value):
+            raise forms.ValidationError("A file id has no spaces or slashes, e.g. file-abc123.")
+        return value
+
+    def metadata_rows(self) -> list[tuple[forms.BoundField, forms.BoundField]]:
+        return [(self[f"meta_key_{i}"], self[f"meta_value_{i}"]) for i in range(METADATA_ROWS)]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        metadata: dict[str, str] = {}
+        for i in range(METADATA_ROWS):
+            key = (data.get(f"meta_key_{i}") or "").strip()
+            value = data.get(f"meta_value_{i}") or ""
+            if not key and not value:
+                continue
+            if not key:
+                self.add_error(f"meta_key_{i}", "This value needs a key.")
+                continue
+            if key.startswith("batchweb_"):
+                self.add_error(f"meta_key_{i}", "Keys starting with “batchweb_” are reserved.")
+                continue
+            if key in metadata:
+                self.add_error(f"meta_key_{i}", f"The key “{key}” is used twice.")
+                continue
+            metadata[key] = value
+        if data.get("label"):
+            if "job" in metadata:
+                self.add_error("label", "Give either a label or a metadata key “job”, not both.")
+            metadata["job"] = data["label"]
+        if len(metadata) > MAX_METADATA_PAIRS - RESERVED_METADATA:
+            self.add_error(
+                None,
+                f"At most {MAX_METADATA_PAIRS - RESERVED_METADATA} metadata pairs "
+                f"(batchweb uses {RESERVED_METADATA} of the API's {MAX_METADATA_PAIRS}).",
+            )
+        data["metadata"] = metadata
+        hours = data.get("output_expires_after_hours")
+        data["output_expires_after_seconds"] = hours * 3600 if hours else None
+        return data
+
+
+class BatchFilterForm(forms.Form):
+    """The list page's filters; unknown values are ignored rather than failing the page."""
+
+    q = forms.CharField(required=False, max_length=200, label="Search")
+    status = forms.CharField(required=False, max_length=32)
+    endpoint = forms.CharField(required=False, max_length=64)
+    model = forms.CharField(required=False, max_length=128)
+    creator = forms.CharField(required=False, max_length=150)

@@ -1,0 +1,168 @@
+"""`manage.py serve` (what `make run` calls): everything a single machine needs, in one command.
+
+It prepares the database and static files, then runs the web server (gunicorn) and the sync
+worker as child processes, as the Procfile does in production. With no OPENAI_API_KEY it starts
+batchweb's simulator of the OpenAI API too (demo mode) and prints a demo sign-in.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+
+DEMO_USERNAME = "demo"
+DEMO_KEY = "sk-demo-simulator"  # noqa: S105 - the simulator's key, not a secret
+
+
+class Command(BaseCommand):
+    help = "Run batchweb on one machine: web server, sync worker, and a simulator in demo mode."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--simulator-port", type=int, default=8765)
+        parser.add_argument(
+            "--simulator-speed",
+            type=float,
+            default=10.0,
+            help="how much faster than real time simulated batches run in demo mode",
+        )
+        parser.add_argument("--demo", action="store_true", help="use the simulator even with a key")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        demo = options["demo"] or not settings.OPENAI_API_KEY
+        env = dict(os.environ)
+        env.setdefault("DJANGO_SECURE_COOKIES", "false")  # served over plain http on this machine
+        self.stdout.write("Preparing the database…")
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+
+        children: list[subprocess.Popen] = []
+        try:
+            if demo:
+                base_url = self._start_simulator(options, children)
+                env.update(
+                    {
+                        "OPENAI_API_KEY": DEMO_KEY,
+                        "OPENAI_BASE_URL": base_url,
+                        "OPENAI_ORG_ID": "",
+                        "OPENAI_PROJECT_ID": "",
+                        "BATCHWEB_DEMO": "true",
+                        "BATCHWEB_SYNC_INTERVAL": env.get("BATCHWEB_SYNC_INTERVAL", "3"),
+                    }
+                )
+            children.append(
+                _spawn([sys.executable, "manage.py", "sync_batches", "--loop"], env)
+            )
+            bind = f"{options['host']}:{options['port']}"
+            children.append(
+                _spawn(
+                    [
+                        sys.executable, "-m", "gunicorn", "batchweb.wsgi", "--bind", bind,
+                        "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", "4",
+                        "--timeout", "120", "--graceful-timeout", "5",
+                    ],
+                    env,
+                )
+            )
+            _wait_for_port(options["host"], options["port"])
+            self._greet(demo, f"http://{'127.0.0.1' if options['host'] == '0.0.0.0' else options['host']}:{options['port']}/")  # noqa: S104
+            self._supervise(children)
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.terminate()
+            for child in children:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+
+    def _start_simulator(self, options: dict[str, Any], children: list) -> str:
+        port = options["simulator_port"]
+        state = Path(settings.DATA_DIR) / "simulator-state.json"
+        children.append(
+            _spawn(
+                [
+                    sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port),
+                    "--speed", str(options["simulator_speed"]), "--api-key", DEMO_KEY,
+                    "--state-file", str(state),
+                ],
+                dict(os.environ),
+            )
+        )
+        _wait_for_port("127.0.0.1", port)
+        return f"http://127.0.0.1:{port}/v1"
+
+    def _greet(self, demo: bool, url: str) -> None:
+        User = get_user_model()
+        lines = ["", f"batchweb is running at {url}  (Ctrl-C stops it)"]
+        if demo:
+            password = secrets.token_urlsafe(9)
+            user = User.objects.filter(username=DEMO_USERNAME).first()
+            if user is None:
+                user = User.objects.create_superuser(DEMO_USERNAME, "", password)
+            else:
+                user.set_password(password)
+                user.is_superuser = user.is_staff = user.is_active = True
+                user.save()
+            lines += [
+                "",
+                "DEMO MODE: no OPENAI_API_KEY is set, so batchweb talks to its built-in simulator.",
+                f"  Sign in as  {DEMO_USERNAME}  with password  {password}  (new each start)",
+                "  Try: New batch -> upload static/samples/sample-chat.jsonl -> watch it run.",
+                "  To use OpenAI: put OPENAI_API_KEY=sk-... in .env and run `make run` again.",
+            ]
+        elif not User.objects.filter(is_superuser=True).exists():
+            lines += [
+                "",
+                "No admin account yet. In another terminal run:",
+                "  .venv/bin/python manage.py createsuperuser",
+            ]
+        self.stdout.write("\n".join(lines) + "\n")
+
+    def _supervise(self, children: list[subprocess.Popen]) -> None:
+        stop = {"now": False}
+
+        def _stop(signum: int, frame: Any) -> None:
+            stop["now"] = True
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        while not stop["now"]:
+            for child in children:
+                if child.poll() is not None:
+                    raise CommandError(
+                        f"{' '.join(child.args[1:4])} stopped with exit code {child.returncode}; "
+                        "see its messages above."
+                    )
+            time.sleep(0.5)
+        self.stdout.write("Stopping…")
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)  # noqa: S603
+
+
+def _wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise CommandError(f"Nothing answered on {host}:{port} within {timeout:.0f} s.")

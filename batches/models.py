@@ -1,0 +1,494 @@
+"""The local cache of upstream batches, and the records batchweb keeps of its own."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Count, Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    VALIDATING = "validating", "validating"
+    IN_PROGRESS = "in_progress", "in progress"
+    FINALIZING = "finalizing", "finalizing"
+    COMPLETED = "completed", "completed"
+    FAILED = "failed", "failed"
+    EXPIRED = "expired", "expired"
+    CANCELLING = "cancelling", "cancelling"
+    CANCELLED = "cancelled", "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.EXPIRED, Status.CANCELLED})
+CANCELLABLE_STATUSES = frozenset({Status.VALIDATING, Status.IN_PROGRESS, Status.FINALIZING})
+RUNNING_STATUSES = frozenset(set(Status) - TERMINAL_STATUSES)
+
+# How far along the lifecycle a status is. An answer whose status ranks lower than the cached
+# one is older than what we know, and is not allowed to move the batch back.
+STATUS_RANK = {
+    Status.VALIDATING: 0,
+    Status.IN_PROGRESS: 1,
+    Status.FINALIZING: 2,
+    Status.CANCELLING: 2,
+    Status.COMPLETED: 3,
+    Status.FAILED: 3,
+    Status.EXPIRED: 3,
+    Status.CANCELLED: 3,
+}
+
+ENDPOINTS = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+
+TIMESTAMP_FIELDS = (
+    "created_at",
+    "in_progress_at",
+    "expires_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+# Metadata keys batchweb stamps on the batches it creates.
+TOKEN_KEY = "batchweb_token"
+USER_KEY = "batchweb_user"
+
+
+class BatchQuerySet(models.QuerySet["Batch"]):
+    def for_list(self) -> BatchQuerySet:
+        """What the list page needs, in one query whatever the number of rows."""
+        return self.select_related("created_by").defer("raw", "errors", "result_summary")
+
+    def running(self) -> BatchQuerySet:
+        return self.filter(status__in=RUNNING_STATUSES)
+
+    def search(self, text: str) -> BatchQuerySet:
+        text = text.strip()
+        if not text:
+            return self
+        return self.filter(search_text__contains=text.lower())
+
+    def status_counts(self) -> dict[str, int]:
+        rows = self.order_by().values("status").annotate(n=Count("id"))
+        return {row["status"]: row["n"] for row in rows}
+
+    def due_for_refresh(self, now: dt.datetime) -> BatchQuerySet:
+        return (
+            self.running()
+            .filter(Q(next_refresh_at__isnull=True) | Q(next_refresh_at__lte=now))
+            .order_by(models.F("next_refresh_at").asc(nulls_first=True), "id")
+        )
+
+
+class Batch(models.Model):
+    openai_id = models.CharField("batch id", max_length=128, unique=True)
+    status = models.CharField(max_length=32, choices=Status.choices, db_index=True)
+    endpoint = models.CharField(max_length=64, db_index=True)
+    model = models.CharField(max_length=128, blank=True, db_index=True)
+    completion_window = models.CharField(max_length=16, blank=True)
+    input_file_id = models.CharField(max_length=128, blank=True)
+    output_file_id = models.CharField(max_length=128, blank=True)
+    error_file_id = models.CharField(max_length=128, blank=True)
+
+    created_at = models.DateTimeField(db_index=True)
+    in_progress_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    finalizing_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    failed_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+    cancelling_at = models.DateTimeField(null=True, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    request_total = models.PositiveIntegerField(null=True, blank=True)
+    request_completed = models.PositiveIntegerField(null=True, blank=True)
+    request_failed = models.PositiveIntegerField(null=True, blank=True)
+
+    input_tokens = models.BigIntegerField(null=True, blank=True)
+    cached_tokens = models.BigIntegerField(null=True, blank=True)
+    output_tokens = models.BigIntegerField(null=True, blank=True)
+    reasoning_tokens = models.BigIntegerField(null=True, blank=True)
+    total_tokens = models.BigIntegerField(null=True, blank=True)
+
+    metadata = models.JSONField(null=True, blank=True)
+    errors = models.JSONField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+    # Lower-cased ids, file ids and metadata, for a search box that works on every database.
+    search_text = models.TextField(blank=True, default="")
+
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="batches",
+    )
+    submission_token = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    synced_at = models.DateTimeField()
+
+    # Facts about the input file, when it was uploaded through batchweb.
+    input_filename = models.CharField(max_length=255, blank=True)
+    input_bytes = models.BigIntegerField(null=True, blank=True)
+    input_lines = models.PositiveIntegerField(null=True, blank=True)
+
+    # The refresh schedule of the sync worker.
+    next_refresh_at = models.DateTimeField(null=True, blank=True)
+    refresh_interval = models.FloatField(default=0)
+    last_error = models.TextField(blank=True)
+
+    # Computed once the batch is terminal (see results.py).
+    result_summary = models.JSONField(null=True, blank=True)
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
+    )
+
+    objects = BatchQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        verbose_name_plural = "batches"
+        permissions = [
+            ("submit_batch", "Can create batches upstream"),
+            ("cancel_batch", "Can cancel batches upstream"),
+        ]
+        indexes = [
+            models.Index(fields=["-created_at", "-id"], name="batch_newest"),
+            models.Index(fields=["status", "-created_at"], name="batch_status_newest"),
+            models.Index(fields=["created_by", "-created_at"], name="batch_creator_newest"),
+            models.Index(fields=["next_refresh_at"], name="batch_refresh_due"),
+        ]
+
+    def __str__(self) -> str:
+        return self.openai_id
+
+    # --- State ------------------------------------------------------------------------------
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in CANCELLABLE_STATUSES
+
+    @property
+    def requests_done(self) -> int:
+        return (self.request_completed or 0) + (self.request_failed or 0)
+
+    def progress_percent(self) -> int | None:
+        if not self.request_total:
+            return 100 if self.status == Status.COMPLETED else None
+        return min(100, round(100 * self.requests_done / self.request_total))
+
+    @property
+    def all_failed(self) -> bool:
+        """A batch that ended "completed" although no request succeeded."""
+        return (
+            self.status == Status.COMPLETED
+            and bool(self.request_total)
+            and not self.request_completed
+            and bool(self.request_failed)
+        )
+
+    @property
+    def has_failures(self) -> bool:
+        return bool(self.request_failed)
+
+    def display_status(self) -> str:
+        if self.all_failed:
+            return "completed, all failed"
+        if self.status == Status.COMPLETED and self.has_failures:
+            return "completed with failures"
+        return Status(self.status).label if self.status in Status.values else self.status
+
+    def status_css(self) -> str:
+        if self.all_failed:
+            return "failed"
+        if self.status == Status.COMPLETED and self.has_failures:
+            return "warning"
+        return self.status
+
+    def label(self) -> str:
+        meta = self.metadata or {}
+        return str(meta.get("job") or meta.get("label") or meta.get("name") or "")
+
+    def user_metadata(self) -> dict[str, str]:
+        """Metadata without the keys batchweb stamps for its own bookkeeping."""
+        return {k: v for k, v in (self.metadata or {}).items() if not k.startswith("batchweb_")}
+
+    def timeline(self) -> list[tuple[str, dt.datetime, float | None]]:
+        """The timestamps that are set, in the order they happened, each with the gap since the
+        previous one in seconds."""
+        names = [
+            ("created", self.created_at),
+            ("in progress", self.in_progress_at),
+            ("finalizing", self.finalizing_at),
+            ("cancelling", self.cancelling_at),
+            ("completed", self.completed_at),
+            ("failed", self.failed_at),
+            ("expired", self.expired_at),
+            ("cancelled", self.cancelled_at),
+        ]
+        steps = sorted(((n, t) for n, t in names if t), key=lambda item: item[1])
+        out: list[tuple[str, dt.datetime, float | None]] = []
+        for i, (name, when) in enumerate(steps):
+            gap = (when - steps[i - 1][1]).total_seconds() if i else None
+            out.append((name, when, gap))
+        return out
+
+    def deadline(self) -> dt.datetime | None:
+        """When the completion window ends: `expires_at`, or 24 h after creation."""
+        if self.expires_at:
+            return self.expires_at
+        if self.completion_window == "24h" and self.created_at:
+            return self.created_at + dt.timedelta(hours=24)
+        return None
+
+    def elapsed_seconds(self, now: dt.datetime | None = None) -> float:
+        end = self.completed_at or self.failed_at or self.expired_at or self.cancelled_at
+        return ((end or now or timezone.now()) - self.created_at).total_seconds()
+
+    @property
+    def requests_remaining(self) -> int | None:
+        if self.request_total is None:
+            return None
+        return max(0, self.request_total - self.requests_done)
+
+    def error_list(self) -> list[dict[str, Any]]:
+        data = (self.errors or {}).get("data") if isinstance(self.errors, dict) else None
+        return [e for e in data or [] if isinstance(e, dict)]
+
+    def creator_name(self) -> str:
+        if self.created_by_id:
+            return self.created_by.get_username()
+        return str((self.metadata or {}).get(USER_KEY, ""))
+
+    # --- Upserts ----------------------------------------------------------------------------
+
+    def is_older_than(self, payload_status: str, counts: tuple[int, int]) -> bool:
+        """Whether the cached state is further along than an incoming payload."""
+        theirs = STATUS_RANK.get(payload_status, 0)
+        ours = STATUS_RANK.get(self.status, 0)
+        if theirs != ours:
+            return theirs > ours
+        if self.is_terminal and payload_status != self.status:
+            return False  # two different endings: the first one seen stands
+        return sum(counts) >= self.requests_done
+
+    def apply_payload(self, payload: dict[str, Any], *, now: dt.datetime) -> None:
+        """Copy every known field of a Batch object onto this row; keep the payload whole."""
+        for name in TIMESTAMP_FIELDS:
+            setattr(self, name, unix_to_datetime(payload.get(name)))
+        if self.created_at is None:
+            self.created_at = now
+        self.status = str(payload.get("status") or Status.VALIDATING)
+        self.endpoint = _text(payload.get("endpoint"), 64)
+        self.model = _text(payload.get("model"), 128)
+        self.completion_window = _text(payload.get("completion_window"), 16)
+        self.input_file_id = _text(payload.get("input_file_id"), 128)
+        self.output_file_id = _text(payload.get("output_file_id"), 128)
+        self.error_file_id = _text(payload.get("error_file_id"), 128)
+        counts = payload.get("request_counts") if isinstance(payload.get("request_counts"), dict) else {}
+        self.request_total = _int(counts.get("total"))
+        self.request_completed = _int(counts.get("completed"))
+        self.request_failed = _int(counts.get("failed"))
+        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        self.input_tokens = _int(usage.get("input_tokens"))
+        self.output_tokens = _int(usage.get("output_tokens"))
+        self.total_tokens = _int(usage.get("total_tokens"))
+        self.cached_tokens = _int(_dict(usage.get("input_tokens_details")).get("cached_tokens"))
+        self.reasoning_tokens = _int(
+            _dict(usage.get("output_tokens_details")).get("reasoning_tokens")
+        )
+        metadata = payload.get("metadata")
+        self.metadata = (
+            {str(k): "" if v is None else str(v) for k, v in metadata.items()}
+            if isinstance(metadata, dict)
+            else None
+        )
+        self.errors = payload.get("errors") if isinstance(payload.get("errors"), dict) else None
+        self.raw = payload
+        self.synced_at = now
+        if self.metadata and self.metadata.get(TOKEN_KEY) and not self.submission_token:
+            self.submission_token = self.metadata[TOKEN_KEY][:64]
+        self.search_text = self.build_search_text()
+
+    def build_search_text(self) -> str:
+        parts = [
+            self.openai_id,
+            self.input_file_id,
+            self.output_file_id,
+            self.error_file_id,
+            self.input_filename,
+            self.model,
+        ]
+        for key, value in (self.metadata or {}).items():
+            parts.append(f"{key}={value}")
+        return "\n".join(p for p in parts if p).lower()
+
+
+def payload_counts(payload: dict[str, Any]) -> tuple[int, int]:
+    counts = _dict(payload.get("request_counts"))
+    return (_int(counts.get("completed")) or 0, _int(counts.get("failed")) or 0)
+
+
+def unix_to_datetime(value: Any) -> dt.datetime | None:
+    """Unix seconds (int, float or numeric string) to an aware UTC datetime; junk becomes None."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if seconds <= 0:
+        return None
+    if seconds > 1e11:  # milliseconds, as some servers send
+        seconds /= 1000
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number >= 0 else None
+
+
+def _text(value: Any, limit: int) -> str:
+    return "" if value is None else str(value)[:limit]
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+class SyncState(models.Model):
+    """One row: how the last conversations with upstream went, for the freshness line."""
+
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    last_full_sync_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_request_id = models.CharField(max_length=128, blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    failing_since = models.DateTimeField(null=True, blank=True)
+    backoff_until = models.DateTimeField(null=True, blank=True)
+
+    @classmethod
+    def get(cls) -> SyncState:
+        state, _ = cls.objects.get_or_create(pk=1)
+        return state
+
+    def record_success(self, *, now: dt.datetime | None = None) -> None:
+        now = now or timezone.now()
+        self.last_sync_at = now
+        self.last_success_at = now
+        self.failing_since = None
+        self.backoff_until = None
+        self.save()
+
+    def record_failure(self, error: Exception, *, now: dt.datetime | None = None) -> None:
+        now = now or timezone.now()
+        self.last_sync_at = now
+        self.last_error = str(error)[:1000]
+        self.last_error_request_id = (getattr(error, "request_id", None) or "")[:128]
+        self.last_error_at = now
+        self.failing_since = self.failing_since or now
+        self.save()
+
+    @property
+    def is_failing(self) -> bool:
+        return self.failing_since is not None
+
+
+class Event(models.Model):
+    """An entry of the activity log: who did what to which batch, and how it went."""
+
+    class Action(models.TextChoices):
+        CREATE = "create", "created"
+        CREATE_FAILED = "create_failed", "failed to create"
+        CANCEL = "cancel", "cancelled"
+        CANCEL_FAILED = "cancel_failed", "failed to cancel"
+        UPLOAD = "upload", "uploaded"
+        RETRY = "retry", "retried failures of"
+        SYNC = "sync", "synced"
+        DOWNLOAD = "download", "downloaded"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    batch = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    batch_openai_id = models.CharField(max_length=128, blank=True)
+    action = models.CharField(max_length=32, choices=Action.choices)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ("-at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.batch_openai_id}"
+
+    @classmethod
+    def record(
+        cls,
+        action: str,
+        *,
+        user: Any = None,
+        batch: Batch | None = None,
+        detail: str = "",
+    ) -> Event:
+        return cls.objects.create(
+            action=action,
+            user=user if getattr(user, "is_authenticated", False) else None,
+            batch=batch,
+            batch_openai_id=batch.openai_id if batch else "",
+            detail=detail[:2000],
+        )
+
+
+class Submission(models.Model):
+    """One submitted create form, claimed by its one-time token so it runs at most once.
+
+    A double click, a resubmitted form or back-and-submit all carry the same token: the second
+    request finds the row and goes to the batch (or waits for the first) instead of creating again.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "being submitted"
+        DONE = "done", "submitted"
+        FAILED = "failed", "failed"
+
+    token = models.CharField(max_length=64, unique=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL)
+    # Kept once the input file is uploaded, so a failure after the upload is retried without it.
+    uploaded_file_id = models.CharField(max_length=128, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.token} ({self.state})"

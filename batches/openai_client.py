@@ -1,0 +1,448 @@
+"""The one module that speaks HTTP to the OpenAI API (or any server that speaks its dialect).
+
+It knows nothing of the database. Every call has connect and read timeouts; idempotent calls are
+retried the way the official SDK does; every failure becomes one `OpenAIError` subclass whose
+message a person can read. The API key is sent in a header and never appears in a log line or an
+error message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import requests
+from requests_toolbelt.multipart.encoder import MultipartEncoder
+
+from batchweb import __version__
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = f"batchweb/{__version__} (+self-hosted Batch API dashboard)"
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_RETRY_AFTER = 120.0  # seconds; a longer wait is not worth retrying (as the official SDK)
+INITIAL_BACKOFF = 0.5
+MAX_BACKOFF = 8.0
+
+
+class OpenAIError(Exception):
+    """An upstream call failed. `str()` is a sentence fit to show a person."""
+
+    title = "The OpenAI API call failed"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        status: int | None = None,
+        request_id: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.message = message
+        self.status = status
+        self.request_id = request_id
+        self.code = code
+        self.retry_after = retry_after
+        # True when the request may have taken effect upstream (timeout, 5xx): a create that
+        # failed this way must be reconciled before it is tried again.
+        self.ambiguous = False
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        parts = [self.title]
+        if self.status:
+            parts[0] += f" (HTTP {self.status})"
+        if self.message:
+            parts.append(self.message.rstrip("."))
+        text = ": ".join(parts) + "."
+        if self.request_id:
+            text += f" Request id {self.request_id}."
+        return text
+
+
+class UpstreamUnavailable(OpenAIError):
+    title = "The OpenAI API could not be reached"
+
+
+class AuthError(OpenAIError):
+    title = "The OpenAI API refused the credentials"
+
+
+class RateLimited(OpenAIError):
+    title = "The OpenAI API is rate limiting these requests"
+
+    @property
+    def quota_exhausted(self) -> bool:
+        return self.code == "insufficient_quota"
+
+
+class NotFound(OpenAIError):
+    title = "The OpenAI API does not know this object"
+
+
+class InvalidRequest(OpenAIError):
+    title = "The OpenAI API rejected the request"
+
+
+class BadResponse(OpenAIError):
+    title = "The OpenAI API sent an answer batchweb cannot read"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    api_key: str
+    base_url: str = "https://api.openai.com/v1"
+    organization: str = ""
+    project: str = ""
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 2
+    # The longest Retry-After worth waiting for; longer ones are raised at once.
+    max_retry_wait: float = MAX_RETRY_AFTER
+
+    def __repr__(self) -> str:  # never print the key, even in a debugger or a crash report
+        return f"ClientConfig(base_url={self.base_url!r}, api_key=***)"
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """Read `retry-after-ms` or `retry-after` (seconds or an HTTP date), as the SDK does."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):  # junk: fall back to the backoff rather than crash
+        return None
+    return max(0.0, parsed.timestamp() - time.time())
+
+
+def backoff_seconds(attempt: int) -> float:
+    """0.5 s doubling to 8 s, minus up to 25 % jitter (attempt counts from 0)."""
+    delay = min(INITIAL_BACKOFF * 2**attempt, MAX_BACKOFF)
+    return delay * (1 - 0.25 * random.random())
+
+
+class OpenAIClient:
+    """A thin, typed client for the Batches and Files endpoints."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.config = config
+        self.session = session or requests.Session()
+        self.sleep = sleep
+
+    @classmethod
+    def from_settings(cls, *, interactive: bool = False) -> OpenAIClient:
+        from django.conf import settings
+
+        read_timeout = settings.OPENAI_READ_TIMEOUT
+        max_retries = settings.OPENAI_MAX_RETRIES
+        if interactive:
+            read_timeout = min(read_timeout, settings.OPENAI_PAGE_TIMEOUT)
+            max_retries = min(max_retries, 1)
+        return cls(
+            ClientConfig(
+                api_key=settings.OPENAI_API_KEY,
+                base_url=settings.OPENAI_BASE_URL,
+                organization=settings.OPENAI_ORG_ID,
+                project=settings.OPENAI_PROJECT_ID,
+                connect_timeout=settings.OPENAI_CONNECT_TIMEOUT,
+                read_timeout=read_timeout,
+                max_retries=max_retries,
+                max_retry_wait=settings.OPENAI_PAGE_TIMEOUT if interactive else MAX_RETRY_AFTER,
+            ),
+            sleep=time.sleep,
+        )
+
+    # --- Batches ------------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Create a batch. Retried only where the server surely did nothing (429, refused
+        connection); a timeout or 5xx is raised so the caller can reconcile."""
+        body: dict[str, Any] = {
+            "input_file_id": input_file_id,
+            "endpoint": endpoint,
+            "completion_window": completion_window,
+        }
+        if metadata:
+            body["metadata"] = metadata
+        if output_expires_after_seconds is not None:
+            body["output_expires_after"] = {
+                "anchor": "created_at",
+                "seconds": output_expires_after_seconds,
+            }
+        return self._json("POST", "/batches", json=body, idempotent=False)
+
+    def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        page = self._json("GET", "/batches", params=params)
+        if not isinstance(page.get("data"), list):
+            raise BadResponse("the batch list has no `data` list")
+        return page
+
+    def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._batch(self._json("GET", f"/batches/{_path_id(batch_id)}"))
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return self._batch(self._json("POST", f"/batches/{_path_id(batch_id)}/cancel"))
+
+    # --- Files --------------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        *,
+        fileobj: BinaryIO,
+        filename: str,
+        purpose: str = "batch",
+        expires_after_seconds: int | None = None,
+    ) -> dict[str, Any]:
+        """Upload a file, streamed from `fileobj` without reading it into memory. Not retried:
+        the stream is consumed, and the caller keeps the file to try again."""
+        fields: dict[str, Any] = {"purpose": purpose}
+        if expires_after_seconds is not None:
+            fields["expires_after[anchor]"] = "created_at"
+            fields["expires_after[seconds]"] = str(expires_after_seconds)
+        fields["file"] = (filename, fileobj, "application/jsonl")
+        encoder = MultipartEncoder(fields=fields)
+        payload = self._json(
+            "POST",
+            "/files",
+            data=encoder,
+            headers={"Content-Type": encoder.content_type},
+            idempotent=False,
+        )
+        if not isinstance(payload.get("id"), str):
+            raise BadResponse("the uploaded file's answer has no id")
+        return payload
+
+    def retrieve_file(self, file_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/files/{_path_id(file_id)}")
+
+    def delete_file(self, file_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/files/{_path_id(file_id)}")
+
+    def open_file_content(self, file_id: str) -> requests.Response:
+        """Start streaming a file's bytes; the caller iterates `iter_content` and closes it."""
+        return self._send("GET", f"/files/{_path_id(file_id)}/content", stream=True)
+
+    def iter_file_content(self, file_id: str, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        response = self.open_file_content(file_id)
+        try:
+            try:
+                yield from response.iter_content(chunk_size)
+            except requests.RequestException as exc:
+                raise UpstreamUnavailable("the download was interrupted") from exc
+        finally:
+            response.close()
+
+    # --- Plumbing -----------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {self.config.api_key}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        if self.config.organization:
+            headers["OpenAI-Organization"] = self.config.organization
+        if self.config.project:
+            headers["OpenAI-Project"] = self.config.project
+        return headers
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self._send(method, path, **kwargs)
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise BadResponse(
+                "the answer is not JSON", status=response.status_code, request_id=_rid(response)
+            ) from exc
+        if not isinstance(payload, dict):
+            raise BadResponse(
+                "the answer is not a JSON object",
+                status=response.status_code,
+                request_id=_rid(response),
+            )
+        return payload
+
+    @staticmethod
+    def _batch(payload: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):
+            raise BadResponse("the answer is not a batch (no id or status)")
+        return payload
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool = True,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> requests.Response:
+        url = self.config.base_url.rstrip("/") + path
+        timeout = (self.config.connect_timeout, self.config.read_timeout)
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            try:
+                response = self.session.request(
+                    method, url, headers={**self._headers(), **(headers or {})},
+                    timeout=timeout, **kwargs,
+                )
+            except requests.ConnectionError as exc:
+                # A refused connection never reached the server; a read timeout may have.
+                sent = not isinstance(exc, requests.exceptions.ConnectTimeout) and _maybe_sent(exc)
+                error = UpstreamUnavailable(_transport_message(exc, self.config))
+                if (idempotent or not sent) and attempt < self.config.max_retries:
+                    self._wait(attempt, None, method, path, "connection error")
+                    attempt += 1
+                    continue
+                error.ambiguous = sent
+                raise error from exc
+            except requests.Timeout as exc:
+                error = UpstreamUnavailable(_transport_message(exc, self.config))
+                if idempotent and attempt < self.config.max_retries:
+                    self._wait(attempt, None, method, path, "timeout")
+                    attempt += 1
+                    continue
+                error.ambiguous = True
+                raise error from exc
+            except requests.RequestException as exc:
+                raise UpstreamUnavailable(_transport_message(exc, self.config)) from exc
+
+            elapsed_ms = (time.monotonic() - started) * 1000
+            logger.info(
+                "openai %s %s -> %s in %.0f ms (request id %s)",
+                method, path, response.status_code, elapsed_ms, _rid(response) or "-",
+            )
+            if response.status_code < 400:
+                return response
+            error = _error_from_response(response, self.config)
+            retryable = response.status_code in RETRY_STATUSES and (
+                idempotent or response.status_code == 429
+            )
+            if isinstance(error, RateLimited) and error.quota_exhausted:
+                retryable = False
+            if error.retry_after is not None and error.retry_after > self.config.max_retry_wait:
+                retryable = False
+            if retryable and attempt < self.config.max_retries:
+                response.close()
+                self._wait(attempt, error.retry_after, method, path, str(response.status_code))
+                attempt += 1
+                continue
+            if response.status_code >= 500 or response.status_code == 408:
+                error.ambiguous = True
+            raise error
+
+    def _wait(
+        self, attempt: int, retry_after: float | None, method: str, path: str, why: str
+    ) -> None:
+        delay = retry_after if retry_after is not None and retry_after >= 0 else None
+        if delay is None:
+            delay = backoff_seconds(attempt)
+        logger.warning(
+            "openai %s %s failed (%s); retry %d in %.1f s", method, path, why, attempt + 1, delay
+        )
+        self.sleep(delay)
+
+
+def _path_id(value: str) -> str:
+    """Ids go into URL paths: refuse anything that could change the path."""
+    if not value or any(c in value for c in "/?#% \t\r\n"):
+        raise InvalidRequest(f"{value!r} is not a valid id")
+    return value
+
+
+def _rid(response: requests.Response) -> str | None:
+    return response.headers.get("x-request-id")
+
+
+def _maybe_sent(exc: Exception) -> bool:
+    """Whether a connection error could have happened after the request reached the server."""
+    text = repr(exc).lower()
+    refused = ("refused", "name or service", "nodename", "failed to resolve", "no route")
+    return not any(word in text for word in refused)
+
+
+def _redact(text: str, config: ClientConfig) -> str:
+    if config.api_key and config.api_key in text:
+        text = text.replace(config.api_key, "***")
+    return text
+
+
+def _transport_message(exc: Exception, config: ClientConfig) -> str:
+    if isinstance(exc, requests.Timeout):
+        return (
+            f"no answer from {config.base_url} within the time limit "
+            f"(connect {config.connect_timeout:g} s, read {config.read_timeout:g} s)"
+        )
+    if isinstance(exc, requests.ConnectionError):
+        return f"could not connect to {config.base_url}"
+    return f"the request to {config.base_url} failed ({type(exc).__name__})"
+
+
+def _error_from_response(response: requests.Response, config: ClientConfig) -> OpenAIError:
+    status = response.status_code
+    message, code = "", None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            message = str(err.get("message") or "")
+            code = err.get("code") or err.get("type")
+            code = str(code) if code is not None else None
+        elif isinstance(err, str):
+            message = err
+    if not message:
+        message = response.reason or ""
+    message = _redact(message, config)[:500]
+    kwargs = {
+        "status": status,
+        "request_id": _rid(response),
+        "code": code,
+        "retry_after": retry_after_seconds(response.headers),
+    }
+    if status in (401, 403):
+        return AuthError(message, **kwargs)
+    if status == 404:
+        return NotFound(message, **kwargs)
+    if status == 429:
+        return RateLimited(message, **kwargs)
+    if status >= 500 or status == 408:
+        return UpstreamUnavailable(message, **kwargs)
+    return InvalidRequest(message, **kwargs)

@@ -1,0 +1,95 @@
+"""Small presentation helpers shared by the templates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from django import template
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils import timezone
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.filter
+def reltime(value: dt.datetime | None) -> str:
+    """"3 hours ago" with the exact UTC time on hover, machine-readable for scripts."""
+    if not value:
+        return format_html('<span class="muted">—</span>')
+    exact = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, naturaltime(value)
+    )
+
+
+@register.filter
+def utc(value: dt.datetime | None) -> str:
+    if not value:
+        return "—"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@register.filter
+def duration(seconds: float | int | None) -> str:
+    """A gap between two moments in the largest two units: "2 h 5 min", "40 s"."""
+    if seconds is None:
+        return ""
+    seconds = int(max(0, seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+@register.filter
+def since(value: dt.datetime | None) -> str:
+    if not value:
+        return ""
+    return duration((timezone.now() - value).total_seconds())
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+@register.simple_tag
+def copyable(value: str, css: str = "") -> str:
+    """An id in monospace with a copy button (the button needs JavaScript; the id is selectable
+    text either way)."""
+    if not value:
+        return format_html('<span class="muted">—</span>')
+    return format_html(
+        '<span class="copyable {}"><code title="{}">{}</code>'
+        '<button type="button" class="copy" data-copy="{}" aria-label="Copy {}" hidden>'
+        "copy</button></span>",
+        css,
+        value,
+        value,
+        value,
+        value,
+    )
+
+
+@register.simple_tag(takes_context=True)
+def query_with(context: Any, **changes: Any) -> str:
+    """The current query string with some parameters changed or removed (value "")."""
+    params = context["request"].GET.copy()
+    for key in ("after", "before"):
+        params.pop(key, None)
+    for key, value in changes.items():
+        if value in ("", None):
+            params.pop(key, None)
+        else:
+            params[key] = value
+    encoded = params.urlencode()
+    return f"?{encoded}" if encoded else "?"

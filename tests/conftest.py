@@ -1,0 +1,107 @@
+"""Shared fixtures: a team (admin, submitter, viewer), canned payloads, and no network.
+
+Every test runs inside `responses.RequestsMock()`: a request to anything but loopback that no
+test registered fails loudly. Loopback passes through, for the simulator and browser tests.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import responses
+from django.conf import settings
+from django.contrib.auth.models import Group, User
+
+from tests.openapi import validate_payload, validate_request
+
+PAYLOADS = Path(__file__).parent / "payloads"
+API = settings.OPENAI_BASE_URL
+
+
+def load_payload(name: str) -> Any:
+    return json.loads((PAYLOADS / name).read_text())
+
+
+def make_batch(**overrides: Any) -> dict[str, Any]:
+    """A complete Batch object as the live API sends it (nulls included), checked against the
+    OpenAPI file so canned data cannot drift from the real shape."""
+    payload = copy.deepcopy(load_payload("batch_in_progress.json"))
+    payload.update(overrides)
+    validate_payload(payload, "Batch")
+    return payload
+
+
+def make_list(batches: list[dict[str, Any]], *, has_more: bool = False) -> dict[str, Any]:
+    page = {
+        "object": "list",
+        "data": batches,
+        "first_id": batches[0]["id"] if batches else None,
+        "last_id": batches[-1]["id"] if batches else None,
+        "has_more": has_more,
+    }
+    validate_payload(page, "ListBatchesResponse")
+    return page
+
+
+@pytest.fixture(autouse=True)
+def no_network() -> Iterator[responses.RequestsMock]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.add_passthru(re.compile(r"http://(127\.0\.0\.1|localhost)(:\d+)?/"))
+        yield rsps
+
+
+@pytest.fixture
+def upstream(no_network: responses.RequestsMock) -> responses.RequestsMock:
+    """The faked OpenAI API. Every request the client sends is checked against the OpenAPI file
+    when the test ends."""
+    yield no_network
+    for call in no_network.calls:
+        if call.request.url.startswith(API):
+            validate_request(
+                call.request.method, call.request.url, call.request.body, call.request.headers
+            )
+
+
+@pytest.fixture
+def admin_user(db) -> User:
+    return User.objects.create_superuser("alice", "alice@example.com", "pw-alice-123")
+
+
+@pytest.fixture
+def submitter(db) -> User:
+    user = User.objects.create_user("sam", "sam@example.com", "pw-sam-123")
+    user.groups.add(Group.objects.get(name="Submitters"))
+    return user
+
+
+@pytest.fixture
+def viewer(db) -> User:
+    user = User.objects.create_user("vic", "vic@example.com", "pw-vic-123")
+    user.groups.add(Group.objects.get(name="Viewers"))
+    return user
+
+
+@pytest.fixture
+def submitter_client(client, submitter):
+    client.force_login(submitter)
+    return client
+
+
+@pytest.fixture
+def viewer_client(client, viewer):
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
+def no_sleep(monkeypatch) -> list[float]:
+    """Record the client's waits between retries instead of sleeping."""
+    waits: list[float] = []
+    monkeypatch.setattr("batches.openai_client.time.sleep", waits.append)
+    return waits
