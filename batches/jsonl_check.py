@@ -177,12 +177,12 @@ class _Checker:
         self.not_utf8_lines = 0
         self.first_not_utf8_line = 0
         self.text_chars = 0
+        self.utf16 = False
 
     def run(self, stream: BinaryIO) -> None:
         """Read and check every line, then add the whole-file problems."""
         report = self.report
         line_no = 0
-        stopped_because = ""
         while True:
             # Never read more than the byte budget allows: a line that would take the file over
             # the limit is cut short here instead of being read whole into memory.
@@ -194,14 +194,13 @@ class _Checker:
             line_no += 1
             report.bytes += len(raw)
             if report.bytes > self.max_bytes:
-                stopped_because = "bytes"
                 # The piece may be part of a longer line: let the drain finish that line.
                 partial = not raw.endswith(b"\n")
                 self._drain(stream, counted_piece=raw, partial=partial)
                 break
             if line_no == 1:
                 if raw.startswith(_UTF16_BOMS):
-                    stopped_because = "utf16"
+                    self.utf16 = True
                     self._drain(stream, counted_piece=raw, partial=not raw.endswith(b"\n"))
                     break
                 if raw.startswith(codecs.BOM_UTF8):
@@ -210,11 +209,10 @@ class _Checker:
                 continue
             report.lines += 1
             if report.lines > self.max_requests:
-                stopped_because = "lines"
                 self._drain(stream, counted_piece=b"", partial=False)
                 break
             self._check_line(line_no, raw)
-        self._add_file_problems(stopped_because)
+        self._add_file_problems()
 
     def _drain(self, stream: BinaryIO, *, counted_piece: bytes, partial: bool) -> None:
         """Count the rest of the file's bytes and request lines without checking them.
@@ -263,7 +261,10 @@ class _Checker:
         try:
             request = json.loads(text)
         except json.JSONDecodeError as exc:
-            self._problem(line_no, f"not valid JSON ({exc.msg} at column {exc.colno})")
+            # The text still ends with its line break; an error found past it (such as a
+            # missing closing brace) belongs at the end of the line, not on "line 2, column 1".
+            column = min(exc.pos, len(text.rstrip("\r\n"))) + 1
+            self._problem(line_no, f"not valid JSON ({exc.msg} at column {column})")
             return
         except RecursionError:
             self._problem(line_no, "not valid JSON (nested too deeply)")
@@ -391,11 +392,11 @@ class _Checker:
             ):
                 self.embedding_limit_line = line_no
 
-    def _add_file_problems(self, stopped_because: str) -> None:
+    def _add_file_problems(self) -> None:
         report = self.report
         report.estimated_input_tokens = self.text_chars // _CHARS_PER_TOKEN
         problems = report.file_problems
-        if stopped_because == "utf16":
+        if self.utf16:
             problems.append("the file is UTF-16 text; save it as UTF-8")
             return
         if report.bytes > self.max_bytes:

@@ -201,7 +201,8 @@ def measure_in_subprocess(path: Path, repeat: int, trace: bool) -> dict[str, obj
     return json.loads(done.stdout)
 
 
-def run(directory: Path, repeat: int) -> None:
+def run(directory: Path, repeat: int) -> bool:
+    """Generate, measure and print the table; True when every case came out as expected."""
     valid = directory / "chat-200mb.jsonl"
     started = time.perf_counter()
     size = write_valid_file(valid)
@@ -212,6 +213,8 @@ def run(directory: Path, repeat: int) -> None:
     print()
     print(f"{'case':<22} {'result':<8} {'time':>7} {'MB/s':>7} {'RSS growth':>11} {'py peak':>9}")
     figures = measure_in_subprocess(valid, repeat, trace=True)
+    valid_summary = figures["summary"]
+    as_expected = bool(figures["ok"])
     rate = figures["bytes"] / MIB / figures["seconds"]
     result = "ok" if figures["ok"] else "REJECTED"
     print(
@@ -236,14 +239,16 @@ def run(directory: Path, repeat: int) -> None:
             f" {figures['rss_growth_kib'] / 1024:>8.1f} MB {'':>9}"
         )
         named.append((name, exact, figures["problems"], figures["file_problems"]))
+        as_expected = as_expected and exact
     print()
-    print(f"{figures['summary']}")
+    print(f"valid file: {valid_summary}")
     for name, exact, problems, file_problems in named:
         verdict = "exactly that line" if exact else "NOT exactly that line"
         print(f"{name}: {verdict}: {'; '.join(problems + file_problems)}")
     print()
     print("MB = 2**20 bytes (OpenAI's 200 MB limit is 209,715,200 bytes); time is the median")
     print(f"of {repeat} runs; py peak is tracemalloc's peak during one more run.")
+    return as_expected
 
 
 def main() -> None:
@@ -251,7 +256,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--dir", type=Path, help="where to write the files (default: a temp dir)")
-    parser.add_argument("--keep", action="store_true", help="keep the valid file afterwards")
+    parser.add_argument("--keep", action="store_true", help="keep the valid file (with --dir)")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the valid file")
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
@@ -261,12 +266,14 @@ def main() -> None:
         return
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
-        run(args.dir, args.repeat)
+        as_expected = run(args.dir, args.repeat)
         if not args.keep:
             (args.dir / "chat-200mb.jsonl").unlink()
     else:
         with tempfile.TemporaryDirectory() as directory:
-            run(Path(directory), args.repeat)
+            as_expected = run(Path(directory), args.repeat)
+    if not as_expected:
+        raise SystemExit("some case did not come out as expected (see above)")
 
 
 if __name__ == "__main__":

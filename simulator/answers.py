@@ -38,7 +38,9 @@ def error_body(line: RequestLine) -> dict[str, Any]:
     if line.fail_status >= 500:
         return {
             "error": {
-                "message": "The server had an error while processing your request. Sorry about that!",
+                "message": (
+                    "The server had an error while processing your request. Sorry about that!"
+                ),
                 "type": "server_error",
                 "param": None,
                 "code": None,

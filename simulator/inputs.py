@@ -114,7 +114,9 @@ def parse_input(raw_lines: Iterable[bytes], endpoint: str) -> ParsedInput:
         if not parsed.errors:
             parsed.lines.append(line)
     if count == 0 and not parsed.errors:
-        parsed.add_error("empty_file", "The input file contains no requests.", param=None, line=None)
+        parsed.add_error(
+            "empty_file", "The input file contains no requests.", param=None, line=None
+        )
     if count > MAX_REQUESTS:
         parsed.add_error(
             "too_many_requests",

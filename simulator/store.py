@@ -7,6 +7,7 @@ a seeded benchmark can finish 10,000 batches at once and nobody reads most of th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -62,10 +63,8 @@ class Blob:
     def discard(self) -> None:
         """Free the disk space of a deleted file."""
         if self.path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
 
 @dataclass(eq=False)

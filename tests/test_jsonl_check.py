@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batches.jsonl_check import (
@@ -362,7 +362,7 @@ def test_a_file_without_requests_is_a_file_problem(data: bytes, problem: str) ->
 
 
 def test_it_reports_bytes_that_are_not_utf8_with_the_line() -> None:
-    bad = json.dumps(chat_request("b", "café")).encode("latin-1")
+    bad = json.dumps(chat_request("b", "café"), ensure_ascii=False).encode("latin-1")
     report = check(jsonl(chat_request("a"), bad))
     (problem,) = report.problems
     assert problem.line == 2
@@ -386,7 +386,8 @@ def test_it_reports_too_many_requests_once_and_stops_checking_lines() -> None:
     assert report.lines == 6
     assert report.problem_count == 0
     assert report.file_problems == [
-        "the file has 6 requests; a batch takes at most 3, so lines after the limit were not checked"
+        "the file has 6 requests; a batch takes at most 3,"
+        " so lines after the limit were not checked"
     ]
 
 
@@ -456,12 +457,12 @@ def test_a_line_problem_reads_as_a_sentence_with_its_line() -> None:
 
 
 def test_the_summary_gives_the_totals_in_one_sentence() -> None:
-    good = check(jsonl(chat_request("a", "x" * 400), chat_request("b")))
-    assert good.summary() == (
-        "2 requests for /v1/chat/completions with gpt-4o-mini, 462 bytes,"
+    data = jsonl(chat_request("a", "x" * 400), chat_request("b"))
+    assert check(data).summary() == (
+        f"2 requests for /v1/chat/completions with gpt-4o-mini, {len(data)} bytes,"
         " about 102 input tokens: no problems found."
     )
-    bad = check(jsonl(chat_request("a"), "oops", "oops"), max_requests=2)
+    bad = check(jsonl(chat_request("a"), "oops", "oops", chat_request("b")), max_requests=3)
     assert bad.summary().endswith(": 3 problems (1 with the whole file, 2 on lines).")
 
 
@@ -496,6 +497,8 @@ def serialise(lines: list[tuple[bytes, list[bytes]]]) -> tuple[bytes, list[int]]
     return b"".join(out), numbers
 
 
+# No deadline: the examples are tiny, but a busy two-core CI machine makes timings flaky.
+@settings(deadline=None)
 @given(lines=request_lines(), bom=st.booleans())
 def test_any_valid_requests_with_blank_lines_and_mixed_endings_pass(
     lines: list[tuple[bytes, list[bytes]]], bom: bool
@@ -518,6 +521,7 @@ CORRUPTIONS = [
 ]
 
 
+@settings(deadline=None)
 @given(lines=request_lines(), data=st.data())
 def test_one_corrupted_line_is_reported_at_exactly_its_line_number(
     lines: list[tuple[bytes, list[bytes]]], data: st.DataObject
