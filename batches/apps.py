@@ -36,7 +36,8 @@ def check_openai_settings(app_configs=None, **kwargs) -> list[checks.CheckMessag
     elif base.startswith("http://") and not _is_loopback(base):
         messages.append(
             checks.Warning(
-                "OPENAI_BASE_URL uses plain http to a remote host: the API key travels unencrypted.",
+                "OPENAI_BASE_URL uses plain http to a remote host: "
+                "the API key would travel unencrypted.",
                 hint="Use https:// for any server that is not on this machine.",
                 id="batches.W002",
             )

@@ -6,9 +6,9 @@ from typing import Any
 
 from django import forms
 
-from .models import ENDPOINTS
+from .jsonl_check import ENDPOINTS
 
-METADATA_ROWS = 6
+METADATA_ROWS = 14  # the API's 16 pairs less the 2 batchweb stamps
 MAX_METADATA_PAIRS = 16
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 512
@@ -86,10 +86,12 @@ class BatchCreateForm(forms.Form):
                 self.add_error(f"meta_key_{i}", f"The key “{key}” is used twice.")
                 continue
             metadata[key] = value
-        if data.get("label"):
+        label = data.get("label")
+        if label:
+            # add_error() drops "label" from cleaned_data, so it is read first.
             if "job" in metadata:
                 self.add_error("label", "Give either a label or a metadata key “job”, not both.")
-            metadata["job"] = data["label"]
+            metadata["job"] = label
         if len(metadata) > MAX_METADATA_PAIRS - RESERVED_METADATA:
             self.add_error(
                 None,

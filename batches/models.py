@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -32,23 +32,13 @@ STATUS_RANK = {
     Status.VALIDATING: 0,
     Status.IN_PROGRESS: 1,
     Status.FINALIZING: 2,
-    Status.CANCELLING: 2,
-    Status.COMPLETED: 3,
-    Status.FAILED: 3,
-    Status.EXPIRED: 3,
-    Status.CANCELLED: 3,
+    Status.CANCELLING: 3,
+    Status.COMPLETED: 4,
+    Status.FAILED: 4,
+    Status.EXPIRED: 4,
+    Status.CANCELLED: 4,
 }
 
-ENDPOINTS = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-)
 
 TIMESTAMP_FIELDS = (
     "created_at",
@@ -63,7 +53,7 @@ TIMESTAMP_FIELDS = (
 )
 
 # Metadata keys batchweb stamps on the batches it creates.
-TOKEN_KEY = "batchweb_token"
+TOKEN_KEY = "batchweb_token"  # noqa: S105 - a metadata key, not a secret
 USER_KEY = "batchweb_user"
 
 
@@ -151,6 +141,7 @@ class Batch(models.Model):
 
     # Computed once the batch is terminal (see results.py).
     result_summary = models.JSONField(null=True, blank=True)
+    summary_computed_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
@@ -301,11 +292,11 @@ class Batch(models.Model):
         self.input_file_id = _text(payload.get("input_file_id"), 128)
         self.output_file_id = _text(payload.get("output_file_id"), 128)
         self.error_file_id = _text(payload.get("error_file_id"), 128)
-        counts = payload.get("request_counts") if isinstance(payload.get("request_counts"), dict) else {}
+        counts = _dict(payload.get("request_counts"))
         self.request_total = _int(counts.get("total"))
         self.request_completed = _int(counts.get("completed"))
         self.request_failed = _int(counts.get("failed"))
-        usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        usage = _dict(payload.get("usage"))
         self.input_tokens = _int(usage.get("input_tokens"))
         self.output_tokens = _int(usage.get("output_tokens"))
         self.total_tokens = _int(usage.get("total_tokens"))
@@ -325,6 +316,9 @@ class Batch(models.Model):
         if self.metadata and self.metadata.get(TOKEN_KEY) and not self.submission_token:
             self.submission_token = self.metadata[TOKEN_KEY][:64]
         self.search_text = self.build_search_text()
+
+    def tally_key(self) -> tuple[str, str, str, int]:
+        return (self.status, self.endpoint, self.model, self.created_by_id or 0)
 
     def build_search_text(self) -> str:
         parts = [
@@ -392,6 +386,9 @@ class SyncState(models.Model):
     last_error_at = models.DateTimeField(null=True, blank=True)
     failing_since = models.DateTimeField(null=True, blank=True)
     backoff_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"sync state (last success {self.last_success_at})"
 
     @classmethod
     def get(cls) -> SyncState:
@@ -476,6 +473,7 @@ class Submission(models.Model):
     """
 
     class State(models.TextChoices):
+        CHECKED = "checked", "checked, waiting for confirmation"
         PENDING = "pending", "being submitted"
         DONE = "done", "submitted"
         FAILED = "failed", "failed"
@@ -484,6 +482,15 @@ class Submission(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL)
+    # The checked input file waits here between "check" and "create" (see submissions).
+    staged_path = models.CharField(max_length=500, blank=True)
+    filename = models.CharField(max_length=255, blank=True)
+    # What the check found (lines, bytes, model, endpoint, tokens) and what the form asked for.
+    facts = models.JSONField(null=True, blank=True)
+    request = models.JSONField(null=True, blank=True)
+    retry_of = models.ForeignKey(
+        Batch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     # Kept once the input file is uploaded, so a failure after the upload is retried without it.
     uploaded_file_id = models.CharField(max_length=128, blank=True)
     error = models.TextField(blank=True)
@@ -492,3 +499,131 @@ class Submission(models.Model):
 
     def __str__(self) -> str:
         return f"{self.token} ({self.state})"
+
+
+class ResultFile(models.Model):
+    """A local copy of one of a batch's files, fetched on first use so the results viewer can
+    page through it without downloading it again; removed after a retention period unused."""
+
+    class Kind(models.TextChoices):
+        INPUT = "input", "input"
+        OUTPUT = "output", "output"
+        ERROR = "error", "error"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="result_files")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    file_id = models.CharField(max_length=128)
+    path = models.CharField(max_length=500)
+    bytes = models.BigIntegerField(default=0)
+    lines = models.PositiveIntegerField(default=0)
+    fetched_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "kind"], name="one_copy_per_batch_file")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id} {self.kind} {self.file_id}"
+
+
+class ResultRow(models.Model):
+    """One request of a finished batch and what became of it, joined by custom_id from the
+    input, output and error files. Offsets point into the local copies for the full view."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="result_rows")
+    custom_id = models.CharField(max_length=512)
+    input_line = models.PositiveIntegerField(null=True, blank=True)
+    input_offset = models.BigIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=8, blank=True)  # "output", "error", or "" (never ran)
+    offset = models.BigIntegerField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=128, blank=True)
+    error_message = models.TextField(blank=True)
+    request_preview = models.TextField(blank=True)
+    answer_preview = models.TextField(blank=True)
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("input_line", "id")
+        indexes = [
+            models.Index(fields=["batch", "input_line", "id"], name="result_in_order"),
+            models.Index(fields=["batch", "ok", "input_line"], name="result_failures"),
+            models.Index(fields=["batch", "custom_id"], name="result_custom_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.batch_id}:{self.custom_id}"
+
+    @property
+    def never_ran(self) -> bool:
+        return not self.source
+
+
+class BatchTally(models.Model):
+    """How many cached batches share one (status, endpoint, model, creator): kept in step by
+    every upsert, so the list's counts and filter choices cost the same at 1,000 or 100,000
+    batches. `creator_id` is 0 for batches made outside batchweb."""
+
+    status = models.CharField(max_length=32)
+    endpoint = models.CharField(max_length=64)
+    model = models.CharField(max_length=128)
+    creator_id = models.BigIntegerField(default=0)
+    count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["status", "endpoint", "model", "creator_id"], name="one_tally_per_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status}/{self.endpoint}/{self.model}/{self.creator_id}: {self.count}"
+
+    @classmethod
+    def move(cls, old: tuple | None, new: tuple | None) -> None:
+        """Count a batch under its new key instead of its old one (None: not counted)."""
+        if old == new:
+            return
+        if old is not None:
+            cls._add(old, -1)
+        if new is not None:
+            cls._add(new, 1)
+
+    @classmethod
+    def _add(cls, key: tuple, delta: int) -> None:
+        status, endpoint, model, creator_id = key
+        where = {"status": status, "endpoint": endpoint, "model": model, "creator_id": creator_id}
+        if cls.objects.filter(**where).update(count=models.F("count") + delta):
+            return
+        try:
+            with transaction.atomic():
+                cls.objects.create(**where, count=delta)
+        except IntegrityError:  # created by another process meanwhile
+            cls.objects.filter(**where).update(count=models.F("count") + delta)
+
+    @classmethod
+    def rebuild(cls) -> None:
+        """Recount from the batches themselves (after deletions outside batchweb's services)."""
+        rows = (
+            Batch.objects.order_by()
+            .values("status", "endpoint", "model", "created_by_id")
+            .annotate(n=Count("id"))
+        )
+        with transaction.atomic():
+            cls.objects.all().delete()
+            cls.objects.bulk_create(
+                cls(
+                    status=r["status"],
+                    endpoint=r["endpoint"],
+                    model=r["model"],
+                    creator_id=r["created_by_id"] or 0,
+                    count=r["n"],
+                )
+                for r in rows
+            )

@@ -146,11 +146,11 @@ class OpenAIClient:
         config: ClientConfig,
         *,
         session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.config = config
         self.session = session or requests.Session()
-        self.sleep = sleep
+        self.sleep = sleep or time.sleep
 
     @classmethod
     def from_settings(cls, *, interactive: bool = False) -> OpenAIClient:
@@ -171,8 +171,7 @@ class OpenAIClient:
                 read_timeout=read_timeout,
                 max_retries=max_retries,
                 max_retry_wait=settings.OPENAI_PAGE_TIMEOUT if interactive else MAX_RETRY_AFTER,
-            ),
-            sleep=time.sleep,
+            )
         )
 
     # --- Batches ------------------------------------------------------------------------------
@@ -318,8 +317,11 @@ class OpenAIClient:
             started = time.monotonic()
             try:
                 response = self.session.request(
-                    method, url, headers={**self._headers(), **(headers or {})},
-                    timeout=timeout, **kwargs,
+                    method,
+                    url,
+                    headers={**self._headers(), **(headers or {})},
+                    timeout=timeout,
+                    **kwargs,
                 )
             except requests.ConnectionError as exc:
                 # A refused connection never reached the server; a read timeout may have.
@@ -345,7 +347,11 @@ class OpenAIClient:
             elapsed_ms = (time.monotonic() - started) * 1000
             logger.info(
                 "openai %s %s -> %s in %.0f ms (request id %s)",
-                method, path, response.status_code, elapsed_ms, _rid(response) or "-",
+                method,
+                path,
+                response.status_code,
+                elapsed_ms,
+                _rid(response) or "-",
             )
             if response.status_code < 400:
                 return response

@@ -17,7 +17,8 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import services
 from .forms import BatchCreateForm, BatchFilterForm
-from .models import ENDPOINTS, RUNNING_STATUSES, Batch, Event, Status, Submission
+from .jsonl_check import ENDPOINTS
+from .models import RUNNING_STATUSES, Batch, Event, Status, Submission
 from .openai_client import OpenAIError
 
 PAGE_SIZE = 50
@@ -28,7 +29,9 @@ STATUS_TABS = [
     ("completed", "Completed", {Status.COMPLETED}),
     ("failed", "Failed", {Status.FAILED}),
     ("expired", "Expired", {Status.EXPIRED}),
-    ("cancelled", "Cancelled", {Status.CANCELLED, Status.CANCELLING}),
+    # `cancelling` is still running (it may take 10 min): it counts under Running, so the tabs
+    # partition All.
+    ("cancelled", "Cancelled", {Status.CANCELLED}),
 ]
 
 
@@ -74,8 +77,11 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         "older_url": _page_url(params, after=older) if older else None,
         "endpoints": ENDPOINTS,
         "models": _distinct_models(),
-        "creators": get_user_model().objects.filter(batches__isnull=False).distinct()
-        .order_by("username").values_list("username", flat=True),
+        "creators": get_user_model()
+        .objects.filter(batches__isnull=False)
+        .distinct()
+        .order_by("username")
+        .values_list("username", flat=True),
         "filtered": bool(params),
     }
     return render(request, "batches/list.html", context)
@@ -93,7 +99,8 @@ def _keyset_page(request: HttpRequest, rows: Any) -> tuple[list[Batch], int | No
     before = _int_param(request, "before")
     if after and (anchor := Batch.objects.filter(pk=after).values("created_at").first()):
         rows = rows.filter(
-            Q(created_at__lt=anchor["created_at"]) | Q(created_at=anchor["created_at"], id__lt=after)
+            Q(created_at__lt=anchor["created_at"])
+            | Q(created_at=anchor["created_at"], id__lt=after)
         )
         page = list(rows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
         has_older, has_newer = len(page) > PAGE_SIZE, True
@@ -133,7 +140,9 @@ def batch_detail(request: HttpRequest, openai_id: str) -> HttpResponse:
     refresh_error = None
     if not batch.is_terminal:
         try:
-            batch = services.batch_refresh(batch=batch, client=services.get_client(interactive=True))
+            batch = services.batch_refresh(
+                batch=batch, client=services.get_client(interactive=True)
+            )
         except OpenAIError as error:
             refresh_error = str(error)
     context = {
@@ -153,7 +162,9 @@ def batch_cancel(request: HttpRequest, openai_id: str) -> HttpResponse:
     if request.method == "GET":
         return render(request, "batches/cancel_confirm.html", {"batch": batch})
     try:
-        services.batch_cancel(batch=batch, user=request.user)
+        services.batch_cancel(
+            batch=batch, user=request.user, client=services.get_client(interactive=True)
+        )
     except services.ServiceError as error:
         messages.error(request, str(error))
     except OpenAIError as error:

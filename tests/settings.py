@@ -9,7 +9,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
 os.environ.setdefault("OPENAI_API_KEY", "sk-test-key-never-shown")
 os.environ.setdefault("OPENAI_BASE_URL", "https://api.openai.test/v1")
 
-from batchweb.settings import *  # noqa: E402, F403
+from batchweb.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"]["BACKEND"] = "django.contrib.staticfiles.storage.StaticFilesStorage"  # noqa: F405

@@ -231,7 +231,9 @@ class RecordingSession(requests.Session):
 
 def test_it_uploads_a_streamed_multipart_body_with_purpose_batch(upstream, waits):
     session = RecordingSession()
-    client = OpenAIClient(ClientConfig(api_key=KEY, base_url=API), session=session, sleep=waits.append)
+    client = OpenAIClient(
+        ClientConfig(api_key=KEY, base_url=API), session=session, sleep=waits.append
+    )
     upstream.post(
         f"{API}/files",
         json={
@@ -294,7 +296,9 @@ def test_it_retrieves_deletes_and_streams_files(upstream, client):
             "purpose": "batch_output",
         },
     )
-    upstream.delete(f"{API}/files/file-out1", json={"id": "file-out1", "object": "file", "deleted": True})
+    upstream.delete(
+        f"{API}/files/file-out1", json={"id": "file-out1", "object": "file", "deleted": True}
+    )
     upstream.get(f"{API}/files/file-out1/content", body=b'{"a": 1}\n{"b": 2}\n')
 
     assert client.retrieve_file("file-out1")["filename"] == "out.jsonl"
@@ -302,7 +306,9 @@ def test_it_retrieves_deletes_and_streams_files(upstream, client):
     assert client.delete_file("file-out1")["deleted"] is True
 
 
-@pytest.mark.parametrize("bad_id", ["batch/../files", "batch_1/cancel", "a?b=1", "a#b", "a%2F", "", " x"])
+@pytest.mark.parametrize(
+    "bad_id", ["batch/../files", "batch_1/cancel", "a?b=1", "a#b", "a%2F", "", " x"]
+)
 def test_it_refuses_ids_that_would_change_the_path(upstream, client, bad_id):
     with pytest.raises(InvalidRequest):
         client.retrieve_batch(bad_id)
@@ -449,7 +455,9 @@ def test_it_never_puts_the_key_in_errors_or_logs_even_when_upstream_echoes_it(
 
 @pytest.mark.parametrize("operation", ["list", "retrieve", "cancel"])
 @pytest.mark.parametrize("status", RETRIED_STATUSES)
-def test_it_retries_transient_statuses_twice_then_raises(upstream, client, waits, operation, status):
+def test_it_retries_transient_statuses_twice_then_raises(
+    upstream, client, waits, operation, status
+):
     method, url = OPERATIONS[operation]
     upstream.add(method, url, status=status, json=error_body("try again"))
 
@@ -664,7 +672,9 @@ def test_it_recovers_from_a_timeout_on_a_retry(upstream, client, waits):
 
 
 def test_it_honours_a_smaller_max_retries(upstream, waits):
-    client = OpenAIClient(ClientConfig(api_key=KEY, base_url=API, max_retries=0), sleep=waits.append)
+    client = OpenAIClient(
+        ClientConfig(api_key=KEY, base_url=API, max_retries=0), sleep=waits.append
+    )
     upstream.get(BATCH_URL, status=503, json=error_body("busy"))
 
     with pytest.raises(UpstreamUnavailable):
@@ -703,7 +713,9 @@ def create(client: OpenAIClient):
 
 
 def test_create_is_retried_on_a_429(upstream, client, waits):
-    upstream.post(f"{API}/batches", status=429, json=error_body("slow"), headers={"retry-after": "2"})
+    upstream.post(
+        f"{API}/batches", status=429, json=error_body("slow"), headers={"retry-after": "2"}
+    )
     upstream.post(f"{API}/batches", json=make_batch(status="validating"))
 
     assert create(client)["status"] == "validating"

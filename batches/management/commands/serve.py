@@ -23,7 +23,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 DEMO_USERNAME = "demo"
-DEMO_KEY = "sk-demo-simulator"  # noqa: S105 - the simulator's key, not a secret
+DEMO_KEY = "sk-demo-simulator"
 
 
 class Command(BaseCommand):
@@ -63,22 +63,32 @@ class Command(BaseCommand):
                         "BATCHWEB_SYNC_INTERVAL": env.get("BATCHWEB_SYNC_INTERVAL", "3"),
                     }
                 )
-            children.append(
-                _spawn([sys.executable, "manage.py", "sync_batches", "--loop"], env)
-            )
+            children.append(_spawn([sys.executable, "manage.py", "sync_batches", "--loop"], env))
             bind = f"{options['host']}:{options['port']}"
             children.append(
                 _spawn(
                     [
-                        sys.executable, "-m", "gunicorn", "batchweb.wsgi", "--bind", bind,
-                        "--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", "4",
-                        "--timeout", "120", "--graceful-timeout", "5",
+                        sys.executable,
+                        "-m",
+                        "gunicorn",
+                        "batchweb.wsgi",
+                        "--bind",
+                        bind,
+                        "--workers",
+                        env.get("WEB_CONCURRENCY", "2"),
+                        "--threads",
+                        "4",
+                        "--timeout",
+                        "120",
+                        "--graceful-timeout",
+                        "5",
                     ],
                     env,
                 )
             )
             _wait_for_port(options["host"], options["port"])
-            self._greet(demo, f"http://{'127.0.0.1' if options['host'] == '0.0.0.0' else options['host']}:{options['port']}/")  # noqa: S104
+            shown_host = "127.0.0.1" if options["host"] == "0.0.0.0" else options["host"]  # noqa: S104
+            self._greet(demo, f"http://{shown_host}:{options['port']}/")
             self._supervise(children)
         finally:
             for child in children:
@@ -96,9 +106,19 @@ class Command(BaseCommand):
         children.append(
             _spawn(
                 [
-                    sys.executable, "-m", "simulator", "--host", "127.0.0.1", "--port", str(port),
-                    "--speed", str(options["simulator_speed"]), "--api-key", DEMO_KEY,
-                    "--state-file", str(state),
+                    sys.executable,
+                    "-m",
+                    "simulator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--speed",
+                    str(options["simulator_speed"]),
+                    "--api-key",
+                    DEMO_KEY,
+                    "--state-file",
+                    str(state),
                 ],
                 dict(os.environ),
             )

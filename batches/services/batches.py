@@ -1,24 +1,20 @@
-"""Where upstream calls and the database meet. Views and commands call these, nothing else.
-
-Every function takes keyword arguments and an optional `client`, so tests can hand in one that
-talks to a fake server.
-"""
+"""The cache of batches and the four Batch API operations: create, retrieve, cancel (list is in
+sync.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from .models import TOKEN_KEY, USER_KEY, Batch, Event, SyncState, payload_counts
-from .openai_client import OpenAIClient, OpenAIError
+from ..models import TOKEN_KEY, USER_KEY, Batch, BatchTally, Event, payload_counts
+from ..openai_client import OpenAIClient, OpenAIError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +39,16 @@ def new_submission_token() -> str:
 # --- The cache --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class InputFacts:
+    """What batchweb learnt about an input file when it checked it before upload."""
+
+    filename: str
+    bytes: int
+    lines: int
+    model: str = ""
+
+
 @dataclass
 class UpsertResult:
     batch: Batch
@@ -61,10 +67,14 @@ def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> 
             batch = Batch(openai_id=openai_id)
             batch.apply_payload(payload, now=now)
             _link_creator(batch)
+            _drop_claimed_token(batch)
             try:
                 with transaction.atomic():
                     batch.save()
+                    BatchTally.move(None, batch.tally_key())
             except IntegrityError:
+                if not Batch.objects.filter(openai_id=openai_id).exists():
+                    raise  # not the race below: retrying would recurse forever
                 # Another process stored it between our read and write: merge into theirs.
                 return batch_upsert(payload=payload, now=now)
             return UpsertResult(batch=batch, created=True, changed=True)
@@ -73,11 +83,24 @@ def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> 
                 return UpsertResult(batch=batch)
             return UpsertResult(batch=batch, stale=True)
         changed = batch.raw != payload
+        before = batch.tally_key()
+        token = batch.submission_token
         batch.apply_payload(payload, now=now)
+        if batch.submission_token != token:
+            _drop_claimed_token(batch)
         if not batch.created_by_id:
             _link_creator(batch)
         batch.save()
+        BatchTally.move(before, batch.tally_key())
         return UpsertResult(batch=batch, changed=changed)
+
+
+def _drop_claimed_token(batch: Batch) -> None:
+    """Metadata can be copied by hand onto another batch upstream: the first batch stored with a
+    submission token keeps it, later ones are cached without it."""
+    token = batch.submission_token
+    if token and Batch.objects.filter(submission_token=token).exclude(pk=batch.pk).exists():
+        batch.submission_token = None
 
 
 def _link_creator(batch: Batch) -> None:
@@ -100,7 +123,7 @@ def batch_create(
     output_expires_after_seconds: int | None = None,
     submission_token: str | None = None,
     client: OpenAIClient | None = None,
-    input_facts: dict[str, Any] | None = None,
+    input_facts: InputFacts | None = None,
     retry_of: Batch | None = None,
 ) -> Batch:
     """Create a batch upstream and cache it; never twice for one submission token.
@@ -135,15 +158,22 @@ def batch_create(
     if not isinstance(payload.get("id"), str):
         raise ServiceError("The OpenAI API answered the create call without a batch id.")
     batch = batch_upsert(payload=payload).batch
-    updates: dict[str, Any] = {"created_by": user, "submission_token": token}
-    if retry_of is not None:
-        updates["retry_of"] = retry_of
-    for key, value in (input_facts or {}).items():
-        updates[key] = value
-    for key, value in updates.items():
-        setattr(batch, key, value)
-    batch.search_text = batch.build_search_text()
-    batch.save()
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        before = batch.tally_key()
+        batch.created_by = user
+        batch.submission_token = token
+        if retry_of is not None:
+            batch.retry_of = retry_of
+        if input_facts:
+            batch.input_filename = input_facts.filename[:255]
+            batch.input_bytes = input_facts.bytes
+            batch.input_lines = input_facts.lines
+            # Some servers leave `model` out of the batch; the checked file names it.
+            batch.model = batch.model or input_facts.model[:128]
+        batch.search_text = batch.build_search_text()
+        batch.save()
+        BatchTally.move(before, batch.tally_key())
     Event.record(Event.Action.CREATE, user=user, batch=batch, detail=f"{endpoint}")
     return batch
 
@@ -180,7 +210,9 @@ def batch_fetch(*, openai_id: str, client: OpenAIClient | None = None) -> Batch:
 
 def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None) -> Batch:
     if not batch.can_cancel:
-        raise ServiceError(f"This batch is {batch.display_status()} and can no longer be cancelled.")
+        raise ServiceError(
+            f"This batch is {batch.display_status()} and can no longer be cancelled."
+        )
     client = client or get_client()
     try:
         payload = client.cancel_batch(batch.openai_id)
@@ -190,105 +222,3 @@ def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None)
     batch = batch_upsert(payload=payload).batch
     Event.record(Event.Action.CANCEL, user=user, batch=batch)
     return batch
-
-
-# --- Sync -------------------------------------------------------------------------------------
-
-
-@dataclass
-class SyncResult:
-    pages: int = 0
-    seen: int = 0
-    created: int = 0
-    updated: int = 0
-    refreshed: int = 0
-    stopped_because: str = ""
-    errors: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        text = (
-            f"{self.pages} pages, {self.seen} batches seen, {self.created} new, "
-            f"{self.updated} changed, {self.refreshed} refreshed"
-        )
-        if self.stopped_because:
-            text += f"; stopped: {self.stopped_because}"
-        return text
-
-
-def batches_sync(
-    *,
-    client: OpenAIClient | None = None,
-    full: bool = False,
-    max_pages: int | None = None,
-    refresh_running: bool = True,
-) -> SyncResult:
-    """Walk `GET /batches` newest first and store every page; then refresh running batches.
-
-    Guards against servers that never stop: a repeated cursor, an empty page and a page cap all
-    end the walk. Incremental mode (`full=False`) stops at the first page that brings nothing new
-    or changed, since the list is newest first.
-    """
-    client = client or get_client()
-    max_pages = max_pages or settings.SYNC_MAX_PAGES
-    result = SyncResult()
-    state = SyncState.get()
-    after: str | None = None
-    seen_cursors: set[str] = set()
-    try:
-        while True:
-            if result.pages >= max_pages:
-                result.stopped_because = f"page cap of {max_pages} reached"
-                break
-            page = client.list_batches(after=after, limit=100)
-            result.pages += 1
-            items = [item for item in page["data"] if isinstance(item, dict) and item.get("id")]
-            if not items:
-                result.stopped_because = "empty page"
-                break
-            news = 0
-            for item in items:
-                outcome = batch_upsert(payload=item)
-                result.seen += 1
-                result.created += outcome.created
-                result.updated += outcome.changed and not outcome.created
-                news += outcome.changed
-            if not page.get("has_more"):
-                result.stopped_because = "last page"
-                break
-            if not full and news == 0:
-                result.stopped_because = "nothing new"
-                break
-            cursor = str(items[-1]["id"])
-            if cursor in seen_cursors:
-                result.stopped_because = "repeated cursor"
-                break
-            seen_cursors.add(cursor)
-            after = cursor
-        if refresh_running:
-            result.refreshed = refresh_running_batches(client=client)
-    except OpenAIError as error:
-        state.record_failure(error)
-        raise
-    now = timezone.now()
-    if full:
-        state.last_full_sync_at = now
-    state.record_success(now=now)
-    logger.info("sync: %s", result)
-    return result
-
-
-def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 500) -> int:
-    """Retrieve each cached batch that is not terminal. Returns how many were refreshed."""
-    client = client or get_client()
-    count = 0
-    for batch in Batch.objects.running().order_by("created_at")[:limit]:
-        try:
-            batch_refresh(batch=batch, client=client)
-        except OpenAIError as error:
-            if error.status == 404:
-                batch.last_error = str(error)
-                batch.save(update_fields=["last_error"])
-                continue
-            raise
-        count += 1
-    return count

@@ -1,0 +1,208 @@
+"""Submitting a batch: check the input file, keep it until the person confirms, upload it
+streamed from disk, create the batch — at most once per form, and nothing lost on the way.
+
+A `Submission` row carries one create form from start to end, keyed by the form's one-time
+token. Its state moves checked → pending → done (or failed, from which it can be tried again).
+Once the input file is uploaded its file id is kept, so trying again never uploads twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from ..jsonl_check import CheckReport, check_jsonl
+from ..models import Batch, Event, Submission
+from ..openai_client import OpenAIClient, OpenAIError
+from .batches import InputFacts, ServiceError, batch_create, get_client
+
+logger = logging.getLogger(__name__)
+
+# A checked file that nobody confirmed is removed after this long.
+STAGED_LIFETIME = dt.timedelta(hours=24)
+
+
+class AlreadySubmitted(Exception):
+    """The form's token was used before; `submission` says how that went."""
+
+    def __init__(self, submission: Submission) -> None:
+        self.submission = submission
+        super().__init__(f"submission {submission.token} is {submission.state}")
+
+
+def staging_dir() -> Path:
+    path = Path(settings.DATA_DIR) / "staging"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def submission_find(token: str) -> Submission | None:
+    return Submission.objects.select_related("batch").filter(token=token).first()
+
+
+def submission_check_file(
+    *,
+    user: Any,
+    token: str,
+    stream: BinaryIO,
+    filename: str,
+    endpoint: str | None,
+    request: dict[str, Any],
+    temporary_path: str | None = None,
+    retry_of: Batch | None = None,
+) -> tuple[Submission | None, CheckReport]:
+    """Check an input file in one streaming pass. A valid file is kept on disk under a checked
+    submission, waiting for the person to confirm; an invalid one is dropped.
+
+    `temporary_path` is where the web server already spooled the upload, so a valid file is
+    moved rather than copied.
+    """
+    report = check_jsonl(stream, endpoint=endpoint or None)
+    if not report.ok:
+        return None, report
+    staged = staging_dir() / f"{token}.jsonl"
+    if temporary_path:
+        shutil.move(temporary_path, staged)
+    else:
+        stream.seek(0)
+        with staged.open("wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+    facts = {
+        "lines": report.lines,
+        "bytes": report.bytes,
+        "model": report.model or "",
+        "endpoint": report.endpoint or "",
+        "estimated_input_tokens": report.estimated_input_tokens,
+        "embedding_inputs": report.embedding_inputs,
+    }
+    request = {**request, "endpoint": report.endpoint}
+    try:
+        with transaction.atomic():
+            submission = Submission.objects.create(
+                token=token,
+                user=user,
+                state=Submission.State.CHECKED,
+                staged_path=str(staged),
+                filename=filename[:255],
+                facts=facts,
+                request=request,
+                retry_of=retry_of,
+            )
+    except IntegrityError:
+        staged.unlink(missing_ok=True)
+        raise AlreadySubmitted(Submission.objects.get(token=token)) from None
+    return submission, report
+
+
+def submission_for_file_id(
+    *, user: Any, token: str, input_file_id: str, request: dict[str, Any]
+) -> Submission:
+    """A submission for a file that is already uploaded: nothing to check or upload."""
+    try:
+        with transaction.atomic():
+            return Submission.objects.create(
+                token=token,
+                user=user,
+                state=Submission.State.CHECKED,
+                uploaded_file_id=input_file_id,
+                request=request,
+            )
+    except IntegrityError:
+        raise AlreadySubmitted(Submission.objects.get(token=token)) from None
+
+
+def submission_submit(
+    *, submission: Submission, user: Any, client: OpenAIClient | None = None
+) -> Batch:
+    """Upload the staged file (once) and create the batch (once). Raises AlreadySubmitted when
+    another request holds or finished this submission, and the client's errors on failure, with
+    the submission left "failed" and ready to be tried again."""
+    claimed = Submission.objects.filter(
+        pk=submission.pk, state__in=[Submission.State.CHECKED, Submission.State.FAILED]
+    ).update(state=Submission.State.PENDING, updated_at=timezone.now())
+    submission.refresh_from_db()
+    if not claimed:
+        raise AlreadySubmitted(submission)
+    client = client or get_client()
+    request = submission.request or {}
+    try:
+        if not submission.uploaded_file_id:
+            submission.uploaded_file_id = _upload(submission, client, user)
+            submission.save(update_fields=["uploaded_file_id", "updated_at"])
+        facts = submission.facts or {}
+        batch = batch_create(
+            user=user,
+            input_file_id=submission.uploaded_file_id,
+            endpoint=request["endpoint"],
+            completion_window=request.get("completion_window") or "24h",
+            metadata=request.get("metadata") or {},
+            output_expires_after_seconds=request.get("output_expires_after_seconds"),
+            submission_token=submission.token,
+            client=client,
+            retry_of=submission.retry_of,
+            input_facts=InputFacts(
+                filename=submission.filename,
+                bytes=facts.get("bytes") or 0,
+                lines=facts.get("lines") or 0,
+                model=facts.get("model") or "",
+            )
+            if submission.filename
+            else None,
+        )
+    except (OpenAIError, ServiceError) as error:
+        submission.state = Submission.State.FAILED
+        submission.error = str(error)
+        submission.save(update_fields=["state", "error", "updated_at"])
+        raise
+    except BaseException:
+        # A bug or a stopped process: let the person try again rather than block the form.
+        Submission.objects.filter(pk=submission.pk).update(state=Submission.State.FAILED)
+        raise
+    submission.state = Submission.State.DONE
+    submission.batch = batch
+    submission.error = ""
+    _unstage(submission)
+    submission.save()
+    return batch
+
+
+def _upload(submission: Submission, client: OpenAIClient, user: Any) -> str:
+    path = Path(submission.staged_path)
+    if not path.is_file():
+        raise ServiceError(
+            "The checked file is no longer on the server (it is kept for 24 hours). "
+            "Choose the file again."
+        )
+    with path.open("rb") as stream:
+        uploaded = client.upload_file(fileobj=stream, filename=submission.filename, purpose="batch")
+    Event.record(
+        Event.Action.UPLOAD,
+        user=user,
+        detail=f"{submission.filename} as {uploaded['id']} ({path.stat().st_size} bytes)",
+    )
+    return str(uploaded["id"])
+
+
+def _unstage(submission: Submission) -> None:
+    if submission.staged_path:
+        Path(submission.staged_path).unlink(missing_ok=True)
+        submission.staged_path = ""
+
+
+def submissions_cleanup(*, now: dt.datetime | None = None) -> int:
+    """Remove staged files nobody confirmed in time. Returns how many were removed."""
+    cutoff = (now or timezone.now()) - STAGED_LIFETIME
+    stale = Submission.objects.filter(updated_at__lt=cutoff).exclude(staged_path="")
+    count = 0
+    for submission in stale:
+        _unstage(submission)
+        submission.save(update_fields=["staged_path"])
+        count += 1
+    return count
