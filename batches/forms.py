@@ -21,13 +21,25 @@ ENDPOINT_CHOICES = [(e, e) for e in ENDPOINTS]
 
 
 class BatchCreateForm(forms.Form):
+    input_file = forms.FileField(
+        label="Input file (JSONL)",
+        required=False,
+        help_text="Checked line by line before anything is sent. Up to 50,000 requests, 200 MB.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.json,.txt,application/jsonl"}),
+    )
     input_file_id = forms.CharField(
-        label="Input file id",
+        label="…or the id of a file already uploaded",
+        required=False,
         max_length=128,
-        help_text="The id of a JSONL file uploaded with purpose “batch”, e.g. file-abc123.",
+        help_text="A JSONL file uploaded with purpose “batch”, e.g. file-abc123.",
         widget=forms.TextInput(attrs={"placeholder": "file-…", "autocomplete": "off"}),
     )
-    endpoint = forms.ChoiceField(label="Endpoint", choices=ENDPOINT_CHOICES)
+    endpoint = forms.ChoiceField(
+        label="Endpoint",
+        required=False,
+        choices=[("", "Infer from the file"), *ENDPOINT_CHOICES],
+        help_text="Every line's url must be this endpoint.",
+    )
     completion_window = forms.ChoiceField(
         label="Completion window",
         choices=[("24h", "24 hours")],
@@ -65,6 +77,16 @@ class BatchCreateForm(forms.Form):
             raise forms.ValidationError("A file id has no spaces or slashes, e.g. file-abc123.")
         return value
 
+    def request_data(self) -> dict[str, Any]:
+        """What the create call needs, kept with the submission until it is confirmed."""
+        data = self.cleaned_data
+        return {
+            "endpoint": data["endpoint"] or None,
+            "completion_window": data["completion_window"],
+            "metadata": data["metadata"],
+            "output_expires_after_seconds": data["output_expires_after_seconds"],
+        }
+
     def metadata_rows(self) -> list[tuple[forms.BoundField, forms.BoundField]]:
         return [(self[f"meta_key_{i}"], self[f"meta_value_{i}"]) for i in range(METADATA_ROWS)]
 
@@ -99,6 +121,13 @@ class BatchCreateForm(forms.Form):
                 f"(batchweb uses {RESERVED_METADATA} of the API's {MAX_METADATA_PAIRS}).",
             )
         data["metadata"] = metadata
+        upload, file_id = data.get("input_file"), data.get("input_file_id")
+        if upload and file_id:
+            self.add_error("input_file_id", "Choose a file or give a file id, not both.")
+        elif not upload and not file_id and "input_file_id" not in self.errors:
+            self.add_error("input_file", "Choose a JSONL file, or give the id of one.")
+        elif file_id and not data.get("endpoint") and "endpoint" not in self.errors:
+            self.add_error("endpoint", "Choose the endpoint: it cannot be read from a file id.")
         hours = data.get("output_expires_after_hours")
         data["output_expires_after_seconds"] = hours * 3600 if hours else None
         return data

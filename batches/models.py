@@ -142,6 +142,8 @@ class Batch(models.Model):
     # Computed once the batch is terminal (see results.py).
     result_summary = models.JSONField(null=True, blank=True)
     summary_computed_at = models.DateTimeField(null=True, blank=True)
+    # When the result rows (ResultRow) were built from local copies of the files.
+    results_ingested_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
@@ -280,7 +282,9 @@ class Batch(models.Model):
         return sum(counts) >= self.requests_done
 
     def apply_payload(self, payload: dict[str, Any], *, now: dt.datetime) -> None:
-        """Copy every known field of a Batch object onto this row; keep the payload whole."""
+        """Copy every known field of a Batch object onto this row; keep the payload whole.
+        Also reschedules the sync worker's next look at it (see `schedule_refresh`)."""
+        changed = self.raw != payload
         for name in TIMESTAMP_FIELDS:
             setattr(self, name, unix_to_datetime(payload.get(name)))
         if self.created_at is None:
@@ -316,6 +320,26 @@ class Batch(models.Model):
         if self.metadata and self.metadata.get(TOKEN_KEY) and not self.submission_token:
             self.submission_token = self.metadata[TOKEN_KEY][:64]
         self.search_text = self.build_search_text()
+        self.schedule_refresh(changed=changed, now=now)
+
+    def schedule_refresh(self, *, changed: bool, now: dt.datetime) -> None:
+        """When the sync worker should next retrieve this batch. Whatever just stored a payload
+        (a retrieve, a list page, a create or cancel) counts as a look: a batch that changed is
+        looked at again soon, one that did not a little later each time, up to a cap. Terminal
+        batches are not looked at again."""
+        if self.is_terminal:
+            self.next_refresh_at = None
+            self.refresh_interval = 0
+            return
+        shortest = float(getattr(settings, "SYNC_REFRESH_MIN_SECONDS", 5.0))
+        longest = float(getattr(settings, "SYNC_REFRESH_MAX_SECONDS", 300.0))
+        growth = float(getattr(settings, "SYNC_REFRESH_GROWTH", 2.0))
+        if changed or not self.refresh_interval:
+            interval = shortest
+        else:
+            interval = min(max(self.refresh_interval * growth, shortest), longest)
+        self.refresh_interval = interval
+        self.next_refresh_at = now + dt.timedelta(seconds=interval)
 
     def tally_key(self) -> tuple[str, str, str, int]:
         return (self.status, self.endpoint, self.model, self.created_by_id or 0)
@@ -401,16 +425,36 @@ class SyncState(models.Model):
         self.last_success_at = now
         self.failing_since = None
         self.backoff_until = None
-        self.save()
+        # Only these fields: several workers share the row, and a whole-row save would put back
+        # what another one changed meanwhile (say, `last_full_sync_at`).
+        self.save(
+            update_fields=["last_sync_at", "last_success_at", "failing_since", "backoff_until"]
+        )
 
-    def record_failure(self, error: Exception, *, now: dt.datetime | None = None) -> None:
+    def record_failure(
+        self,
+        error: Exception,
+        *,
+        now: dt.datetime | None = None,
+        backoff_until: dt.datetime | None = None,
+    ) -> None:
         now = now or timezone.now()
         self.last_sync_at = now
         self.last_error = str(error)[:1000]
         self.last_error_request_id = (getattr(error, "request_id", None) or "")[:128]
         self.last_error_at = now
         self.failing_since = self.failing_since or now
-        self.save()
+        fields = [
+            "last_sync_at",
+            "last_error",
+            "last_error_request_id",
+            "last_error_at",
+            "failing_since",
+        ]
+        if backoff_until is not None:
+            self.backoff_until = backoff_until
+            fields.append("backoff_until")
+        self.save(update_fields=fields)
 
     @property
     def is_failing(self) -> bool:

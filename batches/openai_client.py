@@ -59,15 +59,17 @@ class OpenAIError(Exception):
         if self.status:
             parts[0] += f" (HTTP {self.status})"
         if self.message:
-            parts.append(self.message.rstrip("."))
-        text = ": ".join(parts) + "."
+            parts.append(self.message.strip())
+        text = ": ".join(parts)
+        if not text.endswith((".", "!", "?")):
+            text += "."
         if self.request_id:
             text += f" Request id {self.request_id}."
         return text
 
 
 class UpstreamUnavailable(OpenAIError):
-    title = "The OpenAI API could not be reached"
+    title = "The OpenAI API is not available right now"
 
 
 class AuthError(OpenAIError):

@@ -646,7 +646,7 @@ def test_a_timeout_message_names_the_time_limits(upstream, waits):
         client.retrieve_batch("batch_abc123")
 
     assert str(caught.value) == (
-        "The OpenAI API could not be reached: no answer from https://api.openai.test/v1 "
+        "The OpenAI API is not available right now: no answer from https://api.openai.test/v1 "
         "within the time limit (connect 3 s, read 20 s)."
     )
 

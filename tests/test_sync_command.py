@@ -96,7 +96,7 @@ def test_a_failing_upstream_in_the_loop_is_reported_and_the_loop_goes_on(upstrea
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
 
-    assert "sync failed: The OpenAI API could not be reached (HTTP 503)" in err
+    assert "sync failed: The OpenAI API is not available right now (HTTP 503)" in err
     assert KEY not in err + out
     assert "sync: 1 pages" in out
     assert Batch.objects.filter(openai_id="batch_1").exists()

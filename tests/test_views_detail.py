@@ -285,7 +285,7 @@ def test_a_refresh_that_times_out_renders_the_cache_with_a_notice(
     assert response.status_code == 200
     content = text(response)
     assert "Could not refresh this batch from upstream" in content
-    assert "could not be reached" in content
+    assert "is not available right now" in content
     assert "within the time limit" in content
     assert "ReadTimeout" not in content
     assert "read timed out" not in content

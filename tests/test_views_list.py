@@ -17,7 +17,7 @@ from responses import matchers
 from batches.models import Batch, SyncState
 from batches.openai_client import UpstreamUnavailable
 from batches.services import batch_upsert
-from batches.views import PAGE_SIZE
+from batches.views.batches import PAGE_SIZE
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -27,11 +27,10 @@ BASE_TIME = 1764000000
 
 def add(openai_id: str, *, created_at: int = BASE_TIME, by: User | None = None, **fields: Any):
     fields.setdefault("metadata", None)
-    batch = batch_upsert(payload=make_batch(id=openai_id, created_at=created_at, **fields)).batch
     if by is not None:
-        batch.created_by = by
-        batch.save(update_fields=["created_by"])
-    return batch
+        # The creator is linked the way batchweb links it: from the username it stamps.
+        fields["metadata"] = {**(fields["metadata"] or {}), "batchweb_user": by.username}
+    return batch_upsert(payload=make_batch(id=openai_id, created_at=created_at, **fields)).batch
 
 
 def row_ids(response) -> list[str]:

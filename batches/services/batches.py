@@ -125,6 +125,7 @@ def batch_create(
     client: OpenAIClient | None = None,
     input_facts: InputFacts | None = None,
     retry_of: Batch | None = None,
+    reconcile_first: bool = False,
 ) -> Batch:
     """Create a batch upstream and cache it; never twice for one submission token.
 
@@ -137,6 +138,8 @@ def batch_create(
     existing = Batch.objects.filter(submission_token=token).first()
     if existing:
         return existing
+    if reconcile_first and (found := _find_by_token(client, token)):
+        return _adopt(found, user=user, token=token, input_facts=input_facts, retry_of=retry_of)
     stamped = dict(metadata or {})
     stamped[TOKEN_KEY] = token
     stamped[USER_KEY] = user.get_username()[:512]
@@ -149,7 +152,12 @@ def batch_create(
             output_expires_after_seconds=output_expires_after_seconds,
         )
     except OpenAIError as error:
-        found = _find_by_token(client, token) if error.ambiguous else None
+        found = None
+        if error.ambiguous:
+            try:
+                found = _find_by_token(client, token)
+            except OpenAIError:
+                logger.warning("could not look for submission token after a failed create")
         if found is None:
             Event.record(Event.Action.CREATE_FAILED, user=user, detail=str(error))
             raise
@@ -157,6 +165,18 @@ def batch_create(
         payload = found
     if not isinstance(payload.get("id"), str):
         raise ServiceError("The OpenAI API answered the create call without a batch id.")
+    return _adopt(payload, user=user, token=token, input_facts=input_facts, retry_of=retry_of)
+
+
+def _adopt(
+    payload: dict[str, Any],
+    *,
+    user: Any,
+    token: str,
+    input_facts: InputFacts | None,
+    retry_of: Batch | None,
+) -> Batch:
+    """Cache a batch this submission created, with what only batchweb knows about it."""
     batch = batch_upsert(payload=payload).batch
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
@@ -174,20 +194,20 @@ def batch_create(
         batch.search_text = batch.build_search_text()
         batch.save()
         BatchTally.move(before, batch.tally_key())
-    Event.record(Event.Action.CREATE, user=user, batch=batch, detail=f"{endpoint}")
+    Event.record(Event.Action.CREATE, user=user, batch=batch, detail=batch.endpoint)
     return batch
 
 
 def _find_by_token(client: OpenAIClient, token: str) -> dict[str, Any] | None:
+    """Look for a batch stamped with `token` among the newest few pages of the list."""
     after = None
     for _ in range(RECONCILE_PAGES):
-        try:
-            page = client.list_batches(after=after, limit=100)
-        except OpenAIError:
-            logger.warning("could not look for submission token after a failed create")
-            return None
+        page = client.list_batches(after=after, limit=100)
         for item in page["data"]:
-            if isinstance(item, dict) and (item.get("metadata") or {}).get(TOKEN_KEY) == token:
+            if not isinstance(item, dict):
+                continue
+            metadata = item.get("metadata")
+            if isinstance(metadata, dict) and metadata.get(TOKEN_KEY) == token:
                 return item
         if not page.get("has_more") or not page["data"]:
             return None

@@ -82,22 +82,20 @@ def submission_check_file(
         "estimated_input_tokens": report.estimated_input_tokens,
         "embedding_inputs": report.embedding_inputs,
     }
-    request = {**request, "endpoint": report.endpoint}
     try:
-        with transaction.atomic():
-            submission = Submission.objects.create(
-                token=token,
-                user=user,
-                state=Submission.State.CHECKED,
-                staged_path=str(staged),
-                filename=filename[:255],
-                facts=facts,
-                request=request,
-                retry_of=retry_of,
-            )
-    except IntegrityError:
+        submission = _stage(
+            user=user,
+            token=token,
+            request={**request, "endpoint": report.endpoint},
+            staged_path=str(staged),
+            filename=filename[:255],
+            facts=facts,
+            uploaded_file_id="",
+            retry_of=retry_of,
+        )
+    except AlreadySubmitted:
         staged.unlink(missing_ok=True)
-        raise AlreadySubmitted(Submission.objects.get(token=token)) from None
+        raise
     return submission, report
 
 
@@ -105,17 +103,39 @@ def submission_for_file_id(
     *, user: Any, token: str, input_file_id: str, request: dict[str, Any]
 ) -> Submission:
     """A submission for a file that is already uploaded: nothing to check or upload."""
-    try:
-        with transaction.atomic():
-            return Submission.objects.create(
-                token=token,
-                user=user,
-                state=Submission.State.CHECKED,
-                uploaded_file_id=input_file_id,
-                request=request,
-            )
-    except IntegrityError:
-        raise AlreadySubmitted(Submission.objects.get(token=token)) from None
+    return _stage(
+        user=user,
+        token=token,
+        request=request,
+        staged_path="",
+        filename="",
+        facts=None,
+        uploaded_file_id=input_file_id,
+        retry_of=None,
+    )
+
+
+def _stage(*, user: Any, token: str, **fields: Any) -> Submission:
+    """Record what the form asked for under its token. A form sent again after a failure (or
+    before confirming) replaces what it asked for; one being submitted or done is refused."""
+    with transaction.atomic():
+        submission = Submission.objects.select_for_update().filter(token=token).first()
+        if submission is None:
+            try:
+                with transaction.atomic():
+                    return Submission.objects.create(
+                        token=token, user=user, state=Submission.State.CHECKED, **fields
+                    )
+            except IntegrityError:
+                submission = Submission.objects.select_for_update().get(token=token)
+        if submission.state in (Submission.State.PENDING, Submission.State.DONE):
+            raise AlreadySubmitted(submission)
+        if submission.staged_path and submission.staged_path != fields["staged_path"]:
+            Path(submission.staged_path).unlink(missing_ok=True)
+        for name, value in fields.items():
+            setattr(submission, name, value)
+        submission.save()
+        return submission
 
 
 def submission_submit(
@@ -124,6 +144,7 @@ def submission_submit(
     """Upload the staged file (once) and create the batch (once). Raises AlreadySubmitted when
     another request holds or finished this submission, and the client's errors on failure, with
     the submission left "failed" and ready to be tried again."""
+    tried_before = bool(submission.error)
     claimed = Submission.objects.filter(
         pk=submission.pk, state__in=[Submission.State.CHECKED, Submission.State.FAILED]
     ).update(state=Submission.State.PENDING, updated_at=timezone.now())
@@ -147,6 +168,8 @@ def submission_submit(
             submission_token=submission.token,
             client=client,
             retry_of=submission.retry_of,
+            # An earlier attempt may have created the batch after all (a timeout): look first.
+            reconcile_first=tried_before,
             input_facts=InputFacts(
                 filename=submission.filename,
                 bytes=facts.get("bytes") or 0,
@@ -163,7 +186,9 @@ def submission_submit(
         raise
     except BaseException:
         # A bug or a stopped process: let the person try again rather than block the form.
-        Submission.objects.filter(pk=submission.pk).update(state=Submission.State.FAILED)
+        Submission.objects.filter(pk=submission.pk).update(
+            state=Submission.State.FAILED, error="interrupted"
+        )
         raise
     submission.state = Submission.State.DONE
     submission.batch = batch

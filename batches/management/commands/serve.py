@@ -68,20 +68,11 @@ class Command(BaseCommand):
             children.append(
                 _spawn(
                     [
-                        sys.executable,
-                        "-m",
-                        "gunicorn",
-                        "batchweb.wsgi",
-                        "--bind",
-                        bind,
-                        "--workers",
-                        env.get("WEB_CONCURRENCY", "2"),
-                        "--threads",
-                        "4",
-                        "--timeout",
-                        "120",
-                        "--graceful-timeout",
-                        "5",
+                        *(sys.executable, "-m", "gunicorn", "batchweb.wsgi", "--bind", bind),
+                        *("--workers", env.get("WEB_CONCURRENCY", "2"), "--threads", "4"),
+                        *("--timeout", "120", "--graceful-timeout", "5"),
+                        # One machine may run several: don't share ~/.gunicorn/gunicorn.ctl.
+                        "--no-control-socket",
                     ],
                     env,
                 )

@@ -1,4 +1,4 @@
-"""Thin views: read the cache, validate a form, call one service, redirect with a message."""
+"""The list, a batch's page, cancel, sync now and the activity log."""
 
 from __future__ import annotations
 
@@ -7,19 +7,21 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
-from django.db import IntegrityError, transaction
-from django.db.models import Q
-from django.http import HttpRequest, HttpResponse
+from django.db.models import Q, Sum
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from . import services
-from .forms import BatchCreateForm, BatchFilterForm
-from .jsonl_check import ENDPOINTS
-from .models import RUNNING_STATUSES, Batch, Event, Status, Submission
-from .openai_client import OpenAIError
+from .. import services
+from ..forms import BatchFilterForm
+from ..jsonl_check import ENDPOINTS
+from ..models import RUNNING_STATUSES, Batch, BatchQuerySet, BatchTally, Event, Status
+from ..openai_client import OpenAIError
+from ..results import ResultSummary
+from ..services.result_files import batches_csv
 
 PAGE_SIZE = 50
 
@@ -42,55 +44,91 @@ def _get_batch(openai_id: str) -> Batch:
 @login_required
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
-    form = BatchFilterForm(request.GET)
-    form.is_valid()
-    filters = form.cleaned_data if form.is_valid() else {}
-    base = Batch.objects.for_list()
-    if filters.get("endpoint"):
-        base = base.filter(endpoint=filters["endpoint"])
-    if filters.get("model"):
-        base = base.filter(model=filters["model"])
-    if filters.get("creator"):
-        base = base.filter(created_by__username=filters["creator"])
-    base = base.search(filters.get("q", ""))
-
-    counts = base.status_counts()
+    filters = _filters(request)
+    base = _filtered(filters)
+    counts = _status_counts(filters, base)
     tabs = []
     status = filters.get("status", "")
-    rows = base
     for key, label, statuses in STATUS_TABS:
         total = sum(n for s, n in counts.items() if statuses is None or s in statuses)
         tabs.append({"key": key, "label": label, "count": total, "active": key == status})
-        if key and key == status:
-            rows = rows.filter(status__in=statuses)
-    if status in Status.values:
-        rows = rows.filter(status=status)
-
+    rows = _with_status(base, status)
     page, newer, older = _keyset_page(request, rows)
     params = {k: v for k, v in filters.items() if v}
+    choices = BatchTally.objects.filter(count__gt=0)
+    creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
     context = {
-        "form": form,
         "batches": page,
         "tabs": tabs,
         "params": params,
         "newer_url": _page_url(params, before=newer) if newer else None,
         "older_url": _page_url(params, after=older) if older else None,
+        "export_url": reverse("batch-export") + _page_url(params),
         "endpoints": ENDPOINTS,
-        "models": _distinct_models(),
-        "creators": get_user_model()
-        .objects.filter(batches__isnull=False)
-        .distinct()
-        .order_by("username")
-        .values_list("username", flat=True),
+        "models": choices.exclude(model="").order_by("model").values_list("model", flat=True)
+        .distinct(),
+        "creators": get_user_model().objects.filter(pk__in=list(creator_ids))
+        .order_by("username").values_list("username", flat=True),
         "filtered": bool(params),
-    }
+    }  # fmt: skip
     return render(request, "batches/list.html", context)
 
 
-def _distinct_models() -> list[str]:
-    return list(
-        Batch.objects.exclude(model="").order_by("model").values_list("model", flat=True).distinct()
+@login_required
+@require_GET
+def batch_export(request: HttpRequest) -> StreamingHttpResponse:
+    """The list as CSV, with the same filters as the page, streamed row by row."""
+    filters = _filters(request)
+    rows = _with_status(_filtered(filters), filters.get("status", ""))
+    response = StreamingHttpResponse(
+        batches_csv(rows.order_by("-created_at", "-id")), content_type="text/csv; charset=utf-8"
     )
+    stamp = timezone.now().strftime("%Y%m%d-%H%M")
+    response["Content-Disposition"] = f'attachment; filename="batches-{stamp}.csv"'
+    return response
+
+
+def _filters(request: HttpRequest) -> dict[str, str]:
+    """The list's filters; unknown or malformed values are ignored rather than failing."""
+    form = BatchFilterForm(request.GET)
+    return {k: v for k, v in form.cleaned_data.items() if v} if form.is_valid() else {}
+
+
+def _filtered(filters: dict[str, str]) -> BatchQuerySet:
+    rows = Batch.objects.for_list()
+    if filters.get("endpoint"):
+        rows = rows.filter(endpoint=filters["endpoint"])
+    if filters.get("model"):
+        rows = rows.filter(model=filters["model"])
+    if filters.get("creator"):
+        rows = rows.filter(created_by__username=filters["creator"])
+    return rows.search(filters.get("q", ""))
+
+
+def _with_status(rows: BatchQuerySet, status: str) -> BatchQuerySet:
+    for key, _label, statuses in STATUS_TABS:
+        if key and key == status:
+            return rows.filter(status__in=statuses)
+    if status in Status.values:
+        return rows.filter(status=status)
+    return rows
+
+
+def _status_counts(filters: dict[str, str], rows: BatchQuerySet) -> dict[str, int]:
+    """Counts per status. Without a search they come from the tallies, whose size does not
+    grow with the number of batches; a search has to count the rows it matches."""
+    if filters.get("q"):
+        return rows.status_counts()
+    tallies = BatchTally.objects.all()
+    if filters.get("endpoint"):
+        tallies = tallies.filter(endpoint=filters["endpoint"])
+    if filters.get("model"):
+        tallies = tallies.filter(model=filters["model"])
+    if filters.get("creator"):
+        user = get_user_model().objects.filter(username=filters["creator"]).first()
+        tallies = tallies.filter(creator_id=user.pk if user else -1)
+    totals = tallies.values("status").annotate(n=Sum("count")).order_by()
+    return {row["status"]: row["n"] for row in totals if row["n"]}
 
 
 def _keyset_page(request: HttpRequest, rows: Any) -> tuple[list[Batch], int | None, int | None]:
@@ -140,18 +178,30 @@ def batch_detail(request: HttpRequest, openai_id: str) -> HttpResponse:
     refresh_error = None
     if not batch.is_terminal:
         try:
-            batch = services.batch_refresh(
-                batch=batch, client=services.get_client(interactive=True)
-            )
+            client = services.get_client(interactive=True)
+            batch = services.batch_refresh(batch=batch, client=client)
         except OpenAIError as error:
             refresh_error = str(error)
+    summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
+    may_submit = request.user.has_perm("batches.submit_batch")
     context = {
         "batch": batch,
+        "summary": summary,
         "refresh_error": refresh_error,
         "events": batch.events.select_related("user")[:50],
         "can_cancel": batch.can_cancel and request.user.has_perm("batches.cancel_batch"),
-    }
+        "can_retry": may_submit and batch.is_terminal and bool(batch.input_file_id)
+        and _has_unsucceeded(batch, summary),
+    }  # fmt: skip
     return render(request, "batches/detail.html", context)
+
+
+def _has_unsucceeded(batch: Batch, summary: ResultSummary | None) -> bool:
+    if summary is not None:
+        return bool(summary.failed or summary.never_ran)
+    if batch.request_total is None:
+        return batch.status != Status.COMPLETED
+    return (batch.request_completed or 0) < batch.request_total
 
 
 @login_required
@@ -174,75 +224,6 @@ def batch_cancel(request: HttpRequest, openai_id: str) -> HttpResponse:
             request, "Cancellation requested. Requests already finished keep their results."
         )
     return redirect("batch-detail", openai_id=batch.openai_id)
-
-
-@login_required
-@permission_required("batches.submit_batch", raise_exception=True)
-@require_http_methods(["GET", "POST"])
-def batch_create(request: HttpRequest) -> HttpResponse:
-    if request.method == "GET":
-        initial = {"submission_token": services.new_submission_token(), "completion_window": "24h"}
-        endpoint = request.GET.get("endpoint")
-        if endpoint in ENDPOINTS:
-            initial["endpoint"] = endpoint
-        form = BatchCreateForm(initial=initial)
-        return render(request, "batches/create.html", {"form": form})
-
-    form = BatchCreateForm(request.POST)
-    if not form.is_valid():
-        return render(request, "batches/create.html", {"form": form}, status=400)
-    data = form.cleaned_data
-    submission, claimed = _claim_submission(data["submission_token"], request.user)
-    if not claimed:
-        return _already_submitted(request, submission)
-    try:
-        batch = services.batch_create(
-            user=request.user,
-            input_file_id=data["input_file_id"],
-            endpoint=data["endpoint"],
-            completion_window=data["completion_window"],
-            metadata=data["metadata"],
-            output_expires_after_seconds=data["output_expires_after_seconds"],
-            submission_token=submission.token,
-        )
-    except (OpenAIError, services.ServiceError) as error:
-        submission.state, submission.error = Submission.State.FAILED, str(error)
-        submission.save(update_fields=["state", "error", "updated_at"])
-        form.add_error(None, f"The batch was not created. {error}")
-        return render(request, "batches/create.html", {"form": form}, status=502)
-    submission.state, submission.batch = Submission.State.DONE, batch
-    submission.save(update_fields=["state", "batch", "updated_at"])
-    messages.success(request, f"Batch {batch.openai_id} created.")
-    return redirect("batch-detail", openai_id=batch.openai_id)
-
-
-def _claim_submission(token: str, user: Any) -> tuple[Submission, bool]:
-    """Take the form's one-time token. Only one request at a time may act on a token."""
-    try:
-        with transaction.atomic():
-            return Submission.objects.create(token=token, user=user), True
-    except IntegrityError:
-        pass
-    submission = Submission.objects.get(token=token)
-    if submission.state == Submission.State.FAILED:
-        # A failed attempt may be tried again with the same form: claim it back atomically.
-        claimed = Submission.objects.filter(pk=submission.pk, state=Submission.State.FAILED).update(
-            state=Submission.State.PENDING
-        )
-        submission.refresh_from_db()
-        return submission, bool(claimed)
-    return submission, False
-
-
-def _already_submitted(request: HttpRequest, submission: Submission) -> HttpResponse:
-    if submission.state == Submission.State.DONE and submission.batch_id:
-        messages.info(request, "This form was already submitted; here is the batch it created.")
-        return redirect("batch-detail", openai_id=submission.batch.openai_id)
-    messages.warning(
-        request,
-        "This form is already being submitted. The batch will appear in the list in a moment.",
-    )
-    return redirect("batch-list")
 
 
 @login_required

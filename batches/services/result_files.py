@@ -1,0 +1,582 @@
+"""What a finished batch produced: downloads, the stored summary, the results table, the retry
+file and CSV exports.
+
+Files are copied from upstream to `data/results/<batch>/` once, streamed to disk in chunks, and
+everything else reads the local copies a line at a time, so memory stays flat whatever the size.
+Copies and result rows not looked at for BATCHWEB_RESULT_RETENTION_DAYS are removed.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from ..jsonl_check import check_jsonl
+from ..models import Batch, Event, ResultFile, ResultRow, Submission
+from ..openai_client import NotFound, OpenAIClient, OpenAIError
+from ..results import (
+    ResultLineError,
+    ResultSummary,
+    build_retry_file,
+    parse_result_line,
+    read_outcomes,
+    summarize,
+)
+from .batches import ServiceError, get_client
+from .submissions import AlreadySubmitted, staging_dir
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 16
+PREVIEW_CHARS = 300
+INGEST_BATCH = 2000
+
+KIND_LABELS = {"input": "input", "output": "output", "error": "error"}
+
+
+class FileGone(ServiceError):
+    """The file no longer exists upstream (expired or deleted)."""
+
+
+def results_dir(batch: Batch) -> Path:
+    # Batch ids come from upstream: keep only characters that are safe in a path.
+    safe = "".join(c for c in batch.openai_id if c.isalnum() or c in "-_")[:120]
+    path = Path(settings.DATA_DIR) / "results" / f"{batch.pk}-{safe}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def file_id_of(batch: Batch, kind: str) -> str:
+    return {
+        ResultFile.Kind.INPUT: batch.input_file_id,
+        ResultFile.Kind.OUTPUT: batch.output_file_id,
+        ResultFile.Kind.ERROR: batch.error_file_id,
+    }[kind]
+
+
+def download_name(batch: Batch, kind: str) -> str:
+    return f"{batch.openai_id}_{kind}.jsonl"
+
+
+def _gone_message(kind: str) -> str:
+    if kind == ResultFile.Kind.INPUT:
+        return "The input file no longer exists upstream (input files expire after 30 days)."
+    return (
+        f"The {kind} file no longer exists upstream: OpenAI deletes output and error files "
+        "30 days after a batch completes, or sooner when an expiry was set."
+    )
+
+
+# --- Downloads ------------------------------------------------------------------------------
+
+
+@dataclass
+class Download:
+    chunks: Iterator[bytes]
+    filename: str
+    size: int | None
+
+
+def file_download(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -> Download:
+    """Stream one of the batch's files: from the local copy when there is one, else straight
+    from upstream, chunk by chunk. Raises FileGone for a file upstream no longer has."""
+    file_id = file_id_of(batch, kind)
+    if not file_id:
+        raise ServiceError(f"This batch has no {kind} file.")
+    copy = _usable_copy(batch, kind, file_id)
+    if copy is not None:
+        path = Path(copy.path)
+        return Download(_read_chunks(path), download_name(batch, kind), path.stat().st_size)
+    client = client or get_client()
+    try:
+        response = client.open_file_content(file_id)
+    except NotFound as error:
+        raise FileGone(_gone_message(kind)) from error
+    size = response.headers.get("Content-Length")
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            yield from response.iter_content(CHUNK)
+        finally:
+            response.close()
+
+    return Download(chunks(), download_name(batch, kind), int(size) if size else None)
+
+
+def _read_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            yield chunk
+
+
+def _usable_copy(batch: Batch, kind: str, file_id: str) -> ResultFile | None:
+    copy = ResultFile.objects.filter(batch=batch, kind=kind, file_id=file_id).first()
+    if copy is None or not Path(copy.path).is_file():
+        return None
+    ResultFile.objects.filter(pk=copy.pk).update(last_used_at=timezone.now())
+    return copy
+
+
+def local_copy(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -> Path | None:
+    """The path of a local copy of one of the batch's files, fetched on first use; None when the
+    batch has no such file. Raises FileGone when upstream no longer has it."""
+    file_id = file_id_of(batch, kind)
+    if not file_id:
+        return None
+    copy = _usable_copy(batch, kind, file_id)
+    if copy is not None:
+        return Path(copy.path)
+    client = client or get_client()
+    target = results_dir(batch) / f"{kind}.jsonl"
+    try:
+        response = client.open_file_content(file_id)
+    except NotFound as error:
+        raise FileGone(_gone_message(kind)) from error
+    size = 0
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        try:
+            for chunk in response.iter_content(CHUNK):
+                tmp.write(chunk)
+                size += len(chunk)
+        except OpenAIError:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
+        except Exception as exc:  # requests' own transport errors mid-stream
+            Path(tmp.name).unlink(missing_ok=True)
+            raise ServiceError(f"The {kind} file download was interrupted.") from exc
+        finally:
+            response.close()
+    Path(tmp.name).replace(target)
+    ResultFile.objects.update_or_create(
+        batch=batch,
+        kind=kind,
+        defaults={
+            "file_id": file_id,
+            "path": str(target),
+            "bytes": size,
+            "fetched_at": timezone.now(),
+            "last_used_at": timezone.now(),
+        },
+    )
+    return target
+
+
+# --- Summary --------------------------------------------------------------------------------
+
+
+def batch_summarize(*, batch: Batch, client: OpenAIClient | None = None) -> ResultSummary | None:
+    """Compute and store what a finished batch produced, from its output and error files.
+
+    Returns None (and stores nothing) for a batch that is not finished yet.
+    """
+    if not batch.is_terminal:
+        return None
+    client = client or get_client()
+    output = local_copy(batch=batch, kind=ResultFile.Kind.OUTPUT, client=client)
+    errors = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
+    with _open(output) as out_stream, _open(errors) as err_stream:
+        summary = summarize([out_stream, err_stream], total_requests=batch.request_total)
+    Batch.objects.filter(pk=batch.pk).update(
+        result_summary=summary.to_dict(), summary_computed_at=timezone.now()
+    )
+    batch.result_summary = summary.to_dict()
+    return summary
+
+
+class _open:
+    """Open a path for reading, or stand in for a missing file with None."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.stream: BinaryIO | None = path.open("rb") if path else None
+
+    def __enter__(self) -> BinaryIO | None:
+        return self.stream
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.stream:
+            self.stream.close()
+
+
+def summaries_due(*, client: OpenAIClient | None = None, limit: int = 5) -> int:
+    """Summarize finished batches that have none yet; for the worker. Returns how many."""
+    done = 0
+    pending = Batch.objects.filter(
+        status__in=["completed", "failed", "expired", "cancelled"], summary_computed_at=None
+    ).exclude(output_file_id="", error_file_id="")
+    for batch in pending.order_by("-created_at")[:limit]:
+        try:
+            batch_summarize(batch=batch, client=client)
+        except FileGone as error:
+            Batch.objects.filter(pk=batch.pk).update(
+                summary_computed_at=timezone.now(), last_error=str(error)
+            )
+        except (OpenAIError, ServiceError) as error:
+            logger.warning("summary of %s failed: %s", batch.openai_id, error)
+            continue
+        done += 1
+    return done
+
+
+# --- The results table ----------------------------------------------------------------------
+
+
+def results_ingest(*, batch: Batch, client: OpenAIClient | None = None) -> int:
+    """Build the results table of a finished batch: one row per request, joined by custom_id
+    across input, output and error files, with byte offsets for the full view. Returns the
+    number of rows. Requests with no result line at all are rows too ("never ran")."""
+    client = client or get_client()
+    try:
+        input_path = local_copy(batch=batch, kind=ResultFile.Kind.INPUT, client=client)
+    except FileGone:
+        input_path = None  # expired input: results are still worth showing
+    output_path = local_copy(batch=batch, kind=ResultFile.Kind.OUTPUT, client=client)
+    error_path = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
+
+    inputs: dict[str, tuple[int, int, str]] = {}
+    if input_path:
+        for line_no, offset, raw in _lines_with_offsets(input_path):
+            custom_id, preview = _input_summary(raw)
+            if custom_id is not None and custom_id not in inputs:
+                inputs[custom_id] = (line_no, offset, preview)
+
+    seen: set[str] = set()
+    rows: list[ResultRow] = []
+    count = 0
+    with transaction.atomic():
+        ResultRow.objects.filter(batch=batch).delete()
+        for source, path in (("output", output_path), ("error", error_path)):
+            if not path:
+                continue
+            for _line_no, offset, raw in _lines_with_offsets(path):
+                row = _result_row(batch, source, offset, raw, inputs)
+                if row.custom_id in seen:
+                    continue  # a request answered twice: the first answer stands
+                seen.add(row.custom_id)
+                rows.append(row)
+                if len(rows) >= INGEST_BATCH:
+                    ResultRow.objects.bulk_create(rows)
+                    count += len(rows)
+                    rows = []
+        for custom_id, (line_no, offset, preview) in inputs.items():
+            if custom_id not in seen:
+                rows.append(
+                    ResultRow(
+                        batch=batch,
+                        custom_id=custom_id[:512],
+                        input_line=line_no,
+                        input_offset=offset,
+                        request_preview=preview,
+                        error_message="This request never ran.",
+                    )
+                )
+                if len(rows) >= INGEST_BATCH:
+                    ResultRow.objects.bulk_create(rows)
+                    count += len(rows)
+                    rows = []
+        ResultRow.objects.bulk_create(rows)
+        count += len(rows)
+        Batch.objects.filter(pk=batch.pk).update(results_ingested_at=timezone.now())
+    batch.results_ingested_at = timezone.now()
+    return count
+
+
+def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, bytes]]:
+    """(1-based line number, byte offset, line) for each non-blank line."""
+    offset = 0
+    with path.open("rb") as stream:
+        for line_no, raw in enumerate(stream, start=1):
+            if raw.strip():
+                yield line_no, offset, raw
+            offset += len(raw)
+
+
+def _input_summary(raw: bytes) -> tuple[str | None, str]:
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, ""
+    if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
+        return None, ""
+    return data["custom_id"], _request_preview(data.get("body"))
+
+
+def _request_preview(body: Any) -> str:
+    """The start of what was asked: the last user message, the input or the prompt."""
+    if not isinstance(body, dict):
+        return ""
+    text: Any = None
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                text = message.get("content")
+                break
+    if text is None:
+        text = body.get("input", body.get("prompt"))
+    if isinstance(text, list):
+        parts = [p.get("text", "") if isinstance(p, dict) else str(p) for p in text]
+        text = " ".join(str(p) for p in parts)
+    return str(text or "")[:PREVIEW_CHARS]
+
+
+def _result_row(
+    batch: Batch, source: str, offset: int, raw: bytes, inputs: dict[str, tuple[int, int, str]]
+) -> ResultRow:
+    try:
+        result = parse_result_line(raw)
+    except ResultLineError:
+        return ResultRow(
+            batch=batch,
+            custom_id=f"(unreadable line at byte {offset})",
+            source=source,
+            offset=offset,
+            error_message="This line of the file is not valid JSON.",
+        )
+    custom_id = result.custom_id or f"(no custom_id at byte {offset})"
+    line_no, input_offset, preview = inputs.get(custom_id, (None, None, ""))
+    return ResultRow(
+        batch=batch,
+        custom_id=custom_id[:512],
+        input_line=line_no,
+        input_offset=input_offset,
+        source=source,
+        offset=offset,
+        ok=result.ok,
+        status_code=result.status_code,
+        error_code=(result.error_code or "")[:128],
+        error_message=(result.error_message or "")[:1000],
+        request_preview=preview,
+        answer_preview=(result.answer_text or "")[:PREVIEW_CHARS],
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
+        total_tokens=result.total_tokens,
+    )
+
+
+def result_detail(*, row: ResultRow) -> dict[str, Any]:
+    """The full request and response of one result, read from the local copies."""
+    batch = row.batch
+    request = response = None
+    if row.input_offset is not None:
+        request = _json_at(batch, ResultFile.Kind.INPUT, row.input_offset)
+    if row.source and row.offset is not None:
+        response = _json_at(batch, row.source, row.offset)
+    return {"request": request, "response": response}
+
+
+def _json_at(batch: Batch, kind: str, offset: int) -> Any:
+    copy = ResultFile.objects.filter(batch=batch, kind=kind).first()
+    if copy is None or not Path(copy.path).is_file():
+        return None
+    with Path(copy.path).open("rb") as stream:
+        stream.seek(offset)
+        raw = stream.readline()
+    try:
+        if kind == ResultFile.Kind.INPUT:
+            return json.loads(raw)
+        return parse_result_line(raw).raw  # with a body sent as a JSON string decoded
+    except (ValueError, UnicodeDecodeError):
+        return raw.decode("utf-8", "replace")
+
+
+# --- Retry ----------------------------------------------------------------------------------
+
+
+def batch_retry_stage(
+    *, batch: Batch, user: Any, token: str, client: OpenAIClient | None = None
+) -> Submission:
+    """Build a new input file from the requests of `batch` that did not succeed (failed,
+    expired, cancelled or never ran), check it like any upload, and stage it for confirmation
+    through the same path as the create form."""
+    if not batch.is_terminal:
+        raise ServiceError("Only a finished batch can be retried.")
+    client = client or get_client()
+    input_path = local_copy(batch=batch, kind=ResultFile.Kind.INPUT, client=client)
+    if input_path is None:
+        raise ServiceError("This batch has no input file to retry from.")
+    output = local_copy(batch=batch, kind=ResultFile.Kind.OUTPUT, client=client)
+    errors = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
+    with _open(output) as out_stream, _open(errors) as err_stream:
+        outcomes = read_outcomes(out_stream, err_stream)
+    staged = staging_dir() / f"{token}.jsonl"
+    with input_path.open("rb") as source, staged.open("wb") as target:
+        report = build_retry_file(
+            source, target, succeeded=outcomes.succeeded, reasons=outcomes.failed
+        )
+    if report.lines == 0:
+        staged.unlink(missing_ok=True)
+        raise ServiceError("Every request of this batch succeeded: there is nothing to retry.")
+    with staged.open("rb") as stream:
+        check = check_jsonl(stream, endpoint=batch.endpoint or None)
+    if not check.ok:
+        staged.unlink(missing_ok=True)
+        raise ServiceError(f"The retry file did not pass the checks: {check.summary()}")
+    metadata = {k: v for k, v in batch.user_metadata().items()}
+    metadata["retry_of"] = batch.openai_id
+    request = {
+        "endpoint": check.endpoint,
+        "completion_window": batch.completion_window or "24h",
+        "metadata": dict(list(metadata.items())[:14]),
+        "output_expires_after_seconds": None,
+    }
+    facts = {
+        "lines": check.lines,
+        "bytes": check.bytes,
+        "model": check.model or "",
+        "endpoint": check.endpoint or "",
+        "estimated_input_tokens": check.estimated_input_tokens,
+        "embedding_inputs": check.embedding_inputs,
+        "retry_reasons": dict(sorted(report.by_reason.items(), key=lambda kv: -kv[1])),
+    }
+    with transaction.atomic():
+        if Submission.objects.filter(token=token).exists():
+            staged.unlink(missing_ok=True)
+            raise AlreadySubmitted(Submission.objects.get(token=token))
+        submission = Submission.objects.create(
+            token=token,
+            user=user,
+            state=Submission.State.CHECKED,
+            staged_path=str(staged),
+            filename=f"{batch.openai_id}_retry.jsonl",
+            facts=facts,
+            request=request,
+            retry_of=batch,
+        )
+    Event.record(
+        Event.Action.RETRY,
+        user=user,
+        batch=batch,
+        detail=f"{report.lines} requests staged for a retry",
+    )
+    return submission
+
+
+# --- CSV ------------------------------------------------------------------------------------
+
+
+class _Echo:
+    """A file-like object whose write() returns the line, for streaming csv.writer output."""
+
+    def write(self, value: str) -> str:
+        return value
+
+
+def results_csv(*, batch: Batch) -> Iterator[str]:
+    """Every result of an ingested batch as CSV rows, in input order, with the full answer."""
+    writer = csv.writer(_Echo())
+    yield writer.writerow(
+        ["custom_id", "status", "http_status", "answer_or_error", "input_tokens",
+         "output_tokens", "total_tokens"]
+    )  # fmt: skip
+    rows = ResultRow.objects.filter(batch=batch).order_by("input_line", "id")
+    copies = {c.kind: Path(c.path) for c in ResultFile.objects.filter(batch=batch)}
+    streams: dict[str, BinaryIO] = {}
+    try:
+        for row in rows.iterator(chunk_size=2000):
+            text = row.error_message if not row.ok else row.answer_preview
+            if row.ok and row.source in copies:
+                text = _full_answer(streams, copies, row) or text
+            status = "succeeded" if row.ok else ("never ran" if row.never_ran else "failed")
+            yield writer.writerow(
+                [
+                    _csv_safe(row.custom_id), status, row.status_code or "", _csv_safe(text),
+                    row.input_tokens or "", row.output_tokens or "", row.total_tokens or "",
+                ]
+            )  # fmt: skip
+    finally:
+        for stream in streams.values():
+            stream.close()
+
+
+def _full_answer(streams: dict[str, BinaryIO], copies: dict[str, Path], row: ResultRow) -> str:
+    stream = streams.get(row.source)
+    if stream is None:
+        stream = streams[row.source] = copies[row.source].open("rb")
+    stream.seek(row.offset or 0)
+    try:
+        return parse_result_line(stream.readline()).answer_text or ""
+    except ResultLineError:
+        return ""
+
+
+def _csv_safe(value: Any) -> str:
+    """Keep spreadsheets from running a cell as a formula (CSV injection)."""
+    text = "" if value is None else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + text
+    return text
+
+
+def batches_csv(batches: Any) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(
+        ["batch_id", "status", "endpoint", "model", "created_at", "completed_at",
+         "requests_total", "requests_completed", "requests_failed", "input_tokens",
+         "output_tokens", "created_by", "label", "input_file_id", "output_file_id",
+         "error_file_id"]
+    )  # fmt: skip
+    for batch in batches.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                batch.openai_id, batch.display_status(), batch.endpoint, batch.model,
+                _iso(batch.created_at), _iso(batch.completed_at), _num(batch.request_total),
+                _num(batch.request_completed), _num(batch.request_failed),
+                _num(batch.input_tokens), _num(batch.output_tokens),
+                _csv_safe(batch.creator_name()), _csv_safe(batch.label()), batch.input_file_id,
+                batch.output_file_id, batch.error_file_id,
+            ]
+        )  # fmt: skip
+
+
+def _iso(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).isoformat() if value else ""
+
+
+def _num(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+# --- Retention ------------------------------------------------------------------------------
+
+
+def results_cleanup(*, now: dt.datetime | None = None) -> int:
+    """Remove local copies and result rows not used for the retention period."""
+    days = settings.RESULT_RETENTION_DAYS
+    cutoff = (now or timezone.now()) - dt.timedelta(days=days)
+    stale_batches = set(
+        ResultFile.objects.filter(last_used_at__lt=cutoff).values_list("batch_id", flat=True)
+    )
+    for batch in Batch.objects.filter(pk__in=stale_batches):
+        shutil.rmtree(results_dir(batch), ignore_errors=True)
+        ResultFile.objects.filter(batch=batch).delete()
+        ResultRow.objects.filter(batch=batch).delete()
+        Batch.objects.filter(pk=batch.pk).update(results_ingested_at=None)
+    return len(stale_batches)
+
+
+__all__ = [
+    "Download",
+    "FileGone",
+    "batch_retry_stage",
+    "batch_summarize",
+    "batches_csv",
+    "file_download",
+    "local_copy",
+    "result_detail",
+    "results_cleanup",
+    "results_csv",
+    "results_ingest",
+    "summaries_due",
+]

@@ -1,0 +1,125 @@
+"""Creating a batch: the form, the check of the input file, the confirmation, the submit."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.files.uploadedfile import UploadedFile
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+
+from .. import services
+from ..forms import BatchCreateForm
+from ..jsonl_check import ENDPOINTS
+from ..models import Submission
+from ..openai_client import InvalidRequest, NotFound, OpenAIError
+from ..services.submissions import (
+    AlreadySubmitted,
+    submission_check_file,
+    submission_for_file_id,
+    submission_submit,
+)
+
+SHOWN_PROBLEMS = 50
+
+
+def _error_status(error: Exception) -> int:
+    """The person's own mistake (a bad file id, a rejected value) is a 400; upstream trouble
+    is a 502."""
+    return 400 if isinstance(error, InvalidRequest | NotFound | services.ServiceError) else 502
+
+
+@login_required
+@permission_required("batches.submit_batch", raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def batch_create(request: HttpRequest) -> HttpResponse:
+    if request.method == "GET":
+        initial = {"submission_token": services.new_submission_token(), "completion_window": "24h"}
+        if request.GET.get("endpoint") in ENDPOINTS:
+            initial["endpoint"] = request.GET["endpoint"]
+        return _form_page(request, BatchCreateForm(initial=initial))
+
+    form = BatchCreateForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _form_page(request, form, status=400)
+    data = form.cleaned_data
+    upload: UploadedFile | None = data["input_file"]
+    try:
+        if upload is None:
+            submission = submission_for_file_id(
+                user=request.user,
+                token=data["submission_token"],
+                input_file_id=data["input_file_id"],
+                request=form.request_data(),
+            )
+            return _submit(request, submission, form=form)
+        submission, report = submission_check_file(
+            user=request.user,
+            token=data["submission_token"],
+            stream=upload.file,
+            filename=upload.name or "input.jsonl",
+            endpoint=data["endpoint"] or None,
+            request=form.request_data(),
+            temporary_path=getattr(upload, "temporary_file_path", lambda: None)(),
+        )
+    except AlreadySubmitted as already:
+        return _already_submitted(request, already.submission)
+    if submission is None:
+        return _form_page(request, form, report=report, status=400)
+    return redirect("submission-confirm", token=submission.token)
+
+
+@login_required
+@permission_required("batches.submit_batch", raise_exception=True)
+@require_http_methods(["GET", "POST"])
+def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
+    """The summary of a checked file, and the button that uploads it and creates the batch."""
+    submission = get_object_or_404(Submission.objects.select_related("batch"), token=token)
+    if submission.user_id != request.user.pk and not request.user.is_superuser:
+        return render(request, "403.html", status=403)
+    if submission.state == Submission.State.DONE and submission.batch_id:
+        return redirect("batch-detail", openai_id=submission.batch.openai_id)
+    if request.method == "GET":
+        return render(request, "batches/confirm.html", {"submission": submission})
+    return _submit(request, submission)
+
+
+def _submit(
+    request: HttpRequest, submission: Submission, *, form: BatchCreateForm | None = None
+) -> HttpResponse:
+    try:
+        batch = submission_submit(submission=submission, user=request.user)
+    except AlreadySubmitted as already:
+        return _already_submitted(request, already.submission)
+    except (OpenAIError, services.ServiceError) as error:
+        message = f"The batch was not created. {error}"
+        if form is not None:
+            form.add_error(None, message)
+            return _form_page(request, form, status=_error_status(error))
+        context = {"submission": submission, "error": message}
+        return render(request, "batches/confirm.html", context, status=_error_status(error))
+    messages.success(request, f"Batch {batch.openai_id} created.")
+    return redirect("batch-detail", openai_id=batch.openai_id)
+
+
+def _already_submitted(request: HttpRequest, submission: Submission) -> HttpResponse:
+    if submission.state == Submission.State.DONE and submission.batch_id:
+        messages.info(request, "This form was already submitted; here is the batch it created.")
+        return redirect("batch-detail", openai_id=submission.batch.openai_id)
+    messages.warning(
+        request,
+        "This form is already being submitted. The batch will appear in the list in a moment.",
+    )
+    return redirect("batch-list")
+
+
+def _form_page(
+    request: HttpRequest, form: BatchCreateForm, *, report=None, status: int = 200
+) -> HttpResponse:
+    context = {
+        "form": form,
+        "report": report,
+        "problems": report.problems[:SHOWN_PROBLEMS] if report else [],
+    }
+    return render(request, "batches/create.html", context, status=status)

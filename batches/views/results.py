@@ -1,0 +1,146 @@
+"""What a finished batch produced: downloads, the results table, one result, retry, CSV."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from .. import services
+from ..models import Batch, Event, ResultFile, ResultRow
+from ..openai_client import OpenAIError
+from ..services.result_files import (
+    FileGone,
+    batch_retry_stage,
+    batch_summarize,
+    file_download,
+    result_detail,
+    results_csv,
+    results_ingest,
+)
+from ..services.submissions import AlreadySubmitted
+
+RESULTS_PAGE_SIZE = 50
+CONTENT_TYPE = "application/jsonl; charset=utf-8"
+
+
+def _get_batch(openai_id: str) -> Batch:
+    return get_object_or_404(Batch.objects.select_related("created_by"), openai_id=openai_id)
+
+
+@login_required
+@require_GET
+def batch_download(request: HttpRequest, openai_id: str, kind: str) -> HttpResponse:
+    batch = _get_batch(openai_id)
+    if kind not in ResultFile.Kind.values:
+        return render(request, "404.html", status=404)
+    try:
+        download = file_download(batch=batch, kind=kind, client=services.get_client())
+    except (OpenAIError, services.ServiceError) as error:
+        messages.error(request, f"The {kind} file could not be downloaded. {error}")
+        return redirect("batch-detail", openai_id=batch.openai_id)
+    response = StreamingHttpResponse(download.chunks, content_type=CONTENT_TYPE)
+    response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
+    if download.size is not None:
+        response["Content-Length"] = str(download.size)
+    Event.record(Event.Action.DOWNLOAD, user=request.user, batch=batch, detail=f"{kind} file")
+    return response
+
+
+def _ingested(request: HttpRequest, batch: Batch) -> bool:
+    """Make sure the results table exists; say why on the page when it cannot be built."""
+    if batch.results_ingested_at:
+        return True
+    if not batch.is_terminal:
+        messages.info(request, "Results can be read once the batch has finished.")
+        return False
+    try:
+        client = services.get_client()
+        results_ingest(batch=batch, client=client)
+        if batch.summary_computed_at is None:
+            batch_summarize(batch=batch, client=client)
+    except FileGone as error:
+        messages.error(request, str(error))
+        return False
+    except (OpenAIError, services.ServiceError) as error:
+        messages.error(request, f"The result files could not be fetched. {error}")
+        return False
+    return True
+
+
+@login_required
+@require_GET
+def batch_results(request: HttpRequest, openai_id: str) -> HttpResponse:
+    batch = _get_batch(openai_id)
+    if not _ingested(request, batch):
+        return redirect("batch-detail", openai_id=batch.openai_id)
+    rows = ResultRow.objects.filter(batch=batch)
+    failures_only = request.GET.get("failed") == "1"
+    query = request.GET.get("q", "").strip()[:200]
+    if failures_only:
+        rows = rows.filter(ok=False)
+    if query:
+        rows = rows.filter(
+            Q(custom_id__icontains=query)
+            | Q(answer_preview__icontains=query)
+            | Q(error_message__icontains=query)
+            | Q(request_preview__icontains=query)
+        )
+    page = Paginator(rows.order_by("input_line", "id"), RESULTS_PAGE_SIZE).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "batch": batch,
+        "page": page,
+        "failures_only": failures_only,
+        "query": query,
+        "failed_total": ResultRow.objects.filter(batch=batch, ok=False).count(),
+    }
+    return render(request, "batches/results.html", context)
+
+
+@login_required
+@require_GET
+def result_view(request: HttpRequest, openai_id: str, row_id: int) -> HttpResponse:
+    batch = _get_batch(openai_id)
+    row = get_object_or_404(ResultRow.objects.select_related("batch"), pk=row_id, batch=batch)
+    context = {"batch": batch, "row": row, **result_detail(row=row)}
+    return render(request, "batches/result.html", context)
+
+
+@login_required
+@require_GET
+def results_export(request: HttpRequest, openai_id: str) -> HttpResponse:
+    batch = _get_batch(openai_id)
+    if not _ingested(request, batch):
+        return redirect("batch-detail", openai_id=batch.openai_id)
+    response = StreamingHttpResponse(results_csv(batch=batch), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{batch.openai_id}_results.csv"'
+    return response
+
+
+@login_required
+@permission_required("batches.submit_batch", raise_exception=True)
+@require_POST
+def batch_retry(request: HttpRequest, openai_id: str) -> HttpResponse:
+    """Stage the requests that did not succeed as a new input file; the person confirms it on
+    the same page as any new batch."""
+    batch = _get_batch(openai_id)
+    token = request.POST.get("submission_token") or services.new_submission_token()
+    try:
+        submission = batch_retry_stage(
+            batch=batch, user=request.user, token=token[:64], client=services.get_client()
+        )
+    except AlreadySubmitted as already:
+        submission = already.submission
+        if submission.batch_id:
+            messages.info(request, "This retry was already submitted.")
+            return redirect("batch-detail", openai_id=submission.batch.openai_id)
+    except (OpenAIError, services.ServiceError) as error:
+        messages.error(request, f"The retry could not be prepared. {error}")
+        return redirect("batch-detail", openai_id=batch.openai_id)
+    return redirect("submission-confirm", token=submission.token)

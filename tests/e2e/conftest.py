@@ -1,0 +1,460 @@
+"""The browser-test harness: real processes, a real browser, nothing but 127.0.0.1.
+
+Per session: the simulator of the OpenAI API (in this process), a fresh SQLite database in a
+temporary directory, gunicorn serving batchweb, the sync worker (`sync_batches --loop`), three
+accounts (admin alice, submitter sam, viewer vic) and one headless Chromium. Per test: a new
+browser context (1280x900), so cookies never leak from one test to the next.
+
+Without Chromium the tests are skipped with the reason; with BATCHWEB_REQUIRE_E2E=1 (CI) they
+fail instead. BATCHWEB_CHROMIUM overrides the browser's path (e.g. /nonexistent to try that).
+Server and worker logs and screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from simulator import SimulatorServer
+
+try:
+    from playwright.sync_api import expect
+except ImportError:  # the tests are skipped (or fail) with the reason, see missing_reason()
+    expect = None
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+ARTIFACTS = BASE_DIR / "test-artifacts"
+SCREENSHOTS = ARTIFACTS / "screenshots"
+LOGS = ARTIFACTS / "logs"
+
+DEFAULT_CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+NO_CHROMIUM = "Chromium is not installed (apt-get install chromium)"
+NO_PLAYWRIGHT = "Playwright is not installed (pip install -e '.[dev]')"
+
+API_KEY = "sk-e2e"
+PASSWORDS = {"alice": "pw-alice-e2e-1", "sam": "pw-sam-e2e-1", "vic": "pw-vic-e2e-1"}
+# The simulator's clock runs this far behind the real one, so that advancing it during the
+# session never gives batches creation times in the future ("created in 8 s").
+SIM_CLOCK_LAG = 60.0
+WAIT_READY = 30.0  # seconds for gunicorn to answer
+DEFAULT_TIMEOUT_MS = 10_000  # any single browser action (expectations wait up to 5 s)
+
+USERS_SCRIPT = """
+from django.contrib.auth.models import Group, User
+alice = User.objects.create_superuser("alice", "alice@example.com", {alice!r})
+sam = User.objects.create_user("sam", "sam@example.com", {sam!r})
+sam.groups.add(Group.objects.get(name="Submitters"))
+vic = User.objects.create_user("vic", "vic@example.com", {vic!r})
+vic.groups.add(Group.objects.get(name="Viewers"))
+
+# A signed-in session for each, so tests that are not about signing in skip the form (and the
+# deliberately slow password hash).
+import json
+from django.conf import settings
+from django.test import Client
+sessions = {{}}
+for user in (alice, sam, vic):
+    client = Client()
+    client.force_login(user)
+    sessions[user.username] = client.cookies[settings.SESSION_COOKIE_NAME].value
+print("SESSIONS=" + json.dumps(sessions))
+""".format(**PASSWORDS)
+
+
+# --- Skipping (or failing) without a browser --------------------------------------------------
+
+
+def chromium_path() -> str | None:
+    """The browser to drive: $BATCHWEB_CHROMIUM if set, else /usr/bin/chromium or `chromium`."""
+    override = os.environ.get("BATCHWEB_CHROMIUM")
+    candidates = [override] if override else [DEFAULT_CHROMIUM, shutil.which("chromium")]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def missing_reason() -> str | None:
+    if chromium_path() is None:
+        return NO_CHROMIUM
+    if importlib.util.find_spec("playwright") is None:
+        return NO_PLAYWRIGHT
+    return None
+
+
+def e2e_required() -> bool:
+    return os.environ.get("BATCHWEB_REQUIRE_E2E", "") not in ("", "0", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = missing_reason()
+    if reason is None or e2e_required():
+        return  # with BATCHWEB_REQUIRE_E2E=1 the `browser` fixture fails each test instead
+    here = Path(__file__).parent
+    for item in items:
+        if item.get_closest_marker("e2e") and here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.skip(reason=f"{reason}; browser tests skipped"))
+
+
+# --- Processes --------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_manage(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, what: str, timeout: float = 60) -> str:
+    """Wait for a `manage.py` command and return its output; fail the session if it failed."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+    if process.returncode:
+        pytest.fail(f"manage.py {what} failed ({process.returncode}):\n{output[-4000:]}")
+    return output
+
+
+def stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+@dataclass
+class Simulator:
+    """The simulator, with the calls the tests make: its control API and its /v1 API."""
+
+    server: SimulatorServer
+    http: requests.Session = field(default_factory=requests.Session)
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    def control(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+        response = self.http.post(f"{self.server.root_url}/_sim/{path}", json=payload, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def advance(self, seconds: float) -> None:
+        self.control("advance", {"seconds": seconds})
+
+    def faults(self, **switches: Any) -> None:
+        self.control("faults", switches)
+
+    def seed(self, count: int, status: str, **options: Any) -> dict[str, Any]:
+        return self.control("seed", {"count": count, "status": status, **options})
+
+    def api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.request(
+            method,
+            f"{self.base_url}{path}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=10,
+            **kwargs,
+        )
+        response.raise_for_status()
+        return response.json()
+
+    def upload(self, content: str, filename: str = "e2e.jsonl") -> str:
+        """Upload a JSONL file with purpose `batch` through the Files API; return its id."""
+        files = {"file": (filename, content.encode(), "application/jsonl")}
+        return self.api("POST", "/files", data={"purpose": "batch"}, files=files)["id"]
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Simulator]:
+    with SimulatorServer(
+        host="127.0.0.1",
+        port=0,
+        speed=1,
+        api_key=API_KEY,
+        clock=lambda: time.time() - SIM_CLOCK_LAG,
+    ) as server:
+        yield Simulator(server)
+
+
+@pytest.fixture(scope="session")
+def server_env(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of every batchweb process: always a fresh SQLite file, whatever the
+    outer DATABASE_URL says, and the simulator as upstream."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO_", "OPENAI_", "BATCHWEB_", "DATABASE_"))
+    }
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "batchweb.settings",
+            "DATABASE_URL": f"sqlite:///{tmp / 'e2e.sqlite3'}",
+            "DJANGO_SECRET_KEY": "e2e-only-not-a-secret-" + "x" * 32,
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECURE_COOKIES": "false",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "CSRF_TRUSTED_ORIGINS": "",
+            "DJANGO_BEHIND_PROXY": "false",
+            "OPENAI_API_KEY": API_KEY,
+            "OPENAI_BASE_URL": sim.base_url,
+            "OPENAI_ORG_ID": "",
+            "OPENAI_PROJECT_ID": "",
+            "BATCHWEB_DEMO": "false",
+            "BATCHWEB_SYNC_INTERVAL": "1",
+            "BATCHWEB_UPLOAD_DIR": str(tmp),
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@dataclass
+class Site:
+    url: str
+    sessions: dict[str, str]  # username -> session key of a signed-in session
+
+
+@pytest.fixture(scope="session")
+def web_server(server_env: dict[str, str]) -> Iterator[Site]:
+    """gunicorn and the sync worker on a migrated database with three accounts."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    web_log = LOGS / "gunicorn.log"
+    worker_log = LOGS / "sync_worker.log"
+    helpers: list[subprocess.Popen] = []
+    processes: list[subprocess.Popen] = []
+    with web_log.open("w") as web_out, worker_log.open("w") as worker_out:
+        try:
+            # STATIC_ROOT is fixed in settings (staticfiles/, git-ignored); the manifest storage
+            # used with DEBUG off needs the collected files. Collected while migrating.
+            helpers.append(start_manage(server_env, "collectstatic", "--noinput", "-v", "0"))
+            finish(start_manage(server_env, "migrate", "--noinput", "-v", "0"), "migrate")
+            helpers.append(start_manage(server_env, "shell", "-c", USERS_SCRIPT))
+            gunicorn = [sys.executable, "-m", "gunicorn", "batchweb.wsgi"]
+            gunicorn += ["--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "2"]
+            gunicorn += ["--timeout", "30", "--graceful-timeout", "3", "--access-logfile", "-"]
+            if _version("gunicorn") >= (27,):
+                # Not the per-user control socket in ~/.gunicorn/ that other instances share.
+                gunicorn.append("--no-control-socket")
+            processes.append(
+                subprocess.Popen(
+                    gunicorn, cwd=BASE_DIR, env=server_env, stdout=web_out, stderr=subprocess.STDOUT
+                )
+            )
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "manage.py", "sync_batches", "--loop", "--interval", "1"],
+                    cwd=BASE_DIR,
+                    env=server_env,
+                    stdout=worker_out,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            finish(helpers[0], "collectstatic")
+            output = finish(helpers[1], "shell (creating accounts)")
+            sessions = json.loads(output.split("SESSIONS=", 1)[1])
+            _wait_until_serving(url, processes[0], web_log)
+            yield Site(url=url, sessions=sessions)
+        finally:
+            for process in helpers + processes:
+                stop(process)
+        for process, log in zip(processes, (web_log, worker_log), strict=False):
+            if process.returncode not in (0, -15):
+                print(f"{process.args[1:4]} ended with {process.returncode}:\n{tail(log)}")
+
+
+def _version(package: str) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", importlib.metadata.version(package))
+    return tuple(int(n) for n in numbers[:3])
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + WAIT_READY
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"gunicorn exited with code {process.returncode}:\n{tail(log)}")
+        try:
+            if requests.get(f"{url}/accounts/login/", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"gunicorn did not answer on {url} within {WAIT_READY:.0f} s:\n{tail(log)}")
+
+
+# --- The browser ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    reason = missing_reason()
+    if reason is not None:
+        if e2e_required():
+            pytest.fail(f"BATCHWEB_REQUIRE_E2E=1 but the browser tests cannot run: {reason}")
+        pytest.skip(f"{reason}; browser tests skipped")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class Problems:
+    """What went wrong in the page without failing an assertion: script errors, and static
+    files (CSS, JS) that did not load."""
+
+    items: list[str] = field(default_factory=list)
+
+
+def _new_page(browser: Any, base_url: str, problems: Problems, **options: Any) -> Any:
+    context = browser.new_context(
+        base_url=base_url, viewport=options.pop("viewport", {"width": 1280, "height": 900})
+    )
+    context.set_default_timeout(DEFAULT_TIMEOUT_MS)
+    page = context.new_page()
+    page.on("pageerror", lambda error: problems.items.append(f"script error: {error}"))
+
+    def check_static(response: Any) -> None:
+        if "/static/" in response.url and response.status >= 400:
+            problems.items.append(f"{response.status} {response.url}")
+
+    page.on("response", check_static)
+    return page
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_CALL_FAILED] = report.failed
+    return report
+
+
+_CALL_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def new_page(
+    browser: Any, web_server: Site, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Any]]:
+    """Open pages in fresh contexts: `new_page()` or `new_page(viewport={...})`. At the end,
+    fail if a page had a script error or a missing static file; after a failed test, keep a
+    screenshot of each page as FAILED-<test>-<n>.png."""
+    problems = Problems()
+    pages: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        page = _new_page(browser, web_server.url, problems, **options)
+        pages.append(page)
+        return page
+
+    yield make
+    failed = request.node.stash.get(_CALL_FAILED, False)
+    for number, page in enumerate(pages, 1):
+        if failed and not page.is_closed():
+            try:
+                screenshot(page, f"FAILED-{request.node.name}-{number}")
+            except Exception as error:  # a screenshot must not hide the failure
+                print(f"no screenshot of the failed page: {error}")
+        page.context.close()
+    if failed:
+        print(f"Server and worker logs: {LOGS}")
+    assert not problems.items, "\n".join(problems.items)
+
+
+@pytest.fixture
+def page(new_page: Callable[..., Any]) -> Any:
+    """A signed-out page in its own context."""
+    return new_page()
+
+
+@pytest.fixture
+def page_as(new_page: Callable[..., Any], web_server: Site) -> Callable[..., Any]:
+    """`page_as("sam")`: a page in a fresh context, signed in as that person. The sessions are
+    shared by the whole run: a test that signs out must sign in through the form instead."""
+
+    def make(username: str, **options: Any) -> Any:
+        page = new_page(**options)
+        page.context.add_cookies(
+            [{"name": "sessionid", "value": web_server.sessions[username], "url": web_server.url}]
+        )
+        return page
+
+    return make
+
+
+def sign_in(page: Any, username: str, password: str | None = None) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password or PASSWORDS[username])
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+
+def screenshot(page: Any, name: str) -> Path:
+    """A full-page PNG in test-artifacts/screenshots/NAME.png."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture
+def shot() -> Callable[[Any, str], Path]:
+    return screenshot
