@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from .models import Batch, Event
+from .models import Batch, BatchTally, Event
 
 
 @admin.register(Batch)
@@ -11,6 +11,15 @@ class BatchAdmin(admin.ModelAdmin):
     raw_id_fields = ("created_by", "retry_of")
     readonly_fields = ("raw", "synced_at")
     list_select_related = ("created_by",)
+
+    # Deleting here bypasses the services that keep the list's counts: recount afterwards.
+    def delete_model(self, request, obj) -> None:
+        super().delete_model(request, obj)
+        BatchTally.rebuild()
+
+    def delete_queryset(self, request, queryset) -> None:
+        super().delete_queryset(request, queryset)
+        BatchTally.rebuild()
 
 
 @admin.register(Event)

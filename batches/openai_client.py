@@ -347,7 +347,10 @@ class OpenAIClient:
                 raise UpstreamUnavailable(_transport_message(exc, self.config)) from exc
 
             elapsed_ms = (time.monotonic() - started) * 1000
-            logger.info(
+            # Every call is logged with its request id; failures at INFO, successes at DEBUG
+            # (the worker makes a call every few seconds).
+            logger.log(
+                logging.DEBUG if response.status_code < 400 else logging.INFO,
                 "openai %s %s -> %s in %.0f ms (request id %s)",
                 method,
                 path,

@@ -154,6 +154,14 @@ BATCHWEB_DEMO = env.bool("BATCHWEB_DEMO", default=False)
 SYNC_INTERVAL_SECONDS = env.float("BATCHWEB_SYNC_INTERVAL", default=10.0)
 SYNC_MAX_PAGES = env.int("BATCHWEB_SYNC_MAX_PAGES", default=1000)
 
+# Seconds between the live updates of running batches on the list and detail pages.
+LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
+
+# --- Results --------------------------------------------------------------------------------
+# Local copies of result files (and the results table built from them) unused this long are
+# removed by the worker; they are fetched again when someone opens them.
+RESULT_RETENTION_DAYS = env.int("BATCHWEB_RESULT_RETENTION_DAYS", default=7)
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -17,10 +17,11 @@ from .batches import (
     get_client,
     new_submission_token,
 )
-from .sync import SyncResult, batches_sync, refresh_running_batches
+from .sync import PassResult, SyncResult, batches_sync, refresh_running_batches, sync_pass
 
 __all__ = [
     "InputFacts",
+    "PassResult",
     "ServiceError",
     "SyncResult",
     "UpsertResult",
@@ -33,4 +34,5 @@ __all__ = [
     "get_client",
     "new_submission_token",
     "refresh_running_batches",
+    "sync_pass",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import secrets
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -67,7 +68,9 @@ def submission_check_file(
     report = check_jsonl(stream, endpoint=endpoint or None)
     if not report.ok:
         return None, report
-    staged = staging_dir() / f"{token}.jsonl"
+    # A name of its own for each check: the same form sent again (a double click, back and
+    # submit) must not replace or remove a file another request is uploading.
+    staged = staging_dir() / f"{token}-{secrets.token_hex(4)}.jsonl"
     if temporary_path:
         shutil.move(temporary_path, staged)
     else:

@@ -1,22 +1,91 @@
-"""Copying the upstream batch list into the cache, and refreshing running batches."""
+"""Copying the upstream batch list into the cache, and keeping running batches fresh.
+
+Two ways in:
+
+- `batches_sync()`: the "Sync now" button and a single `manage.py sync_batches`. Walks the list,
+  then retrieves every running batch the walk did not just bring.
+- `sync_pass()`: one pass of the worker (`manage.py sync_batches --loop`), made of small steps
+  that tests call one by one:
+  1. `backoff_remaining()`: while upstream is failing, passes wait until
+     `SyncState.backoff_until` (Retry-After when upstream sent one, else doubling up to a cap).
+  2. `list_lock()` and `list_walk()`: a cheap incremental walk that stops at the first page with
+     nothing new or changed (one call when nothing happened), to find batches made elsewhere; a
+     full walk every `SYNC_FULL_EVERY_SECONDS`, followed by `BatchTally.rebuild()`.
+  3. `refresh_due_batches()`: claims running batches whose `next_refresh_at` has come, soonest
+     first (`batches_claim_due()`), and retrieves each (`batch_refresh_scheduled()`).
+
+The schedule lives on the model (`Batch.schedule_refresh`): every stored payload, whatever
+stored it, reschedules its batch, soon when it changed and a little later each time it did not.
+So a batch the walk just brought is not due, and is not retrieved in the same pass: a pass
+costs at most one list call (when nothing is new) plus one retrieve per due running batch.
+
+Several workers: on PostgreSQL a claim is a short transaction that locks due rows, skipping rows
+another worker holds (`select_for_update(skip_locked=True)`), and moves their `next_refresh_at`
+a lease ahead before anything is fetched; the fetches happen outside it. The walk runs under a
+session advisory lock, so one worker lists at a time and the others skip listing that pass
+(the lock needs a direct connection or session pooling, not transaction pooling). SQLite has no
+row locks: the claim is a conditional UPDATE per row, which is enough for one worker. Run a
+single worker on SQLite. Whatever the order of writes, `batch_upsert` never moves a batch back.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from ..models import Batch, SyncState
-from ..openai_client import OpenAIClient, OpenAIError
-from .batches import batch_refresh, batch_upsert, get_client
+from ..models import Batch, BatchTally, SyncState
+from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
+from .batches import batch_upsert, get_client
 
 logger = logging.getLogger(__name__)
+
+# Defaults of the worker's settings; `batchweb/settings.py` may set any of them.
+DEFAULTS: dict[str, float] = {
+    # A batch's refresh interval: the shortest after a change, growing by GROWTH while nothing
+    # changes, up to the longest (read by `Batch.schedule_refresh`, with the same defaults).
+    "SYNC_REFRESH_MIN_SECONDS": 5.0,
+    "SYNC_REFRESH_MAX_SECONDS": 300.0,
+    "SYNC_REFRESH_GROWTH": 2.0,
+    # A running batch upstream answers 404 for is looked at again this much later.
+    "SYNC_GONE_INTERVAL_SECONDS": 3600.0,
+    # How long a claim keeps other workers off a batch while it is being fetched.
+    "SYNC_LEASE_SECONDS": 60.0,
+    # Due batches claimed at a time, and at most per pass.
+    "SYNC_CLAIM_SIZE": 25,
+    "SYNC_MAX_REFRESHES_PER_PASS": 500,
+    # How often a pass walks the whole list instead of stopping at the first page with no news.
+    "SYNC_FULL_EVERY_SECONDS": 6 * 3600.0,
+    # Waits after an upstream failure without Retry-After: doubling from the first to the last.
+    "SYNC_BACKOFF_MIN_SECONDS": 10.0,
+    "SYNC_BACKOFF_MAX_SECONDS": 600.0,
+}
+# A Retry-After is honoured as sent, up to this (a junk header must not stop the worker for days).
+MAX_RETRY_AFTER_WAIT = 3600.0
+# The key of the PostgreSQL advisory lock held while one worker walks the list ("batchweb").
+LIST_LOCK_KEY = 0x6261746368776562
+
+Clock = Callable[[], dt.datetime]
+
+
+def setting(name: str) -> float:
+    return getattr(settings, name, DEFAULTS[name])
+
+
+# --- Results ---------------------------------------------------------------------------------
 
 
 @dataclass
 class SyncResult:
+    """What one walk of the list (and, for `batches_sync`, the refresh after it) did."""
+
     pages: int = 0
     seen: int = 0
     created: int = 0
@@ -24,6 +93,8 @@ class SyncResult:
     refreshed: int = 0
     stopped_because: str = ""
     errors: list[str] = field(default_factory=list)
+    # The batches the walk stored (or found unchanged): fresh, so not retrieved after it.
+    seen_ids: set[str] = field(default_factory=set, repr=False)
 
     def __str__(self) -> str:
         text = (
@@ -35,6 +106,307 @@ class SyncResult:
         return text
 
 
+@dataclass
+class PassResult:
+    """What one pass of the worker did; `str()` is its one log line."""
+
+    listed_pages: int = 0
+    new: int = 0
+    changed: int = 0
+    due: int = 0  # claimed by this worker in this pass
+    refreshed: int = 0
+    gone: int = 0
+    errors: int = 0
+    full: bool = False
+    note: str = ""
+    error: str = ""
+    backoff_seconds: float = 0.0
+    duration: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.error)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{self.listed_pages} pages listed, {self.new} new, {self.changed} changed, "
+            f"{self.refreshed} refreshed of {self.due} due, {self.errors} errors "
+            f"in {self.duration:.2f} s"
+        ]
+        if self.full:
+            parts.append("full sync")
+        if self.gone:
+            parts.append(f"{self.gone} not found upstream")
+        if self.note:
+            parts.append(self.note)
+        if self.error:
+            parts.append(f"{self.error} Next try in {self.backoff_seconds:.0f} s")
+        return "; ".join(parts)
+
+
+# --- Walking the list ------------------------------------------------------------------------
+
+
+def list_walk(
+    *,
+    client: OpenAIClient,
+    full: bool = False,
+    max_pages: int | None = None,
+    now: dt.datetime | None = None,
+    result: SyncResult | None = None,
+) -> SyncResult:
+    """Walk `GET /batches` newest first and store every page.
+
+    Guards against servers that never stop: a repeated cursor, an empty page and a page cap all
+    end the walk. Incremental mode (`full=False`) stops at the first page that brings nothing new
+    or changed, since the list is newest first. Raises the client's errors; the pages already
+    stored stay, and `result` (when given) holds the counts so far.
+    """
+    result = result if result is not None else SyncResult()
+    max_pages = max_pages or settings.SYNC_MAX_PAGES
+    after: str | None = None
+    seen_cursors: set[str] = set()
+    while True:
+        if result.pages >= max_pages:
+            result.stopped_because = f"page cap of {max_pages} reached"
+            break
+        page = client.list_batches(after=after, limit=100)
+        result.pages += 1
+        items = [item for item in page["data"] if isinstance(item, dict) and item.get("id")]
+        if not items:
+            result.stopped_because = "empty page"
+            break
+        news = 0
+        for item in items:
+            outcome = batch_upsert(payload=item, now=now)
+            result.seen += 1
+            result.created += outcome.created
+            result.updated += outcome.changed and not outcome.created
+            news += outcome.changed
+            if not outcome.stale:
+                result.seen_ids.add(outcome.batch.openai_id)
+        if not page.get("has_more"):
+            result.stopped_because = "last page"
+            break
+        if not full and news == 0:
+            result.stopped_because = "nothing new"
+            break
+        cursor = str(items[-1]["id"])
+        if cursor in seen_cursors:
+            result.stopped_because = "repeated cursor"
+            break
+        seen_cursors.add(cursor)
+        after = cursor
+    return result
+
+
+def full_sync_due(*, state: SyncState, now: dt.datetime) -> bool:
+    if state.last_full_sync_at is None:
+        return True
+    return (now - state.last_full_sync_at).total_seconds() >= setting("SYNC_FULL_EVERY_SECONDS")
+
+
+def full_sync_done(*, now: dt.datetime) -> None:
+    """Note the walk and recount the tallies, which deletions outside batchweb leave wrong."""
+    SyncState.get()
+    SyncState.objects.filter(pk=1).update(last_full_sync_at=now)
+    BatchTally.rebuild()
+
+
+@contextmanager
+def list_lock() -> Iterator[bool]:
+    """Yield whether this process may walk the list now: on PostgreSQL, whether it got the
+    advisory lock (released on leaving); elsewhere always, since one worker is the limit."""
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LIST_LOCK_KEY])
+        acquired = bool(cursor.fetchone()[0])
+    if not acquired:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [LIST_LOCK_KEY])
+        except DatabaseError:
+            # A broken session has lost its locks already; drop it so the next pass reconnects.
+            logger.warning("could not release the list lock; closing the database connection")
+            if not connection.in_atomic_block:
+                connection.close()
+
+
+# --- Refreshing running batches --------------------------------------------------------------
+
+
+def batches_claim_due(*, now: dt.datetime, until: dt.datetime, limit: int) -> list[Batch]:
+    """Claim up to `limit` running batches due at `now`, soonest first, by moving their
+    `next_refresh_at` to `until` (the lease) before anyone fetches them."""
+    due = Batch.objects.due_for_refresh(now)
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
+            if ids:
+                Batch.objects.filter(pk__in=ids).update(next_refresh_at=until)
+    else:
+        # No row locks: a row is ours only if nobody moved it since we read it.
+        ids = [
+            pk
+            for pk, due_at in due.values_list("pk", "next_refresh_at")[:limit]
+            if Batch.objects.filter(pk=pk, next_refresh_at=due_at).update(next_refresh_at=until)
+        ]
+    found = Batch.objects.in_bulk(ids)
+    return [found[pk] for pk in ids if pk in found]
+
+
+def batches_release(*, batches: list[Batch], until: dt.datetime, now: dt.datetime) -> None:
+    """Give back claimed batches that were not fetched, unless something rescheduled them."""
+    pks = [batch.pk for batch in batches]
+    Batch.objects.filter(pk__in=pks, next_refresh_at=until).update(next_refresh_at=now)
+
+
+def batch_refresh_scheduled(
+    *,
+    batch: Batch,
+    client: OpenAIClient,
+    now: dt.datetime | None = None,
+    lease_until: dt.datetime | None = None,
+) -> str:
+    """Retrieve one batch for the worker and store it (which reschedules it).
+
+    Returns "changed", "unchanged", "stale" (upstream answered with an older state than the
+    cache holds) or "gone": a batch upstream answers 404 (or 400) for gets `last_error`, shown on
+    its page, and is not asked for again before `SYNC_GONE_INTERVAL_SECONDS`. Raises the
+    client's other errors.
+    """
+    try:
+        payload = client.retrieve_batch(batch.openai_id)
+    except (NotFound, InvalidRequest) as error:
+        when = now or timezone.now()
+        interval = setting("SYNC_GONE_INTERVAL_SECONDS")
+        Batch.objects.filter(pk=batch.pk).update(
+            last_error=str(error)[:1000],
+            refresh_interval=interval,
+            next_refresh_at=when + dt.timedelta(seconds=interval),
+        )
+        return "gone"
+    outcome = batch_upsert(payload=payload, now=now)
+    stored = outcome.batch
+    if stored.last_error and not stored.is_terminal:
+        Batch.objects.filter(pk=stored.pk).update(last_error="")  # upstream knows it again
+    if outcome.stale:
+        if lease_until is not None and not stored.is_terminal:
+            # Nothing was stored, so nothing rescheduled it: do not leave it on the lease.
+            when = now or timezone.now()
+            interval = stored.refresh_interval or setting("SYNC_REFRESH_MIN_SECONDS")
+            Batch.objects.filter(pk=stored.pk, next_refresh_at=lease_until).update(
+                next_refresh_at=when + dt.timedelta(seconds=interval)
+            )
+        return "stale"
+    return "changed" if outcome.changed else "unchanged"
+
+
+def refresh_due_batches(
+    *,
+    client: OpenAIClient,
+    due_at: dt.datetime,
+    result: PassResult | None = None,
+    now: dt.datetime | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> PassResult:
+    """Claim and retrieve the running batches due at `due_at`, a few at a time, soonest first.
+
+    A batch rescheduled during the pass is due after `due_at`, so it is not fetched twice in
+    one pass. A claim that has used half its lease is given back rather than risk another worker
+    fetching the same batch. Raises the client's errors (after giving back what is left).
+    """
+    result = result if result is not None else PassResult()
+    clock: Clock = (lambda: now) if now is not None else timezone.now
+    lease = setting("SYNC_LEASE_SECONDS")
+    size = int(setting("SYNC_CLAIM_SIZE"))
+    cap = int(setting("SYNC_MAX_REFRESHES_PER_PASS"))
+    while result.due < cap and not (stop and stop()):
+        until = clock() + dt.timedelta(seconds=lease)
+        pending = batches_claim_due(now=due_at, until=until, limit=min(size, cap - result.due))
+        if not pending:
+            break
+        result.due += len(pending)
+        claimed = time.monotonic()
+        try:
+            while pending:
+                if (stop and stop()) or time.monotonic() - claimed > lease / 2:
+                    break
+                outcome = batch_refresh_scheduled(
+                    batch=pending[0], client=client, now=now, lease_until=until
+                )
+                pending.pop(0)
+                if outcome == "gone":
+                    result.gone += 1
+                    result.errors += 1
+                else:
+                    result.refreshed += 1
+                    result.changed += outcome == "changed"
+        finally:
+            if pending:
+                batches_release(batches=pending, until=until, now=clock())
+        if pending:
+            break
+    return result
+
+
+def refresh_running_batches(
+    *,
+    client: OpenAIClient | None = None,
+    limit: int = 500,
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> int:
+    """Retrieve each cached batch that is not terminal, due or not, except those in `skip`
+    (just seen in the list). Returns how many were refreshed."""
+    client = client or get_client()
+    count = 0
+    for batch in Batch.objects.running().order_by("created_at")[:limit]:
+        if batch.openai_id in skip:
+            continue
+        if batch_refresh_scheduled(batch=batch, client=client) != "gone":
+            count += 1
+    return count
+
+
+# --- Upstream failures -----------------------------------------------------------------------
+
+
+def backoff_remaining(*, now: dt.datetime) -> float:
+    """Seconds until the worker may call upstream again (0 when it may now)."""
+    until = SyncState.get().backoff_until
+    return max(0.0, (until - now).total_seconds()) if until else 0.0
+
+
+def backoff_seconds(*, error: OpenAIError, state: SyncState) -> float:
+    """How long to leave upstream alone after `error`: its Retry-After if it sent one, else
+    twice the last wait (from `SYNC_BACKOFF_MIN_SECONDS` up to `SYNC_BACKOFF_MAX_SECONDS`)."""
+    if error.retry_after is not None and error.retry_after > 0:
+        return min(float(error.retry_after), MAX_RETRY_AFTER_WAIT)
+    previous = 0.0
+    if state.failing_since and state.backoff_until and state.last_error_at:
+        previous = (state.backoff_until - state.last_error_at).total_seconds()
+    low, high = setting("SYNC_BACKOFF_MIN_SECONDS"), setting("SYNC_BACKOFF_MAX_SECONDS")
+    return min(high, max(low, previous * 2))
+
+
+def record_upstream_failure(*, error: OpenAIError, now: dt.datetime) -> float:
+    """Store the failure where the pages show it, and when to try again. Returns the wait."""
+    state = SyncState.get()
+    wait = backoff_seconds(error=error, state=state)
+    state.record_failure(error, now=now, backoff_until=now + dt.timedelta(seconds=wait))
+    return wait
+
+
+# --- The two ways in -------------------------------------------------------------------------
+
+
 def batches_sync(
     *,
     client: OpenAIClient | None = None,
@@ -42,73 +414,81 @@ def batches_sync(
     max_pages: int | None = None,
     refresh_running: bool = True,
 ) -> SyncResult:
-    """Walk `GET /batches` newest first and store every page; then refresh running batches.
+    """Walk the list (see `list_walk`), then retrieve every running batch it did not bring.
 
-    Guards against servers that never stop: a repeated cursor, an empty page and a page cap all
-    end the walk. Incremental mode (`full=False`) stops at the first page that brings nothing new
-    or changed, since the list is newest first.
+    For a person who asked for it now: it ignores the worker's schedule and backoff. A failure
+    is recorded on `SyncState` for the pages and raised.
     """
     client = client or get_client()
-    max_pages = max_pages or settings.SYNC_MAX_PAGES
     result = SyncResult()
-    state = SyncState.get()
-    after: str | None = None
-    seen_cursors: set[str] = set()
     try:
-        while True:
-            if result.pages >= max_pages:
-                result.stopped_because = f"page cap of {max_pages} reached"
-                break
-            page = client.list_batches(after=after, limit=100)
-            result.pages += 1
-            items = [item for item in page["data"] if isinstance(item, dict) and item.get("id")]
-            if not items:
-                result.stopped_because = "empty page"
-                break
-            news = 0
-            for item in items:
-                outcome = batch_upsert(payload=item)
-                result.seen += 1
-                result.created += outcome.created
-                result.updated += outcome.changed and not outcome.created
-                news += outcome.changed
-            if not page.get("has_more"):
-                result.stopped_because = "last page"
-                break
-            if not full and news == 0:
-                result.stopped_because = "nothing new"
-                break
-            cursor = str(items[-1]["id"])
-            if cursor in seen_cursors:
-                result.stopped_because = "repeated cursor"
-                break
-            seen_cursors.add(cursor)
-            after = cursor
+        list_walk(client=client, full=full, max_pages=max_pages, result=result)
+        if full:
+            full_sync_done(now=timezone.now())
         if refresh_running:
-            result.refreshed = refresh_running_batches(client=client)
+            result.refreshed = refresh_running_batches(client=client, skip=result.seen_ids)
     except OpenAIError as error:
-        state.record_failure(error)
+        SyncState.get().record_failure(error)
         raise
-    now = timezone.now()
-    if full:
-        state.last_full_sync_at = now
-    state.record_success(now=now)
+    SyncState.get().record_success(now=timezone.now())
     logger.info("sync: %s", result)
     return result
 
 
-def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 500) -> int:
-    """Retrieve each cached batch that is not terminal. Returns how many were refreshed."""
+def sync_pass(
+    *,
+    client: OpenAIClient | None = None,
+    now: dt.datetime | None = None,
+    full: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> PassResult:
+    """One pass of the worker: wait out a backoff, walk the list if no other worker is, then
+    refresh the due running batches. `now` pins the clock (tests, benchmarks); `full` forces a
+    full walk; `stop` is asked between fetches. Upstream failures are recorded and end the
+    pass; database errors are raised for the caller to handle."""
+    started = time.monotonic()
+    clock: Clock = (lambda: now) if now is not None else timezone.now
+    pass_start = clock()
+    result = PassResult()
+    waiting = backoff_remaining(now=pass_start)
+    if waiting:
+        result.backoff_seconds = waiting
+        result.note = f"upstream failing: next try in {waiting:.0f} s"
+        result.duration = time.monotonic() - started
+        return result
     client = client or get_client()
-    count = 0
-    for batch in Batch.objects.running().order_by("created_at")[:limit]:
-        try:
-            batch_refresh(batch=batch, client=client)
-        except OpenAIError as error:
-            if error.status == 404:
-                batch.last_error = str(error)
-                batch.save(update_fields=["last_error"])
-                continue
-            raise
-        count += 1
-    return count
+    try:
+        with list_lock() as may_list:
+            if may_list:
+                _walk_for_pass(client=client, result=result, full=full, now=now, clock=clock)
+            else:
+                result.note = "list skipped: another worker is listing"
+        refresh_due_batches(client=client, due_at=pass_start, result=result, now=now, stop=stop)
+    except OpenAIError as error:
+        result.errors += 1
+        result.error = str(error)
+        result.backoff_seconds = record_upstream_failure(error=error, now=clock())
+    else:
+        if result.listed_pages or result.refreshed or result.gone:
+            SyncState.get().record_success(now=clock())
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _walk_for_pass(
+    *,
+    client: OpenAIClient,
+    result: PassResult,
+    full: bool,
+    now: dt.datetime | None,
+    clock: Clock,
+) -> None:
+    # Read under the lock: another worker may have finished the full walk a moment ago.
+    result.full = full or full_sync_due(state=SyncState.get(), now=clock())
+    walk = SyncResult()
+    try:
+        list_walk(client=client, full=result.full, now=now, result=walk)
+    finally:
+        result.listed_pages, result.new, result.changed = walk.pages, walk.created, walk.updated
+    if result.full:
+        full_sync_done(now=clock())

@@ -3,7 +3,16 @@
 Views catch only the client's and services' error families; anything else is a bug and a 500.
 """
 
-from .batches import activity, batch_cancel, batch_detail, batch_export, batch_list, sync_now
+from .batches import (
+    activity,
+    batch_cancel,
+    batch_detail,
+    batch_export,
+    batch_list,
+    batch_live,
+    batch_rows_live,
+    sync_now,
+)
 from .create import batch_create, submission_confirm
 from .results import batch_download, batch_results, batch_retry, result_view, results_export
 
@@ -15,8 +24,10 @@ __all__ = [
     "batch_download",
     "batch_export",
     "batch_list",
+    "batch_live",
     "batch_results",
     "batch_retry",
+    "batch_rows_live",
     "result_view",
     "results_export",
     "submission_confirm",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
@@ -55,6 +56,7 @@ def batch_list(request: HttpRequest) -> HttpResponse:
     rows = _with_status(base, status)
     page, newer, older = _keyset_page(request, rows)
     params = {k: v for k, v in filters.items() if v}
+    live = [b for b in page if not b.is_terminal]
     choices = BatchTally.objects.filter(count__gt=0)
     creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
     context = {
@@ -70,8 +72,57 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         "creators": get_user_model().objects.filter(pk__in=list(creator_ids))
         .order_by("username").values_list("username", flat=True),
         "filtered": bool(params),
+        "live_ids": _live_ids(live),
+        "poll_seconds": settings.LIVE_POLL_SECONDS,
     }  # fmt: skip
     return render(request, "batches/list.html", context)
+
+
+def _live_ids(batches: list[Batch]) -> str:
+    """The running rows a page keeps up to date, with the status it last showed for each."""
+    return ",".join(f"{b.pk}:{b.status}" for b in batches)
+
+
+@login_required
+@require_GET
+def batch_rows_live(request: HttpRequest) -> HttpResponse:
+    """Fresh copies of the list's running rows, from the cache, swapped in place by htmx. Rows
+    that finished are sent one last time and then no longer asked for."""
+    seen: dict[int, str] = {}
+    for item in request.GET.get("ids", "").split(",")[:PAGE_SIZE]:
+        pk, _, status = item.partition(":")
+        if pk.isdigit():
+            seen[int(pk)] = status
+    batches = list(Batch.objects.for_list().filter(pk__in=seen).order_by("-created_at", "-id"))
+    announcements = [
+        f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
+    ]
+    context = {
+        "batches": batches,
+        "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
+        "poll_seconds": settings.LIVE_POLL_SECONDS,
+        "announcements": announcements,
+    }
+    return render(request, "batches/includes/rows_live.html", context)
+
+
+@login_required
+@require_GET
+def batch_live(request: HttpRequest, openai_id: str) -> HttpResponse:
+    """The progress and timeline of a running batch, from the cache, for htmx to swap in."""
+    batch = _get_batch(openai_id)
+    seen = request.GET.get("seen", "")
+    changed = bool(seen) and seen != batch.status
+    context = {
+        "batch": batch,
+        "poll_seconds": settings.LIVE_POLL_SECONDS,
+        "announcement": f"Status: {batch.display_status()}" if changed else "",
+    }
+    response = render(request, "batches/detail_live_response.html", context)
+    if changed and batch.is_terminal:
+        # Finished: reload once, so the page shows the results, downloads and retry.
+        response["HX-Refresh"] = "true"
+    return response
 
 
 @login_required
@@ -186,6 +237,7 @@ def batch_detail(request: HttpRequest, openai_id: str) -> HttpResponse:
     may_submit = request.user.has_perm("batches.submit_batch")
     context = {
         "batch": batch,
+        "poll_seconds": settings.LIVE_POLL_SECONDS,
         "summary": summary,
         "refresh_error": refresh_error,
         "events": batch.events.select_related("user")[:50],
