@@ -6,101 +6,166 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('batches', '0002_team_groups'),
+        ("batches", "0002_team_groups"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='batch',
-            name='summary_computed_at',
+            model_name="batch",
+            name="summary_computed_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='facts',
+            model_name="submission",
+            name="facts",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='filename',
+            model_name="submission",
+            name="filename",
             field=models.CharField(blank=True, max_length=255),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='request',
+            model_name="submission",
+            name="request",
             field=models.JSONField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='retry_of',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='batches.batch'),
+            model_name="submission",
+            name="retry_of",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="batches.batch",
+            ),
         ),
         migrations.AddField(
-            model_name='submission',
-            name='staged_path',
+            model_name="submission",
+            name="staged_path",
             field=models.CharField(blank=True, max_length=500),
         ),
         migrations.AlterField(
-            model_name='submission',
-            name='state',
-            field=models.CharField(choices=[('checked', 'checked, waiting for confirmation'), ('pending', 'being submitted'), ('done', 'submitted'), ('failed', 'failed')], default='pending', max_length=16),
+            model_name="submission",
+            name="state",
+            field=models.CharField(
+                choices=[
+                    ("checked", "checked, waiting for confirmation"),
+                    ("pending", "being submitted"),
+                    ("done", "submitted"),
+                    ("failed", "failed"),
+                ],
+                default="pending",
+                max_length=16,
+            ),
         ),
         migrations.CreateModel(
-            name='BatchTally',
+            name="BatchTally",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('status', models.CharField(max_length=32)),
-                ('endpoint', models.CharField(max_length=64)),
-                ('model', models.CharField(max_length=128)),
-                ('creator_id', models.BigIntegerField(default=0)),
-                ('count', models.BigIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("status", models.CharField(max_length=32)),
+                ("endpoint", models.CharField(max_length=64)),
+                ("model", models.CharField(max_length=128)),
+                ("creator_id", models.BigIntegerField(default=0)),
+                ("count", models.BigIntegerField(default=0)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('status', 'endpoint', 'model', 'creator_id'), name='one_tally_per_key')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("status", "endpoint", "model", "creator_id"),
+                        name="one_tally_per_key",
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ResultFile',
+            name="ResultFile",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('kind', models.CharField(choices=[('input', 'input'), ('output', 'output'), ('error', 'error')], max_length=8)),
-                ('file_id', models.CharField(max_length=128)),
-                ('path', models.CharField(max_length=500)),
-                ('bytes', models.BigIntegerField(default=0)),
-                ('lines', models.PositiveIntegerField(default=0)),
-                ('fetched_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('last_used_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='result_files', to='batches.batch')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[("input", "input"), ("output", "output"), ("error", "error")],
+                        max_length=8,
+                    ),
+                ),
+                ("file_id", models.CharField(max_length=128)),
+                ("path", models.CharField(max_length=500)),
+                ("bytes", models.BigIntegerField(default=0)),
+                ("lines", models.PositiveIntegerField(default=0)),
+                ("fetched_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "last_used_at",
+                    models.DateTimeField(db_index=True, default=django.utils.timezone.now),
+                ),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="result_files",
+                        to="batches.batch",
+                    ),
+                ),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('batch', 'kind'), name='one_copy_per_batch_file')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("batch", "kind"), name="one_copy_per_batch_file"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='ResultRow',
+            name="ResultRow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('custom_id', models.CharField(max_length=512)),
-                ('input_line', models.PositiveIntegerField(blank=True, null=True)),
-                ('input_offset', models.BigIntegerField(blank=True, null=True)),
-                ('source', models.CharField(blank=True, max_length=8)),
-                ('offset', models.BigIntegerField(blank=True, null=True)),
-                ('ok', models.BooleanField(default=False)),
-                ('status_code', models.PositiveIntegerField(blank=True, null=True)),
-                ('error_code', models.CharField(blank=True, max_length=128)),
-                ('error_message', models.TextField(blank=True)),
-                ('request_preview', models.TextField(blank=True)),
-                ('answer_preview', models.TextField(blank=True)),
-                ('input_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('output_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('total_tokens', models.PositiveIntegerField(blank=True, null=True)),
-                ('batch', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='result_rows', to='batches.batch')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("custom_id", models.CharField(max_length=512)),
+                ("input_line", models.PositiveIntegerField(blank=True, null=True)),
+                ("input_offset", models.BigIntegerField(blank=True, null=True)),
+                ("source", models.CharField(blank=True, max_length=8)),
+                ("offset", models.BigIntegerField(blank=True, null=True)),
+                ("ok", models.BooleanField(default=False)),
+                ("status_code", models.PositiveIntegerField(blank=True, null=True)),
+                ("error_code", models.CharField(blank=True, max_length=128)),
+                ("error_message", models.TextField(blank=True)),
+                ("request_preview", models.TextField(blank=True)),
+                ("answer_preview", models.TextField(blank=True)),
+                ("input_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("output_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                ("total_tokens", models.PositiveIntegerField(blank=True, null=True)),
+                (
+                    "batch",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="result_rows",
+                        to="batches.batch",
+                    ),
+                ),
             ],
             options={
-                'ordering': ('input_line', 'id'),
-                'indexes': [models.Index(fields=['batch', 'input_line', 'id'], name='result_in_order'), models.Index(fields=['batch', 'ok', 'input_line'], name='result_failures'), models.Index(fields=['batch', 'custom_id'], name='result_custom_id')],
+                "ordering": ("input_line", "id"),
+                "indexes": [
+                    models.Index(fields=["batch", "input_line", "id"], name="result_in_order"),
+                    models.Index(fields=["batch", "ok", "input_line"], name="result_failures"),
+                    models.Index(fields=["batch", "custom_id"], name="result_custom_id"),
+                ],
             },
         ),
     ]

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('batches', '0003_files_submissions_tallies'),
+        ("batches", "0003_files_submissions_tallies"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='batch',
-            name='results_ingested_at',
+            model_name="batch",
+            name="results_ingested_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
     ]

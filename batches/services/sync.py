@@ -139,8 +139,8 @@ class PassResult:
             parts.append(f"{self.gone} not found upstream")
         if self.note:
             parts.append(self.note)
-        if self.error:
-            parts.append(f"{self.error} Next try in {self.backoff_seconds:.0f} s")
+        if self.error:  # first, where a person looking for the failure reads first
+            parts.insert(0, f"{self.error} Next try in {self.backoff_seconds:.0f} s")
         return "; ".join(parts)
 
 

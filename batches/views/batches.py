@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -19,7 +19,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from .. import services
 from ..forms import BatchFilterForm
 from ..jsonl_check import ENDPOINTS
-from ..models import RUNNING_STATUSES, Batch, BatchQuerySet, BatchTally, Event, Status
+from ..models import (
+    RUNNING_STATUSES,
+    TERMINAL_STATUSES,
+    Batch,
+    BatchQuerySet,
+    BatchTally,
+    Event,
+    Status,
+)
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
@@ -51,7 +59,10 @@ def batch_list(request: HttpRequest) -> HttpResponse:
     tabs = []
     status = filters.get("status", "")
     for key, label, statuses in STATUS_TABS:
-        total = sum(n for s, n in counts.items() if statuses is None or s in statuses)
+        if key == "running":  # any status that is not an ending, even one batchweb does not know
+            total = sum(n for s, n in counts.items() if s not in TERMINAL_STATUSES)
+        else:
+            total = sum(n for s, n in counts.items() if statuses is None or s in statuses)
         tabs.append({"key": key, "label": label, "count": total, "active": key == status})
     rows = _with_status(base, status)
     page, newer, older = _keyset_page(request, rows)
@@ -152,11 +163,17 @@ def _filtered(filters: dict[str, str]) -> BatchQuerySet:
     if filters.get("model"):
         rows = rows.filter(model=filters["model"])
     if filters.get("creator"):
-        rows = rows.filter(created_by__username=filters["creator"])
+        # By id, so the (created_by, created_at) index serves the page.
+        creator = get_user_model().objects.filter(username=filters["creator"]).first()
+        rows = rows.filter(created_by_id=creator.pk if creator else None).exclude(
+            created_by=None
+        )
     return rows.search(filters.get("q", ""))
 
 
 def _with_status(rows: BatchQuerySet, status: str) -> BatchQuerySet:
+    if status == "running":
+        return rows.filter(running=True)
     for key, _label, statuses in STATUS_TABS:
         if key and key == status:
             return rows.filter(status__in=statuses)
@@ -186,18 +203,17 @@ def _keyset_page(request: HttpRequest, rows: Any) -> tuple[list[Batch], int | No
     """Newest first, PAGE_SIZE at a time, by (created_at, id) so deep pages stay cheap."""
     after = _int_param(request, "after")
     before = _int_param(request, "before")
+    # "(created_at, id) < anchor", written as a range on created_at so the index is used.
     if after and (anchor := Batch.objects.filter(pk=after).values("created_at").first()):
-        rows = rows.filter(
-            Q(created_at__lt=anchor["created_at"])
-            | Q(created_at=anchor["created_at"], id__lt=after)
+        rows = rows.filter(created_at__lte=anchor["created_at"]).exclude(
+            created_at=anchor["created_at"], id__gte=after
         )
         page = list(rows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
         has_older, has_newer = len(page) > PAGE_SIZE, True
         page = page[:PAGE_SIZE]
     elif before and (anchor := Batch.objects.filter(pk=before).values("created_at").first()):
-        rows = rows.filter(
-            Q(created_at__gt=anchor["created_at"])
-            | Q(created_at=anchor["created_at"], id__gt=before)
+        rows = rows.filter(created_at__gte=anchor["created_at"]).exclude(
+            created_at=anchor["created_at"], id__lte=before
         )
         page = list(rows.order_by("created_at", "id")[: PAGE_SIZE + 1])
         has_newer, has_older = len(page) > PAGE_SIZE, True
