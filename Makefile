@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	touch $@
 
 ## Start the dashboard on http://127.0.0.1:8000 (demo mode with a built-in simulator when no key is set)
+DATA := $(or $(BATCHWEB_DATA_DIR),data)
+
 run: $(STAMP)
-	@mkdir -p data
-	@test -s data/secret_key || (umask 077; $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > data/secret_key)
+	@mkdir -p $(DATA)
+	@test -s $(DATA)/secret_key || (umask 077; $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > $(DATA)/secret_key)
 	$(PY) manage.py serve
 
 ## Run the whole test suite (browser tests run when Chromium is installed)

@@ -9,10 +9,13 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = BASE_DIR / "data"
 
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+# Where batchweb keeps its files: the SQLite database by default, uploads waiting for
+# confirmation, local copies of result files, the generated secret key.
+DATA_DIR = Path(env.str("BATCHWEB_DATA_DIR", default=str(BASE_DIR / "data")))
 
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 

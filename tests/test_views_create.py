@@ -95,8 +95,16 @@ def test_the_form_shows_every_field_with_a_label(submitter_client):
 
     assert response.status_code == 200
     content = text(response)
-    for label in ["Input file id", "Endpoint", "Completion window", "Label"]:
+    for label in [
+        "Input file (JSONL)",
+        "…or the id of a file already uploaded",
+        "Endpoint",
+        "Completion window",
+        "Label",
+    ]:
         assert f">{label}" in content
+    assert 'name="input_file" accept=".jsonl' in content
+    assert 'enctype="multipart/form-data"' in content
     assert f"Metadata key {rows}" in content
     assert f'name="meta_key_{rows - 1}"' in content
     assert f'name="meta_key_{rows}"' not in content
@@ -230,12 +238,12 @@ def test_metadata_posted_beyond_the_forms_rows_is_ignored(submitter_client, upst
 @pytest.mark.parametrize(
     ("changes", "error"),
     [
-        ({"input_file_id": ""}, "This field is required."),
-        ({"input_file_id": "   "}, "This field is required."),
+        ({"input_file_id": ""}, "Choose a JSONL file, or give the id of one."),
+        ({"input_file_id": "   "}, "Choose a JSONL file, or give the id of one."),
         ({"input_file_id": "file-1/../x"}, "A file id has no spaces or slashes"),
         ({"input_file_id": "file 1"}, "A file id has no spaces or slashes"),
         ({"endpoint": "/v1/unknown"}, "Select a valid choice."),
-        ({"endpoint": ""}, "This field is required."),
+        ({"endpoint": ""}, "Choose the endpoint: it cannot be read from a file id."),
         ({"completion_window": "48h"}, "Select a valid choice."),
         ({"completion_window": "7d"}, "Select a valid choice."),
         ({"meta_key_0": "k" * 65}, "at most 64 characters"),
@@ -250,8 +258,8 @@ def test_metadata_posted_beyond_the_forms_rows_is_ignored(submitter_client, upst
         ({"output_expires_after_hours": "721"}, "less than or equal to 720"),
         ({"output_expires_after_hours": "-5"}, "greater than or equal to 1"),
         ({"output_expires_after_hours": "soon"}, "Enter a whole number."),
-        ({"submission_token": ""}, "missing its one-time submission token"),
-        ({"submission_token": "t" * 65}, "missing its one-time submission token"),
+        ({"submission_token": ""}, "This form has expired or was damaged."),
+        ({"submission_token": "t" * 65}, "This form has expired or was damaged."),
     ],
 )
 def test_invalid_input_is_refused_before_anything_is_sent(
@@ -395,7 +403,7 @@ def test_an_upstream_400_is_shown_on_the_form_with_the_input_kept(
 
     response = submitter_client.post(CREATE, form_data(token))
 
-    assert response.status_code == 502
+    assert response.status_code == 400
     content = text(response)
     assert "The batch was not created." in content
     assert "The input file file-in1 does not exist." in content
@@ -416,13 +424,17 @@ def test_after_an_upstream_400_the_same_form_can_be_sent_again(submitter_client,
         f"{API}/batches", status=400, json={"error": {"message": "Bad file", "type": "invalid"}}
     )
     upstream.post(f"{API}/batches", json=created())
+    upstream.get(f"{API}/batches", json=make_list([make_batch(id="batch_other")]))
 
-    assert submitter_client.post(CREATE, form_data(token)).status_code == 502
+    assert submitter_client.post(CREATE, form_data(token)).status_code == 400
     response = submitter_client.post(CREATE, form_data(token))
 
     assert response.status_code == 302
     assert response["Location"] == reverse("batch-detail", args=["batch_new1"])
     assert [b["metadata"]["batchweb_token"] for b in sent_bodies(upstream)] == [token, token]
+    # A submission tried before always looks for its token first (it does not keep why it
+    # failed), then creates.
+    assert [c.request.method for c in upstream.calls] == ["POST", "GET", "POST"]
     assert Batch.objects.count() == 1
 
 
@@ -499,7 +511,7 @@ def test_a_timeout_on_create_with_no_batch_found_says_so_and_allows_a_resubmit(
     assert response.status_code == 502
     content = text(response)
     assert "The batch was not created." in content
-    assert "could not be reached" in content
+    assert "is not available right now" in content
     assert "within the time limit" in content
     assert "ReadTimeout" not in content
     assert "Traceback" not in content

@@ -61,12 +61,12 @@ def test_a_batch_created_from_the_form_runs_to_completed(page_as, sim, shot):
     expect(page.get_by_label(f"Metadata key {shown + 1}", exact=True)).to_be_focused()
     shot(page, "create-form")
 
-    page.get_by_label("Input file id").fill(file_id)
+    page.get_by_label("…or the id of a file already uploaded").fill(file_id)
     page.get_by_label("Endpoint").select_option("/v1/chat/completions")
     page.get_by_label("Label").fill("e2e nightly eval")
     page.get_by_label("Metadata key 1", exact=True).fill("team")
     page.get_by_label("Metadata value 1", exact=True).fill("search")
-    page.get_by_role("button", name="Create batch").click()
+    page.get_by_role("button", name="Continue").click()
 
     expect(page).to_have_url(re.compile(r"/batches/batch_\w+/$"))
     openai_id = page.url.rstrip("/").rsplit("/", 1)[-1]
@@ -201,19 +201,21 @@ def test_an_upstream_failure_shows_a_clear_message_and_the_cached_page(page_as, 
 def test_the_form_keeps_its_input_when_upstream_rejects_it(page_as, shot):
     page = page_as("sam")
     page.goto("/batches/new/")
-    page.get_by_label("Input file id").fill("file-does-not-exist")
+    page.get_by_label("…or the id of a file already uploaded").fill("file-does-not-exist")
     page.get_by_label("Endpoint").select_option("/v1/embeddings")
     page.get_by_label("Label").fill("keep me")
     page.get_by_label("Metadata key 1", exact=True).fill("owner")
     page.get_by_label("Metadata value 1", exact=True).fill("sam")
-    page.get_by_role("button", name="Create batch").click()
+    page.get_by_role("button", name="Continue").click()
 
     expect(page).to_have_url(re.compile(r"/batches/new/$"))
     error = page.get_by_role("alert")
     expect(error).to_contain_text("The batch was not created.")
     expect(error).to_contain_text("file-does-not-exist")
     expect(error).to_contain_text(re.compile(r"HTTP (400|404)"))
-    expect(page.get_by_label("Input file id")).to_have_value("file-does-not-exist")
+    expect(page.get_by_label("…or the id of a file already uploaded")).to_have_value(
+        "file-does-not-exist"
+    )
     expect(page.get_by_label("Endpoint")).to_have_value("/v1/embeddings")
     expect(page.get_by_label("Label")).to_have_value("keep me")
     expect(page.get_by_label("Metadata key 1", exact=True)).to_have_value("owner")
@@ -221,7 +223,9 @@ def test_the_form_keeps_its_input_when_upstream_rejects_it(page_as, shot):
     shot(page, "create-error")
 
     # A form error of its own (no file id) is shown beside the field.
-    page.get_by_label("Input file id").fill("")
-    page.get_by_role("button", name="Create batch").click()
-    expect(page.locator(".field.has-error")).to_contain_text("This field is required.")
+    page.get_by_label("…or the id of a file already uploaded").fill("")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator(".field.has-error")).to_contain_text(
+        "Choose a JSONL file, or give the id of one."
+    )
     expect(page.get_by_label("Label")).to_have_value("keep me")

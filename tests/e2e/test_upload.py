@@ -53,7 +53,7 @@ def test_a_jsonl_file_is_checked_confirmed_uploaded_and_created(page_as, sim, sh
     expect(page.get_by_role("heading", name="New batch")).to_be_visible()
     page.get_by_label(FILE_LABEL).set_input_files(str(SAMPLE))
     page.get_by_label("Label").fill("e2e upload")
-    page.get_by_role("button", name="Check the file").click()
+    page.get_by_role("button", name="Continue").click()
 
     # The summary, before anything is sent.
     expect(page).to_have_url(re.compile(r"/batches/new/[\w-]+/$"))
@@ -115,7 +115,7 @@ def test_a_broken_file_is_refused_with_its_problems_listed(page_as, sim, shot, t
     page.goto("/batches/new/")
     page.get_by_label(FILE_LABEL).set_input_files(str(broken))
     page.get_by_label("Label").fill("keep me")
-    page.get_by_role("button", name="Check the file").click()
+    page.get_by_role("button", name="Continue").click()
 
     expect(page).to_have_url(re.compile(r"/batches/new/$"))
     problems = page.locator("#problems")
@@ -123,7 +123,8 @@ def test_a_broken_file_is_refused_with_its_problems_listed(page_as, sim, shot, t
     expect(problems).to_contain_text("5 problems (1 with the whole file, 4 on lines)")
     expect(problems.locator("ul li")).to_have_text(
         [
-            "the file mixes 2 models ('gpt-4o-mini' on 5 lines, 'gpt-4o' on 1 line); a batch takes one"
+            "the file mixes 2 models ('gpt-4o-mini' on 4 lines, 'gpt-4o' on 1 line);"
+            " a batch takes one"
         ]
     )
     expect(problems.locator("ol.problem-list li")).to_have_text(
