@@ -250,6 +250,8 @@ def server_env(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> dict
             "BATCHWEB_DEMO": "false",
             "BATCHWEB_SYNC_INTERVAL": "1",
             "BATCHWEB_UPLOAD_DIR": str(tmp),
+            "BATCHWEB_DATA_DIR": str(tmp / "data"),
+            "BATCHWEB_LIVE_POLL_SECONDS": "1",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
