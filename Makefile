@@ -23,7 +23,7 @@ run: $(STAMP)
 
 ## Run the whole test suite (browser tests run when Chromium is installed)
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
