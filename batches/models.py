@@ -643,12 +643,12 @@ class BatchTally(models.Model):
         if old == new:
             return
         if old is not None:
-            cls._add(old, -1)
+            cls.add(old, -1)
         if new is not None:
-            cls._add(new, 1)
+            cls.add(new, 1)
 
     @classmethod
-    def _add(cls, key: tuple, delta: int) -> None:
+    def add(cls, key: tuple, delta: int) -> None:
         status, endpoint, model, creator_id = key
         where = {"status": status, "endpoint": endpoint, "model": model, "creator_id": creator_id}
         if cls.objects.filter(**where).update(count=models.F("count") + delta):

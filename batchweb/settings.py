@@ -156,6 +156,22 @@ BATCHWEB_DEMO = env.bool("BATCHWEB_DEMO", default=False)
 # --- The sync worker ------------------------------------------------------------------------
 SYNC_INTERVAL_SECONDS = env.float("BATCHWEB_SYNC_INTERVAL", default=10.0)
 SYNC_MAX_PAGES = env.int("BATCHWEB_SYNC_MAX_PAGES", default=1000)
+# A running batch is fetched again after SYNC_REFRESH_MIN_SECONDS; the wait grows by
+# SYNC_REFRESH_GROWTH each time nothing changed, up to SYNC_REFRESH_MAX_SECONDS.
+SYNC_REFRESH_MIN_SECONDS = env.float("BATCHWEB_SYNC_REFRESH_MIN_SECONDS", default=5.0)
+SYNC_REFRESH_MAX_SECONDS = env.float("BATCHWEB_SYNC_REFRESH_MAX_SECONDS", default=300.0)
+SYNC_REFRESH_GROWTH = env.float("BATCHWEB_SYNC_REFRESH_GROWTH", default=2.0)
+# A running batch upstream no longer knows (404) is looked at again this much later.
+SYNC_GONE_INTERVAL_SECONDS = env.float("BATCHWEB_SYNC_GONE_INTERVAL_SECONDS", default=3600.0)
+# How long a worker's claim keeps other workers off a batch while it fetches it.
+SYNC_LEASE_SECONDS = env.float("BATCHWEB_SYNC_LEASE_SECONDS", default=60.0)
+SYNC_CLAIM_SIZE = env.int("BATCHWEB_SYNC_CLAIM_SIZE", default=25)
+SYNC_MAX_REFRESHES_PER_PASS = env.int("BATCHWEB_SYNC_MAX_REFRESHES_PER_PASS", default=500)
+# How often a pass walks the whole list (otherwise it stops at the first page with no news).
+SYNC_FULL_EVERY_SECONDS = env.float("BATCHWEB_SYNC_FULL_EVERY_SECONDS", default=6 * 3600.0)
+# Waits after an upstream failure without Retry-After: doubling from the first to the last.
+SYNC_BACKOFF_MIN_SECONDS = env.float("BATCHWEB_SYNC_BACKOFF_MIN_SECONDS", default=10.0)
+SYNC_BACKOFF_MAX_SECONDS = env.float("BATCHWEB_SYNC_BACKOFF_MAX_SECONDS", default=600.0)
 
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)

@@ -14,7 +14,7 @@ from responses import matchers
 
 from batches.models import Batch, Event, Status, SyncState
 from batches.openai_client import InvalidRequest, NotFound, UpstreamUnavailable
-from batches.services import batch_create, batches_sync
+from batches.services import batch_create, batch_upsert, batches_sync
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -214,6 +214,21 @@ def test_it_refreshes_running_batches_one_by_one_after_the_walk(upstream, no_sle
             [make_batch(id="batch_run", status="in_progress"), done("batch_old")], has_more=False
         ),
     )
+    upstream.get(f"{API}/batches/batch_run", json=done("batch_run"))
+
+    result = batches_sync()
+
+    assert [c.request.url for c in upstream.calls] == [
+        f"{LIST_URL}?limit=100",
+        f"{API}/batches/batch_run",
+    ]
+    assert result.refreshed == 1
+    assert Batch.objects.get(openai_id="batch_run").status == Status.COMPLETED
+
+
+def test_it_also_refreshes_running_batches_the_walk_did_not_bring(upstream, no_sleep):
+    batch_upsert(payload=make_batch(id="batch_run", status="in_progress"))
+    upstream.get(LIST_URL, json=make_list([done("batch_old")], has_more=False))
     upstream.get(f"{API}/batches/batch_run", json=done("batch_run"))
 
     result = batches_sync()

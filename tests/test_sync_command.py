@@ -74,21 +74,25 @@ def test_the_loop_runs_the_given_number_of_passes(upstream, no_sleep):
 
     assert len(upstream.calls) == 2
     assert out.count("sync: ") == 2
+    assert "full sync" in out.splitlines()[0]
     assert out.rstrip().endswith("Sync worker stopped.")
 
 
 def test_only_the_first_pass_of_a_full_loop_is_full(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        services, "batches_sync", lambda **kwargs: calls.append(kwargs) or services.SyncResult()
+        services, "sync_pass", lambda **kwargs: calls.append(kwargs) or services.PassResult()
     )
 
     run("--loop", "--full", "--max-passes", "3", "--interval", "0")
 
-    assert calls == [{"full": True}, {"full": False}, {"full": False}]
+    assert [call["full"] for call in calls] == [True, False, False]
 
 
-def test_a_failing_upstream_in_the_loop_is_reported_and_the_loop_goes_on(upstream, no_sleep):
+def test_a_failing_upstream_in_the_loop_is_reported_and_the_loop_goes_on(
+    upstream, no_sleep, settings
+):
+    settings.SYNC_BACKOFF_MIN_SECONDS = 0  # no wait before the second pass
     upstream.get(LIST_URL, status=503, json=error_body(f"overloaded, key {KEY}"))
     upstream.get(LIST_URL, status=503, json=error_body("overloaded"))
     upstream.get(LIST_URL, status=503, json=error_body("overloaded"))
@@ -96,9 +100,10 @@ def test_a_failing_upstream_in_the_loop_is_reported_and_the_loop_goes_on(upstrea
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
 
-    assert "sync failed: The OpenAI API is not available right now (HTTP 503)" in err
+    assert err.startswith("sync failed: The OpenAI API is not available right now (HTTP 503)")
+    assert "Next try in 0 s; 0 pages listed" in err
     assert KEY not in err + out
-    assert "sync: 1 pages" in out
+    assert "sync: 1 pages listed, 1 new" in out
     assert Batch.objects.filter(openai_id="batch_1").exists()
     state = SyncState.get()
     assert not state.is_failing
@@ -112,9 +117,9 @@ def test_sigterm_stops_the_loop_after_the_current_pass(monkeypatch):
         passes.append(kwargs)
         if len(passes) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-        return services.SyncResult()
+        return services.PassResult()
 
-    monkeypatch.setattr(services, "batches_sync", one_pass)
+    monkeypatch.setattr(services, "sync_pass", one_pass)
 
     out, _ = run("--loop", "--max-passes", "5", "--interval", "0")
 

@@ -83,3 +83,42 @@ def test_rebuild_repairs_counts_after_a_deletion_outside_the_services():
     BatchTally.rebuild()
 
     assert sum(tallies().values()) == 1
+
+
+def test_a_page_of_new_batches_is_stored_in_bulk_and_counted(submitter):
+    from django.utils import timezone
+
+    from batches.services.batches import batches_insert_new
+
+    payloads = [
+        make_batch(id=f"batch_{i}", status="completed" if i % 2 else "in_progress", metadata=None)
+        for i in range(10)
+    ]
+    payloads[0]["metadata"] = {"batchweb_user": submitter.username, "batchweb_token": "tok-1"}
+    payloads[1]["metadata"] = {"batchweb_token": "tok-1"}  # copied by hand upstream
+
+    inserted = batches_insert_new(payloads=payloads, now=timezone.now())
+
+    assert inserted == {f"batch_{i}" for i in range(10)}
+    assert tallies() == counted()
+    assert Batch.objects.get(openai_id="batch_0").created_by == submitter
+    assert Batch.objects.get(openai_id="batch_0").submission_token == "tok-1"
+    assert Batch.objects.get(openai_id="batch_1").submission_token is None
+    # Running ones are scheduled for the worker; finished ones are not.
+    assert Batch.objects.get(openai_id="batch_0").next_refresh_at is not None
+    assert Batch.objects.get(openai_id="batch_1").next_refresh_at is None
+
+
+def test_batches_already_cached_are_left_to_the_upsert():
+    from django.utils import timezone
+
+    from batches.services.batches import batches_insert_new
+
+    batch_upsert(payload=make_batch(id="batch_old"))
+
+    inserted = batches_insert_new(
+        payloads=[make_batch(id="batch_old"), make_batch(id="batch_new")], now=timezone.now()
+    )
+
+    assert inserted == {"batch_new"}
+    assert tallies() == counted()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,40 @@ def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> 
         batch.save()
         BatchTally.move(before, batch.tally_key())
         return UpsertResult(batch=batch, changed=changed)
+
+
+def batches_insert_new(*, payloads: list[dict[str, Any]], now: dt.datetime) -> set[str]:
+    """Store, in a few queries, the batches of a list page the cache has never seen, and return
+    their ids. A first sync of a large organisation is mostly such batches: one transaction per
+    batch would make it take minutes. Payloads the cache already has are left to batch_upsert;
+    if another process inserts one of these meanwhile, the whole page falls back to it too."""
+    by_id = {str(p["id"]): p for p in payloads}
+    known = set(Batch.objects.filter(openai_id__in=list(by_id)).values_list("openai_id", flat=True))
+    fresh = [Batch(openai_id=openai_id) for openai_id in by_id if openai_id not in known]
+    if not fresh:
+        return set()
+    for batch in fresh:
+        batch.apply_payload(by_id[batch.openai_id], now=now)
+    usernames = {(b.metadata or {}).get(USER_KEY) for b in fresh} - {None, ""}
+    users = {u.get_username(): u for u in get_user_model().objects.filter(username__in=usernames)}
+    tokens = [b.submission_token for b in fresh if b.submission_token]
+    taken = set(
+        Batch.objects.filter(submission_token__in=tokens).values_list("submission_token", flat=True)
+    )
+    for batch in fresh:
+        batch.created_by = users.get((batch.metadata or {}).get(USER_KEY))
+        if batch.submission_token in taken:
+            batch.submission_token = None  # copied metadata: the first batch keeps the token
+        elif batch.submission_token:
+            taken.add(batch.submission_token)
+    try:
+        with transaction.atomic():
+            Batch.objects.bulk_create(fresh)
+            for key, count in Counter(b.tally_key() for b in fresh).items():
+                BatchTally.add(key, count)
+    except IntegrityError:
+        return set()
+    return {b.openai_id for b in fresh}
 
 
 def _drop_claimed_token(batch: Batch) -> None:

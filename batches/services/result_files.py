@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 CHUNK = 1 << 16
 PREVIEW_CHARS = 300
 INGEST_BATCH = 2000
+TOUCH_EVERY = dt.timedelta(hours=1)
 
 KIND_LABELS = {"input": "input", "output": "output", "error": "error"}
 
@@ -104,7 +105,10 @@ def file_download(*, batch: Batch, kind: str, client: OpenAIClient | None = None
         response = client.open_file_content(file_id)
     except NotFound as error:
         raise FileGone(_gone_message(kind)) from error
-    size = response.headers.get("Content-Length")
+    # requests undoes a Content-Encoding (gzip) while streaming: the length upstream announced
+    # is then that of the compressed bytes, and passing it on would cut the download short.
+    encoded = response.headers.get("Content-Encoding", "identity").lower() != "identity"
+    size = None if encoded else response.headers.get("Content-Length")
 
     def chunks() -> Iterator[bytes]:
         try:
@@ -127,6 +131,16 @@ def _usable_copy(batch: Batch, kind: str, file_id: str) -> ResultFile | None:
         return None
     ResultFile.objects.filter(pk=copy.pk).update(last_used_at=timezone.now())
     return copy
+
+
+def results_touch(*, batch: Batch) -> None:
+    """Count a look at the batch's results as a use of its local copies. The results pages read
+    the rows, not the files, so without this the cleanup would remove what people are reading.
+    One write an hour at most."""
+    now = timezone.now()
+    ResultFile.objects.filter(batch=batch, last_used_at__lt=now - TOUCH_EVERY).update(
+        last_used_at=now
+    )
 
 
 def local_copy(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -> Path | None:
@@ -339,12 +353,12 @@ def _result_row(
     except ResultLineError:
         return ResultRow(
             batch=batch,
-            custom_id=f"(unreadable line at byte {offset})",
+            custom_id=f"(unreadable line at byte {offset} of the {source} file)",
             source=source,
             offset=offset,
             error_message="This line of the file is not valid JSON.",
         )
-    custom_id = result.custom_id or f"(no custom_id at byte {offset})"
+    custom_id = result.custom_id or f"(no custom_id at byte {offset} of the {source} file)"
     line_no, input_offset, preview = inputs.get(custom_id, (None, None, ""))
     return ResultRow(
         batch=batch,
@@ -530,12 +544,15 @@ def batches_csv(batches: Any) -> Iterator[str]:
     for batch in batches.iterator(chunk_size=2000):
         yield writer.writerow(
             [
-                batch.openai_id, batch.display_status(), batch.endpoint, batch.model,
-                _iso(batch.created_at), _iso(batch.completed_at), _num(batch.request_total),
-                _num(batch.request_completed), _num(batch.request_failed),
-                _num(batch.input_tokens), _num(batch.output_tokens),
-                _csv_safe(batch.creator_name()), _csv_safe(batch.label()), batch.input_file_id,
-                batch.output_file_id, batch.error_file_id,
+                # Ids, model and endpoint come from upstream (the model from the input file):
+                # as able to start with "=" as the label.
+                _csv_safe(batch.openai_id), batch.display_status(), _csv_safe(batch.endpoint),
+                _csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
+                _num(batch.request_total), _num(batch.request_completed),
+                _num(batch.request_failed), _num(batch.input_tokens), _num(batch.output_tokens),
+                _csv_safe(batch.creator_name()), _csv_safe(batch.label()),
+                _csv_safe(batch.input_file_id), _csv_safe(batch.output_file_id),
+                _csv_safe(batch.error_file_id),
             ]
         )  # fmt: skip
 
@@ -578,5 +595,6 @@ __all__ = [
     "results_cleanup",
     "results_csv",
     "results_ingest",
+    "results_touch",
     "summaries_due",
 ]

@@ -3,7 +3,7 @@
 Two ways in:
 
 - `batches_sync()`: the "Sync now" button and a single `manage.py sync_batches`. Walks the list,
-  then retrieves every running batch the walk did not just bring.
+  then retrieves every running batch: a person asked for everything now.
 - `sync_pass()`: one pass of the worker (`manage.py sync_batches --loop`), made of small steps
   that tests call one by one:
   1. `backoff_remaining()`: while upstream is failing, passes wait until
@@ -41,9 +41,9 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from ..models import Batch, BatchTally, SyncState
+from ..models import TERMINAL_STATUSES, Batch, BatchTally, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
-from .batches import batch_upsert, get_client
+from .batches import batch_upsert, batches_insert_new, get_client
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,6 @@ class SyncResult:
     refreshed: int = 0
     stopped_because: str = ""
     errors: list[str] = field(default_factory=list)
-    # The batches the walk stored (or found unchanged): fresh, so not retrieved after it.
-    seen_ids: set[str] = field(default_factory=set, repr=False)
 
     def __str__(self) -> str:
         text = (
@@ -177,14 +175,23 @@ def list_walk(
             result.stopped_because = "empty page"
             break
         news = 0
+        unchanged = _store_unchanged_finished(items, now=now or timezone.now())
+        result.seen += len(unchanged)
+        inserted = batches_insert_new(
+            payloads=[i for i in items if str(i["id"]) not in unchanged],
+            now=now or timezone.now(),
+        )
+        result.seen += len(inserted)
+        result.created += len(inserted)
+        news += len(inserted)
         for item in items:
+            if str(item["id"]) in unchanged or str(item["id"]) in inserted:
+                continue
             outcome = batch_upsert(payload=item, now=now)
             result.seen += 1
             result.created += outcome.created
             result.updated += outcome.changed and not outcome.created
             news += outcome.changed
-            if not outcome.stale:
-                result.seen_ids.add(outcome.batch.openai_id)
         if not page.get("has_more"):
             result.stopped_because = "last page"
             break
@@ -198,6 +205,22 @@ def list_walk(
         seen_cursors.add(cursor)
         after = cursor
     return result
+
+
+def _store_unchanged_finished(items: list[dict], *, now: dt.datetime) -> set[str]:
+    """Note as seen, in one query, the finished batches a page shows exactly as cached, and
+    return their ids. Most of a page is such batches; upserting each would cost a transaction, so a
+    pass that finds nothing new would still write a hundred rows."""
+    ids = [str(item["id"]) for item in items]
+    cached = dict(
+        Batch.objects.filter(openai_id__in=ids, status__in=TERMINAL_STATUSES).values_list(
+            "openai_id", "raw"
+        )
+    )
+    unchanged = {str(item["id"]) for item in items if cached.get(str(item["id"])) == item}
+    if unchanged:
+        Batch.objects.filter(openai_id__in=unchanged).update(synced_at=now)
+    return unchanged
 
 
 def full_sync_due(*, state: SyncState, now: dt.datetime) -> bool:
@@ -357,19 +380,12 @@ def refresh_due_batches(
     return result
 
 
-def refresh_running_batches(
-    *,
-    client: OpenAIClient | None = None,
-    limit: int = 500,
-    skip: set[str] | frozenset[str] = frozenset(),
-) -> int:
-    """Retrieve each cached batch that is not terminal, due or not, except those in `skip`
-    (just seen in the list). Returns how many were refreshed."""
+def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 500) -> int:
+    """Retrieve each cached batch that is not terminal, due or not. Returns how many were
+    refreshed."""
     client = client or get_client()
     count = 0
     for batch in Batch.objects.running().order_by("created_at")[:limit]:
-        if batch.openai_id in skip:
-            continue
         if batch_refresh_scheduled(batch=batch, client=client) != "gone":
             count += 1
     return count
@@ -414,7 +430,7 @@ def batches_sync(
     max_pages: int | None = None,
     refresh_running: bool = True,
 ) -> SyncResult:
-    """Walk the list (see `list_walk`), then retrieve every running batch it did not bring.
+    """Walk the list (see `list_walk`), then retrieve every running batch.
 
     For a person who asked for it now: it ignores the worker's schedule and backoff. A failure
     is recorded on `SyncState` for the pages and raised.
@@ -426,7 +442,7 @@ def batches_sync(
         if full:
             full_sync_done(now=timezone.now())
         if refresh_running:
-            result.refreshed = refresh_running_batches(client=client, skip=result.seen_ids)
+            result.refreshed = refresh_running_batches(client=client)
     except OpenAIError as error:
         SyncState.get().record_failure(error)
         raise

@@ -165,9 +165,7 @@ def _filtered(filters: dict[str, str]) -> BatchQuerySet:
     if filters.get("creator"):
         # By id, so the (created_by, created_at) index serves the page.
         creator = get_user_model().objects.filter(username=filters["creator"]).first()
-        rows = rows.filter(created_by_id=creator.pk if creator else None).exclude(
-            created_by=None
-        )
+        rows = rows.filter(created_by_id=creator.pk if creator else None).exclude(created_by=None)
     return rows.search(filters.get("q", ""))
 
 

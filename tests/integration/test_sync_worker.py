@@ -130,8 +130,9 @@ def test_the_sync_command_loops_for_the_passes_asked_and_stops(sim, keep_signal_
 
 
 def test_an_upstream_outage_is_recorded_and_the_sync_loop_keeps_going(
-    sim, keep_signal_handlers, waits
+    sim, keep_signal_handlers, waits, settings
 ):
+    settings.SYNC_BACKOFF_MIN_SECONDS = 0  # the worker's own backoff is tested in test_worker
     sim.seed_batches(count=3, status="completed")
     sim.set_faults({"server_error": 1000})
     out, err = io.StringIO(), io.StringIO()
