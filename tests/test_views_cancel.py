@@ -46,7 +46,7 @@ def test_get_shows_a_confirmation_page_and_cancels_nothing(submitter_client, ups
     assert "Cancel this batch?" in content
     assert "batch_run1" in content
     assert "Yes, cancel the batch" in content
-    assert '<form method="post">' in content
+    assert '<form method="post" class="confirm-actions">' in content
     assert f'href="{detail()}">No, keep it running' in content
     assert len(upstream.calls) == 0
     assert Batch.objects.get().status == "in_progress"
