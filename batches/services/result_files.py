@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ..jsonl_check import check_jsonl
@@ -136,11 +137,12 @@ def _usable_copy(batch: Batch, kind: str, file_id: str) -> ResultFile | None:
 def results_touch(*, batch: Batch) -> None:
     """Count a look at the batch's results as a use of its local copies. The results pages read
     the rows, not the files, so without this the cleanup would remove what people are reading.
-    One write an hour at most."""
+    A read on most views and a write once an hour at most (on SQLite even an UPDATE that
+    matches nothing takes the write lock, hence the look first)."""
     now = timezone.now()
-    ResultFile.objects.filter(batch=batch, last_used_at__lt=now - TOUCH_EVERY).update(
-        last_used_at=now
-    )
+    stale = ResultFile.objects.filter(batch=batch, last_used_at__lt=now - TOUCH_EVERY)
+    if stale.exists():
+        stale.update(last_used_at=now)
 
 
 def local_copy(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -> Path | None:
@@ -223,12 +225,29 @@ class _open:
             self.stream.close()
 
 
-def summaries_due(*, client: OpenAIClient | None = None, limit: int = 5) -> int:
-    """Summarize finished batches that have none yet; for the worker. Returns how many."""
+def summaries_due(
+    *,
+    client: OpenAIClient | None = None,
+    limit: int = 5,
+    finished_since: dt.datetime | None = None,
+) -> int:
+    """Summarize finished batches that have none yet; for the worker. Returns how many.
+
+    `finished_since` keeps the worker to batches that finished lately: a first sync of an old
+    organisation would otherwise download every result file it ever made. Older batches are
+    summarized when someone opens their results.
+    """
     done = 0
-    pending = Batch.objects.filter(
-        status__in=["completed", "failed", "expired", "cancelled"], summary_computed_at=None
-    ).exclude(output_file_id="", error_file_id="")
+    pending = Batch.objects.filter(running=False, summary_computed_at=None).exclude(
+        output_file_id="", error_file_id=""
+    )
+    if finished_since is not None:
+        pending = pending.filter(
+            Q(completed_at__gte=finished_since)
+            | Q(failed_at__gte=finished_since)
+            | Q(expired_at__gte=finished_since)
+            | Q(cancelled_at__gte=finished_since)
+        )
     for batch in pending.order_by("-created_at")[:limit]:
         try:
             batch_summarize(batch=batch, client=client)
@@ -437,8 +456,9 @@ def batch_retry_stage(
     if not check.ok:
         staged.unlink(missing_ok=True)
         raise ServiceError(f"The retry file did not pass the checks: {check.summary()}")
-    metadata = {k: v for k, v in batch.user_metadata().items()}
-    metadata["retry_of"] = batch.openai_id
+    # retry_of first: the cut to 14 pairs (batchweb adds its two) must not drop it.
+    metadata = {"retry_of": batch.openai_id}
+    metadata.update((k, v) for k, v in batch.user_metadata().items() if k != "retry_of")
     request = {
         "endpoint": check.endpoint,
         "completion_window": batch.completion_window or "24h",
@@ -544,8 +564,8 @@ def batches_csv(batches: Any) -> Iterator[str]:
     for batch in batches.iterator(chunk_size=2000):
         yield writer.writerow(
             [
-                # Ids, model and endpoint come from upstream (the model from the input file):
-                # as able to start with "=" as the label.
+                # Ids, model and endpoint come from upstream (the model from the input file),
+                # so they can start with "=" just as the label can.
                 _csv_safe(batch.openai_id), batch.display_status(), _csv_safe(batch.endpoint),
                 _csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
                 _num(batch.request_total), _num(batch.request_completed),

@@ -44,6 +44,8 @@ from django.utils import timezone
 from ..models import TERMINAL_STATUSES, Batch, BatchTally, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
 from .batches import batch_upsert, batches_insert_new, get_client
+from .result_files import results_cleanup, summaries_due
+from .submissions import submissions_cleanup
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,8 @@ DEFAULTS: dict[str, float] = {
     # Waits after an upstream failure without Retry-After: doubling from the first to the last.
     "SYNC_BACKOFF_MIN_SECONDS": 10.0,
     "SYNC_BACKOFF_MAX_SECONDS": 600.0,
+    # Batches that finished this recently get their result summary from the worker.
+    "SYNC_SUMMARY_WINDOW_SECONDS": 48 * 3600.0,
 }
 # A Retry-After is honoured as sent, up to this (a junk header must not stop the worker for days).
 MAX_RETRY_AFTER_WAIT = 3600.0
@@ -114,6 +118,7 @@ class PassResult:
     due: int = 0  # claimed by this worker in this pass
     refreshed: int = 0
     gone: int = 0
+    summarized: int = 0
     errors: int = 0
     full: bool = False
     note: str = ""
@@ -135,6 +140,8 @@ class PassResult:
             parts.append("full sync")
         if self.gone:
             parts.append(f"{self.gone} not found upstream")
+        if self.summarized:
+            parts.append(f"{self.summarized} results summarized")
         if self.note:
             parts.append(self.note)
         if self.error:  # first, where a person looking for the failure reads first
@@ -480,6 +487,7 @@ def sync_pass(
             else:
                 result.note = "list skipped: another worker is listing"
         refresh_due_batches(client=client, due_at=pass_start, result=result, now=now, stop=stop)
+        housekeeping(client=client, now=clock(), result=result)
     except OpenAIError as error:
         result.errors += 1
         result.error = str(error)
@@ -489,6 +497,15 @@ def sync_pass(
             SyncState.get().record_success(now=clock())
     result.duration = time.monotonic() - started
     return result
+
+
+def housekeeping(*, client: OpenAIClient, now: dt.datetime, result: PassResult) -> None:
+    """The worker's small chores after the refreshes: summarize what finished lately, and remove
+    local files nobody needs any more (result copies past retention, unconfirmed uploads)."""
+    since = now - dt.timedelta(seconds=setting("SYNC_SUMMARY_WINDOW_SECONDS"))
+    result.summarized = summaries_due(client=client, limit=3, finished_since=since)
+    results_cleanup(now=now)
+    submissions_cleanup(now=now)
 
 
 def _walk_for_pass(

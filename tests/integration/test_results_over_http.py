@@ -1,9 +1,10 @@
 import json
+from pathlib import Path
 
 from django.urls import reverse
 
 from batches import services
-from batches.models import Batch, ResultRow
+from batches.models import Batch, ResultRow, Submission
 from tests.integration.conftest import chat_line
 
 
@@ -52,3 +53,114 @@ def test_a_finished_batch_can_be_read_exported_downloaded_and_retried(
     assert nb.input_lines == 1
     r = submitter_client.get(reverse("batch-export"))
     assert b"batch_id" in b"".join(r.streaming_content)
+
+
+# --- More of issue 5 against the simulator ---------------------------------------------------
+
+
+def _finished(sim, submitter, tmp_path, lines, *, advance=100.0, name="in.jsonl"):
+    """Upload `lines` to the simulator, create a batch, run it to its end, cache it."""
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    client = services.get_client()
+    with path.open("rb") as handle:
+        file_id = client.upload_file(fileobj=handle, filename=name)["id"]
+    batch = services.batch_create(
+        user=submitter, input_file_id=file_id, endpoint="/v1/chat/completions"
+    )
+    if advance:
+        sim.advance(advance)
+    return services.batch_refresh(batch=batch)
+
+
+def test_quirky_result_files_are_read_as_well_as_standard_ones(
+    sim, submitter_client, submitter, tmp_path, settings
+):
+    """Bodies sent as JSON strings and errors with only a message, as some gateways send."""
+    settings.DATA_DIR = tmp_path
+    sim.set_faults({"quirks": {"body_as_string": True, "errors_message_only": True}})
+    lines = [chat_line("a-1", "Hello owls"), chat_line("b-fail"), chat_line("c-fail-500")]
+    b = _finished(sim, submitter, tmp_path, lines)
+    assert b.status == "completed", b.status
+
+    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]))
+    assert r.status_code == 200
+    b.refresh_from_db()
+    s = b.result_summary
+    assert (s["succeeded"], s["failed"], s["never_ran"]) == (1, 2, 0), s
+    assert s["failed_by_status"] == {"400": 1, "500": 1}, s
+    row = ResultRow.objects.get(batch=b, custom_id="a-1")
+    assert row.ok and "Hello owls" in row.answer_preview
+    r = submitter_client.get(reverse("batch-result", args=[b.openai_id, row.pk]))
+    page = r.content.decode()
+    assert "&quot;choices&quot;: [" in page  # the string body shown decoded, as an object
+
+
+def test_an_expired_batch_retries_what_expired_as_well_as_what_failed(
+    sim, submitter_client, submitter, tmp_path, settings
+):
+    settings.DATA_DIR = tmp_path
+    lines = [chat_line(f"req-{i}") for i in range(1, 9)] + [chat_line("req-9-fail")]
+    b = _finished(sim, submitter, tmp_path, lines, advance=0)
+    sim.advance(2 + 4.5)  # validating, then about four requests done
+    sim.expire_batch(b.openai_id)
+    b = services.batch_refresh(batch=b)
+    assert b.status == "expired", b.status
+
+    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]) + "?failed=1")
+    assert r.status_code == 200
+    b.refresh_from_db()
+    expired = b.result_summary["failed_by_code"].get("batch_expired", 0)
+    succeeded = b.result_summary["succeeded"]
+    assert expired > 0 and succeeded > 0, b.result_summary
+    assert succeeded + b.result_summary["failed"] == 9
+
+    r = submitter_client.post(reverse("batch-retry", args=[b.openai_id]))
+    assert r.status_code == 302, r
+    submission = Submission.objects.get(retry_of=b)
+    staged = Path(submission.staged_path).read_bytes()
+    origin = "".join(json.dumps(line) + "\n" for line in lines).encode().splitlines(keepends=True)
+    succeeded_ids = set(
+        ResultRow.objects.filter(batch=b, ok=True).values_list("custom_id", flat=True)
+    )
+    expected = [line for line in origin if json.loads(line)["custom_id"] not in succeeded_ids]
+    assert staged == b"".join(expected)
+    assert submission.facts["retry_reasons"]["batch_expired"] == expired
+    confirm = submitter_client.get(r["Location"]).content.decode()
+    assert f"{len(expected)} requests that did not succeed" in confirm
+
+
+def test_an_output_file_deleted_upstream_is_reported_not_a_crash(
+    sim, submitter_client, submitter, tmp_path, settings
+):
+    settings.DATA_DIR = tmp_path
+    b = _finished(sim, submitter, tmp_path, [chat_line("req-1"), chat_line("req-2")])
+    services.get_client().delete_file(b.output_file_id)
+
+    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    assert r.status_code == 302
+    page = submitter_client.get(r["Location"]).content.decode()
+    assert "no longer exists upstream" in page
+
+    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]))
+    assert r.status_code == 302
+    assert "no longer exists upstream" in submitter_client.get(r["Location"]).content.decode()
+
+
+def test_downloads_over_http_stream_and_then_come_from_the_local_copy(
+    sim, submitter_client, submitter, tmp_path, settings
+):
+    settings.DATA_DIR = tmp_path
+    b = _finished(sim, submitter, tmp_path, [chat_line(f"req-{i}") for i in range(1, 4)])
+
+    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    assert r.streaming and r["Content-Type"].startswith("application/jsonl")
+    assert r["Content-Disposition"] == f'attachment; filename="{b.openai_id}_output.jsonl"'
+    first = b"".join(r.streaming_content)
+    assert first.count(b"\n") == 3
+
+    submitter_client.get(reverse("batch-results", args=[b.openai_id]))  # makes the local copies
+    before = sim.state()["calls"]["downloadFile"]
+    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    assert b"".join(r.streaming_content) == first
+    assert sim.state()["calls"]["downloadFile"] == before

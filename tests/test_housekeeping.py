@@ -1,0 +1,97 @@
+"""The worker's chores after each pass: summaries of lately finished batches, and cleanup."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+
+from batches.models import Batch, Submission
+from batches.services import batch_upsert
+from batches.services.sync import sync_pass
+from tests.conftest import make_batch, make_list
+
+pytestmark = pytest.mark.django_db
+API = settings.OPENAI_BASE_URL
+
+
+@pytest.fixture(autouse=True)
+def data_dir(settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    return tmp_path
+
+
+def finished(openai_id: str, finished_at: dt.datetime) -> dict:
+    return make_batch(
+        id=openai_id,
+        status="completed",
+        output_file_id=f"file-out-{openai_id}",
+        error_file_id=None,
+        completed_at=int(finished_at.timestamp()),
+        request_counts={"total": 2, "completed": 1, "failed": 1},
+    )
+
+
+def output_lines() -> str:
+    ok = {
+        "custom_id": "a",
+        "response": {"status_code": 200, "body": {"choices": []}},
+        "error": None,
+    }
+    bad = {
+        "custom_id": "b",
+        "response": {"status_code": 400, "body": {"error": {"message": "bad", "code": "x"}}},
+        "error": None,
+    }
+    return json.dumps(ok) + "\n" + json.dumps(bad) + "\n"
+
+
+def test_a_pass_summarizes_a_batch_that_finished_lately(upstream):
+    now = timezone.now()
+    payload = finished("batch_new", now - dt.timedelta(hours=1))
+    batch_upsert(payload=payload)
+    upstream.get(f"{API}/batches", json=make_list([payload]))
+    upstream.get(f"{API}/files/file-out-batch_new/content", body=output_lines())
+
+    result = sync_pass(full=True)
+
+    batch = Batch.objects.get(openai_id="batch_new")
+    assert result.summarized == 1
+    assert batch.result_summary["succeeded"] == 1
+    assert batch.result_summary["failed"] == 1
+    assert "1 results summarized" in str(result)
+
+
+def test_a_pass_leaves_old_finished_batches_to_be_summarized_on_demand(upstream):
+    payload = finished("batch_old", timezone.now() - dt.timedelta(days=20))
+    batch_upsert(payload=payload)
+    upstream.get(f"{API}/batches", json=make_list([payload]))
+
+    result = sync_pass(full=True)
+
+    assert result.summarized == 0
+    assert Batch.objects.get(openai_id="batch_old").summary_computed_at is None
+    assert not [c for c in upstream.calls if "/files/" in c.request.url]
+
+
+def test_a_pass_removes_unconfirmed_uploads_older_than_a_day(upstream, submitter, data_dir):
+    staged = Path(data_dir) / "old.jsonl"
+    staged.write_text("{}\n")
+    submission = Submission.objects.create(
+        token="t-old", user=submitter, state=Submission.State.CHECKED, staged_path=str(staged)
+    )
+    Submission.objects.filter(pk=submission.pk).update(
+        updated_at=timezone.now() - dt.timedelta(days=2)
+    )
+    upstream.get(f"{API}/batches", json=make_list([]))
+
+    sync_pass(full=True)
+
+    assert not staged.exists()
+    assert Submission.objects.get(pk=submission.pk).staged_path == ""
+    assert os.listdir(data_dir) == []
