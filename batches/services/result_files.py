@@ -36,7 +36,7 @@ from ..results import (
     summarize,
 )
 from .batches import ServiceError, get_client
-from .submissions import AlreadySubmitted, staging_dir
+from .submissions import AlreadySubmitted, report_facts, staging_dir, submission_stage
 
 logger = logging.getLogger(__name__)
 
@@ -466,28 +466,23 @@ def batch_retry_stage(
         "output_expires_after_seconds": None,
     }
     facts = {
-        "lines": check.lines,
-        "bytes": check.bytes,
-        "model": check.model or "",
-        "endpoint": check.endpoint or "",
-        "estimated_input_tokens": check.estimated_input_tokens,
-        "embedding_inputs": check.embedding_inputs,
+        **report_facts(check),
         "retry_reasons": dict(sorted(report.by_reason.items(), key=lambda kv: -kv[1])),
     }
-    with transaction.atomic():
-        if Submission.objects.filter(token=token).exists():
-            staged.unlink(missing_ok=True)
-            raise AlreadySubmitted(Submission.objects.get(token=token))
-        submission = Submission.objects.create(
-            token=token,
+    try:
+        submission = submission_stage(
             user=user,
-            state=Submission.State.CHECKED,
+            token=token,
+            request=request,
             staged_path=str(staged),
             filename=f"{batch.openai_id}_retry.jsonl",
             facts=facts,
-            request=request,
+            uploaded_file_id="",
             retry_of=batch,
         )
+    except AlreadySubmitted:
+        staged.unlink(missing_ok=True)
+        raise
     Event.record(
         Event.Action.RETRY,
         user=user,

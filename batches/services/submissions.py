@@ -77,22 +77,14 @@ def submission_check_file(
         stream.seek(0)
         with staged.open("wb") as out:
             shutil.copyfileobj(stream, out, 1 << 20)
-    facts = {
-        "lines": report.lines,
-        "bytes": report.bytes,
-        "model": report.model or "",
-        "endpoint": report.endpoint or "",
-        "estimated_input_tokens": report.estimated_input_tokens,
-        "embedding_inputs": report.embedding_inputs,
-    }
     try:
-        submission = _stage(
+        submission = submission_stage(
             user=user,
             token=token,
             request={**request, "endpoint": report.endpoint},
             staged_path=str(staged),
             filename=filename[:255],
-            facts=facts,
+            facts=report_facts(report),
             uploaded_file_id="",
             retry_of=retry_of,
         )
@@ -106,7 +98,7 @@ def submission_for_file_id(
     *, user: Any, token: str, input_file_id: str, request: dict[str, Any]
 ) -> Submission:
     """A submission for a file that is already uploaded: nothing to check or upload."""
-    return _stage(
+    return submission_stage(
         user=user,
         token=token,
         request=request,
@@ -118,7 +110,19 @@ def submission_for_file_id(
     )
 
 
-def _stage(*, user: Any, token: str, **fields: Any) -> Submission:
+def report_facts(report: CheckReport) -> dict[str, Any]:
+    """What the confirm page shows of a checked file, and what the batch keeps of it."""
+    return {
+        "lines": report.lines,
+        "bytes": report.bytes,
+        "model": report.model or "",
+        "endpoint": report.endpoint or "",
+        "estimated_input_tokens": report.estimated_input_tokens,
+        "embedding_inputs": report.embedding_inputs,
+    }
+
+
+def submission_stage(*, user: Any, token: str, **fields: Any) -> Submission:
     """Record what the form asked for under its token. A form sent again after a failure (or
     before confirming) replaces what it asked for; one being submitted or done is refused."""
     with transaction.atomic():
