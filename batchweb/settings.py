@@ -156,6 +156,10 @@ BATCHWEB_DEMO = env.bool("BATCHWEB_DEMO", default=False)
 # --- The sync worker ------------------------------------------------------------------------
 SYNC_INTERVAL_SECONDS = env.float("BATCHWEB_SYNC_INTERVAL", default=10.0)
 SYNC_MAX_PAGES = env.int("BATCHWEB_SYNC_MAX_PAGES", default=1000)
+# "Sync now" keeps a person waiting: it reads at most this many pages and refreshes at most
+# this many running batches, and leaves the rest to the worker.
+SYNC_NOW_MAX_PAGES = env.int("BATCHWEB_SYNC_NOW_MAX_PAGES", default=20)
+SYNC_NOW_MAX_REFRESHES = env.int("BATCHWEB_SYNC_NOW_MAX_REFRESHES", default=50)
 # A running batch is fetched again after SYNC_REFRESH_MIN_SECONDS; the wait grows by
 # SYNC_REFRESH_GROWTH each time nothing changed, up to SYNC_REFRESH_MAX_SECONDS.
 SYNC_REFRESH_MIN_SECONDS = env.float("BATCHWEB_SYNC_REFRESH_MIN_SECONDS", default=5.0)

@@ -535,6 +535,41 @@ def test_sync_now_walks_upstream_and_reports_the_counts(viewer_client, upstream)
     assert "Data synced" in viewer_client.get(LIST).content.decode()
 
 
+def test_sync_now_reads_a_bounded_number_of_pages_and_leaves_the_rest_to_the_worker(
+    viewer_client, upstream, settings
+):
+    settings.SYNC_NOW_MAX_PAGES = 2
+    settings.SYNC_NOW_MAX_REFRESHES = 1
+    pages = [
+        [make_batch(id=f"batch_p{p}_{i}", status="completed", metadata=None) for i in range(2)]
+        for p in range(3)
+    ]
+    pages[0][0] = make_batch(id="batch_p0_0", status="in_progress", metadata=None)
+    pages[0][1] = make_batch(id="batch_p0_1", status="in_progress", metadata=None)
+    upstream.get(
+        f"{API}/batches",
+        json=make_list(pages[0], has_more=True),
+        match=[matchers.query_param_matcher({"limit": "100"})],
+    )
+    upstream.get(
+        f"{API}/batches",
+        json=make_list(pages[1], has_more=True),
+        match=[matchers.query_param_matcher({"limit": "100", "after": "batch_p0_1"})],
+    )
+    upstream.get(f"{API}/batches/batch_p0_0", json=make_batch(id="batch_p0_0", metadata=None))
+    upstream.get(f"{API}/batches/batch_p0_1", json=make_batch(id="batch_p0_1", metadata=None))
+
+    response = viewer_client.post(SYNC, {"next": LIST})
+
+    [message] = [str(m) for m in get_messages(response.wsgi_request)]
+    assert message.startswith("Synced: 4 new, 0 changed, 1 running batches refreshed.")
+    assert "the worker fetches the rest" in message
+    assert Batch.objects.count() == 4
+    listed = [c for c in upstream.calls if c.request.url.split("?")[0].endswith("/batches")]
+    retrieved = [c for c in upstream.calls if "/batches/batch_" in c.request.url]
+    assert (len(listed), len(retrieved)) == (2, 1)
+
+
 def test_sync_now_returns_to_the_filtered_page_it_was_pressed_on(viewer_client, upstream):
     upstream.get(f"{API}/batches", json=make_list([]))
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from ..models import TERMINAL_STATUSES, Batch, BatchTally, SyncState
@@ -388,11 +389,14 @@ def refresh_due_batches(
 
 
 def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 500) -> int:
-    """Retrieve each cached batch that is not terminal, due or not. Returns how many were
-    refreshed."""
+    """Retrieve cached batches that are not terminal, due or not, the most overdue first, at
+    most `limit`. Returns how many were refreshed."""
     client = client or get_client()
     count = 0
-    for batch in Batch.objects.running().order_by("created_at")[:limit]:
+    running = Batch.objects.running().order_by(
+        F("next_refresh_at").asc(nulls_first=True), "created_at"
+    )
+    for batch in running[:limit]:
         if batch_refresh_scheduled(batch=batch, client=client) != "gone":
             count += 1
     return count
@@ -436,6 +440,7 @@ def batches_sync(
     full: bool = False,
     max_pages: int | None = None,
     refresh_running: bool = True,
+    refresh_limit: int = 500,
 ) -> SyncResult:
     """Walk the list (see `list_walk`), then retrieve every running batch.
 
@@ -449,7 +454,7 @@ def batches_sync(
         if full:
             full_sync_done(now=timezone.now())
         if refresh_running:
-            result.refreshed = refresh_running_batches(client=client)
+            result.refreshed = refresh_running_batches(client=client, limit=refresh_limit)
     except OpenAIError as error:
         SyncState.get().record_failure(error)
         raise

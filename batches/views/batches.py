@@ -296,15 +296,22 @@ def batch_cancel(request: HttpRequest, openai_id: str) -> HttpResponse:
 @require_POST
 def sync_now(request: HttpRequest) -> HttpResponse:
     try:
-        result = services.batches_sync(client=services.get_client(interactive=True))
+        result = services.batches_sync(
+            client=services.get_client(interactive=True),
+            max_pages=settings.SYNC_NOW_MAX_PAGES,
+            refresh_limit=settings.SYNC_NOW_MAX_REFRESHES,
+        )
     except OpenAIError as error:
         messages.error(request, f"Sync failed; the list shows what was cached before. {error}")
     else:
-        messages.success(
-            request,
+        text = (
             f"Synced: {result.created} new, {result.updated} changed, "
-            f"{result.refreshed} running batches refreshed.",
+            f"{result.refreshed} running batches refreshed."
         )
+        if result.stopped_because.startswith("page cap"):
+            # A person is waiting: the rest of a long list is the worker's job.
+            text += f" The newest {result.pages * 100:,} were read; the worker fetches the rest."
+        messages.success(request, text)
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = reverse("batch-list")
