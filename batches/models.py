@@ -339,9 +339,9 @@ class Batch(models.Model):
             self.next_refresh_at = None
             self.refresh_interval = 0
             return
-        shortest = float(getattr(settings, "SYNC_REFRESH_MIN_SECONDS", 5.0))
-        longest = float(getattr(settings, "SYNC_REFRESH_MAX_SECONDS", 300.0))
-        growth = float(getattr(settings, "SYNC_REFRESH_GROWTH", 2.0))
+        shortest = settings.SYNC_REFRESH_MIN_SECONDS
+        longest = settings.SYNC_REFRESH_MAX_SECONDS
+        growth = settings.SYNC_REFRESH_GROWTH
         if changed or not self.refresh_interval:
             interval = shortest
         else:

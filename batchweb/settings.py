@@ -176,6 +176,9 @@ SYNC_FULL_EVERY_SECONDS = env.float("BATCHWEB_SYNC_FULL_EVERY_SECONDS", default=
 # Waits after an upstream failure without Retry-After: doubling from the first to the last.
 SYNC_BACKOFF_MIN_SECONDS = env.float("BATCHWEB_SYNC_BACKOFF_MIN_SECONDS", default=10.0)
 SYNC_BACKOFF_MAX_SECONDS = env.float("BATCHWEB_SYNC_BACKOFF_MAX_SECONDS", default=600.0)
+# Batches that finished this recently get their result summary from the worker; older ones
+# when someone opens their results.
+SYNC_SUMMARY_WINDOW_SECONDS = env.float("BATCHWEB_SYNC_SUMMARY_WINDOW_SECONDS", default=48 * 3600.0)
 
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)

@@ -50,38 +50,12 @@ from .submissions import submissions_cleanup
 
 logger = logging.getLogger(__name__)
 
-# Defaults of the worker's settings; `batchweb/settings.py` may set any of them.
-DEFAULTS: dict[str, float] = {
-    # A batch's refresh interval: the shortest after a change, growing by GROWTH while nothing
-    # changes, up to the longest (read by `Batch.schedule_refresh`, with the same defaults).
-    "SYNC_REFRESH_MIN_SECONDS": 5.0,
-    "SYNC_REFRESH_MAX_SECONDS": 300.0,
-    "SYNC_REFRESH_GROWTH": 2.0,
-    # A running batch upstream answers 404 for is looked at again this much later.
-    "SYNC_GONE_INTERVAL_SECONDS": 3600.0,
-    # How long a claim keeps other workers off a batch while it is being fetched.
-    "SYNC_LEASE_SECONDS": 60.0,
-    # Due batches claimed at a time, and at most per pass.
-    "SYNC_CLAIM_SIZE": 25,
-    "SYNC_MAX_REFRESHES_PER_PASS": 500,
-    # How often a pass walks the whole list instead of stopping at the first page with no news.
-    "SYNC_FULL_EVERY_SECONDS": 6 * 3600.0,
-    # Waits after an upstream failure without Retry-After: doubling from the first to the last.
-    "SYNC_BACKOFF_MIN_SECONDS": 10.0,
-    "SYNC_BACKOFF_MAX_SECONDS": 600.0,
-    # Batches that finished this recently get their result summary from the worker.
-    "SYNC_SUMMARY_WINDOW_SECONDS": 48 * 3600.0,
-}
 # A Retry-After is honoured as sent, up to this (a junk header must not stop the worker for days).
 MAX_RETRY_AFTER_WAIT = 3600.0
 # The key of the PostgreSQL advisory lock held while one worker walks the list ("batchweb").
 LIST_LOCK_KEY = 0x6261746368776562
 
 Clock = Callable[[], dt.datetime]
-
-
-def setting(name: str) -> float:
-    return getattr(settings, name, DEFAULTS[name])
 
 
 # --- Results ---------------------------------------------------------------------------------
@@ -234,7 +208,7 @@ def _store_unchanged_finished(items: list[dict], *, now: dt.datetime) -> set[str
 def full_sync_due(*, state: SyncState, now: dt.datetime) -> bool:
     if state.last_full_sync_at is None:
         return True
-    return (now - state.last_full_sync_at).total_seconds() >= setting("SYNC_FULL_EVERY_SECONDS")
+    return (now - state.last_full_sync_at).total_seconds() >= settings.SYNC_FULL_EVERY_SECONDS
 
 
 def full_sync_done(*, now: dt.datetime) -> None:
@@ -317,7 +291,7 @@ def batch_refresh_scheduled(
         payload = client.retrieve_batch(batch.openai_id)
     except (NotFound, InvalidRequest) as error:
         when = now or timezone.now()
-        interval = setting("SYNC_GONE_INTERVAL_SECONDS")
+        interval = settings.SYNC_GONE_INTERVAL_SECONDS
         Batch.objects.filter(pk=batch.pk).update(
             last_error=str(error)[:1000],
             refresh_interval=interval,
@@ -332,7 +306,7 @@ def batch_refresh_scheduled(
         if lease_until is not None and not stored.is_terminal:
             # Nothing was stored, so nothing rescheduled it: do not leave it on the lease.
             when = now or timezone.now()
-            interval = stored.refresh_interval or setting("SYNC_REFRESH_MIN_SECONDS")
+            interval = stored.refresh_interval or settings.SYNC_REFRESH_MIN_SECONDS
             Batch.objects.filter(pk=stored.pk, next_refresh_at=lease_until).update(
                 next_refresh_at=when + dt.timedelta(seconds=interval)
             )
@@ -356,9 +330,9 @@ def refresh_due_batches(
     """
     result = result if result is not None else PassResult()
     clock: Clock = (lambda: now) if now is not None else timezone.now
-    lease = setting("SYNC_LEASE_SECONDS")
-    size = int(setting("SYNC_CLAIM_SIZE"))
-    cap = int(setting("SYNC_MAX_REFRESHES_PER_PASS"))
+    lease = settings.SYNC_LEASE_SECONDS
+    size = int(settings.SYNC_CLAIM_SIZE)
+    cap = int(settings.SYNC_MAX_REFRESHES_PER_PASS)
     while result.due < cap and not (stop and stop()):
         until = clock() + dt.timedelta(seconds=lease)
         pending = batches_claim_due(now=due_at, until=until, limit=min(size, cap - result.due))
@@ -419,7 +393,7 @@ def backoff_seconds(*, error: OpenAIError, state: SyncState) -> float:
     previous = 0.0
     if state.failing_since and state.backoff_until and state.last_error_at:
         previous = (state.backoff_until - state.last_error_at).total_seconds()
-    low, high = setting("SYNC_BACKOFF_MIN_SECONDS"), setting("SYNC_BACKOFF_MAX_SECONDS")
+    low, high = settings.SYNC_BACKOFF_MIN_SECONDS, settings.SYNC_BACKOFF_MAX_SECONDS
     return min(high, max(low, previous * 2))
 
 
@@ -507,7 +481,7 @@ def sync_pass(
 def housekeeping(*, client: OpenAIClient, now: dt.datetime, result: PassResult) -> None:
     """The worker's small chores after the refreshes: summarize what finished lately, and remove
     local files nobody needs any more (result copies past retention, unconfirmed uploads)."""
-    since = now - dt.timedelta(seconds=setting("SYNC_SUMMARY_WINDOW_SECONDS"))
+    since = now - dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
     result.summarized = summaries_due(client=client, limit=3, finished_since=since)
     results_cleanup(now=now)
     submissions_cleanup(now=now)
