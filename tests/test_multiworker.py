@@ -1,18 +1,24 @@
-"""Two sync workers against one PostgreSQL database and the simulator, with batches moving on.
+"""Two sync workers and a web process against one PostgreSQL database and the simulator, with
+batches moving on.
 
-Two `manage.py sync_batches --loop` processes share the test database while the simulator's
-clock advances, new batches appear, one batch is cancelled and one expires. A WSGI wrapper
-around the simulator logs every list and retrieve call with the worker that made it (each worker
-uses its own API key). Then: no batch is retrieved twice within its shortest refresh interval
+Two `manage.py sync_batches --loop` processes and a gunicorn web process share the test
+database while the simulator's clock advances, new batches appear, one batch is cancelled and
+one expires; meanwhile a signed-in person reads the list, its live rows and running batches'
+pages (which refresh from upstream on their own), and presses "Sync now". A WSGI wrapper around
+the simulator logs every list and retrieve call with the process that made it (each uses its own
+API key). Then: no batch is retrieved twice by the workers within its shortest refresh interval
 (so never twice under one claim), only one worker walks the list at a time, the cache never
-moves a batch back, and every upstream batch ends up cached with its final state.
+moves a batch back whoever wrote it, every page answered, and every upstream batch ends up
+cached with its final state.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -25,12 +31,16 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+import requests
+from django.contrib.auth.models import User
 from django.db import connection
 
 from batches.models import STATUS_RANK, Batch
 from simulator import SimulatorApp, SimulatorServer
 
 ROOT = Path(__file__).resolve().parent.parent
+WEB_KEY = "sk-web"
+WORKER_KEYS = {"sk-worker-1", "sk-worker-2"}
 # The workers' schedule, short enough for a test that lasts seconds.
 SHORTEST_INTERVAL = 0.5
 WORKER_SETTINGS = f"""
@@ -143,6 +153,61 @@ def start_worker(n: int, server: SimulatorServer, tmp_path: Path) -> subprocess.
     )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_web(server: SimulatorServer, tmp_path: Path, port: int) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "DJANGO_SETTINGS_MODULE": "multiworker_settings",
+        "DATABASE_URL": database_url(),
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": WEB_KEY,
+        "DJANGO_SECURE_COOKIES": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "gunicorn", "batchweb.wsgi", "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", "2", "--threads", "2", "--no-control-socket"]
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=(tmp_path / "web.out").open("w"),
+        stderr=(tmp_path / "web.err").open("w"),
+    )
+
+
+def signed_in(base: str) -> requests.Session:
+    """A browser-like session on the web process, signed in through the login form."""
+    deadline = time.monotonic() + 20
+    http = requests.Session()
+    while True:
+        try:
+            page = http.get(f"{base}/accounts/login/", timeout=5)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    response = http.post(
+        f"{base}/accounts/login/",
+        data={"username": "pat", "password": "pw-pat-123", "csrfmiddlewaretoken": token},
+        headers={"Referer": f"{base}/accounts/login/"},
+        timeout=10,
+    )
+    assert response.url.rstrip("/") == base, response.url
+    return http
+
+
+def csrf(http: requests.Session, base: str) -> dict[str, str]:
+    return {"csrfmiddlewaretoken": http.cookies["csrftoken"]}
+
+
 def upstream_batches(server: SimulatorServer) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     after = None
@@ -173,11 +238,17 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
     running = sim.seed_batches(count=50, status="in_progress", requests=1000)
     sim.seed_batches(count=150, status="completed")
     (tmp_path / "multiworker_settings.py").write_text(WORKER_SETTINGS)
+    User.objects.create_user("pat", password="pw-pat-123")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    web = start_web(server, tmp_path, port)
     workers = [start_worker(n, server, tmp_path) for n in (1, 2)]
     seen: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
-    started = time.monotonic()
+    pages: list[tuple[str, int]] = []
     converged = False
     try:
+        http = signed_in(base)
+        started = time.monotonic()
         step = 0
         while time.monotonic() - started < 45:
             time.sleep(0.2)
@@ -188,6 +259,17 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
                 sim.seed_batches(count=10, status="validating", requests=40)
                 sim.cancel_batch(running["first_id"])
                 sim.expire_batch(running["last_id"])
+            # A person at the same time: the list, its live rows, a running batch's page (which
+            # retrieves it from the web process), and once "Sync now" (a walk from the web).
+            live = Batch.objects.filter(running=True).order_by("?").first()
+            urls = ["/", "/?status=running"]
+            if live:
+                urls += [f"/batches/{live.openai_id}/", f"/batches/live/?ids={live.pk}:x"]
+            for url in urls:
+                pages.append((url, http.get(base + url, timeout=20).status_code))
+            if step == 15:
+                response = http.post(f"{base}/batches/sync/", data=csrf(http, base), timeout=30)
+                pages.append(("/batches/sync/", response.status_code))
             for batch_id, state in cached().items():
                 if not seen[batch_id] or seen[batch_id][-1] != state:
                     seen[batch_id].append(state)
@@ -199,18 +281,19 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
             if everything_ended and cached() == {i: state_of(p) for i, p in upstream.items()}:
                 converged = True
                 break
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            worker.wait(timeout=15)
+        for process in [*workers, web]:
+            process.send_signal(signal.SIGTERM)
+        for process in [*workers, web]:
+            process.wait(timeout=15)
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+        for process in [*workers, web]:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     outputs = {n: (tmp_path / f"worker{n}.out").read_text() for n in (1, 2)}
     errors = {n: (tmp_path / f"worker{n}.err").read_text() for n in (1, 2)}
-    diagnostics = f"stdout: {outputs}\nstderr: {errors}"
+    web_errors = (tmp_path / "web.err").read_text()
+    diagnostics = f"stdout: {outputs}\nstderr: {errors}\nweb: {web_errors[-3000:]}"
 
     # Nothing lost: every upstream batch is cached with its final state.
     assert converged, f"the cache did not catch up within 45 s\n{diagnostics}"
@@ -218,6 +301,9 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
     assert all(w.returncode == 0 for w in workers), diagnostics
     assert all(out.rstrip().endswith("Sync worker stopped.") for out in outputs.values())
     assert not any("database error" in err or "Traceback" in err for err in errors.values())
+    # The web process answered every page while the workers wrote underneath it.
+    assert pages and all(status == 200 for _url, status in pages), pages
+    assert "Traceback" not in web_errors, diagnostics
 
     # Nothing moved back, in any state the test saw.
     for batch_id, states in seen.items():
@@ -226,7 +312,8 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
 
     # No batch fetched twice at once: retrieves of one batch are at least the shortest refresh
     # interval apart (a claim holds it while it is fetched, and storing it reschedules it).
-    retrieves = call_log.of("retrieve")
+    retrieves = [c for c in call_log.of("retrieve") if c.worker in WORKER_KEYS]
+    assert any(c.worker == WEB_KEY for c in call_log.of("retrieve")), "the web process fetched"
     by_batch: dict[str, list[Call]] = defaultdict(list)
     for call in retrieves:
         by_batch[call.batch_id].append(call)
@@ -238,12 +325,12 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
 
     # One lister at a time: a walk's later pages follow its own first page with no other
     # worker's list call in between.
-    lists = call_log.of("list")
+    lists = [c for c in call_log.of("list") if c.worker in WORKER_KEYS]
     later_pages = [(a, b) for a, b in itertools.pairwise(lists) if b.after]
     assert later_pages, "no walk went past its first page"
     assert all(a.worker == b.worker for a, b in later_pages), lists
 
     # The simulator counted the same calls.
     calls = sim.state()["calls"]
-    assert calls["listBatches"] == len(lists)
-    assert calls["retrieveBatch"] == len(retrieves)
+    assert calls["listBatches"] == len(call_log.of("list"))
+    assert calls["retrieveBatch"] == len(call_log.of("retrieve"))
