@@ -67,7 +67,12 @@ class Command(BaseCommand):
                         "BATCHWEB_SYNC_INTERVAL": env.get("BATCHWEB_SYNC_INTERVAL", "3"),
                     }
                 )
-            children.append(_spawn([sys.executable, "manage.py", "sync_batches", "--loop"], env))
+            # The worker writes a line every pass: to its own file, so this console keeps the
+            # sign-in and any real problem in view.
+            worker_log = Path(settings.DATA_DIR) / "worker.log"
+            children.append(
+                _spawn([sys.executable, "manage.py", "sync_batches", "--loop"], env, log=worker_log)
+            )
             bind = f"{options['host']}:{options['port']}"
             children.append(
                 _spawn(
@@ -123,7 +128,11 @@ class Command(BaseCommand):
 
     def _greet(self, demo: bool, url: str) -> None:
         User = get_user_model()
-        lines = ["", f"batchweb is running at {url}  (Ctrl-C stops it)"]
+        lines = [
+            "",
+            f"batchweb is running at {url}  (Ctrl-C stops it)",
+            f"  The sync worker's log: {Path(settings.DATA_DIR) / 'worker.log'}",
+        ]
         if demo:
             password = secrets.token_urlsafe(9)
             user = User.objects.filter(username=DEMO_USERNAME).first()
@@ -167,8 +176,11 @@ class Command(BaseCommand):
         self.stdout.write("Stopping…")
 
 
-def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)  # noqa: S603
+def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:
+    output = log.open("a") if log else None
+    return subprocess.Popen(  # noqa: S603
+        command, env=env, cwd=settings.BASE_DIR, stdout=output, stderr=output
+    )
 
 
 def _wait_for_port(host: str, port: int, timeout: float = 20.0) -> None:
