@@ -95,3 +95,28 @@ def test_a_pass_removes_unconfirmed_uploads_older_than_a_day(upstream, submitter
     assert not staged.exists()
     assert Submission.objects.get(pk=submission.pk).staged_path == ""
     assert os.listdir(data_dir) == []
+
+
+def test_a_pass_builds_the_results_table_of_a_batch_made_here_that_finished_lately(
+    upstream, submitter
+):
+    from batches.models import ResultRow
+
+    payload = finished("batch_mine", timezone.now() - dt.timedelta(hours=2))
+    payload["metadata"] = {"batchweb_user": submitter.username}
+    batch_upsert(payload=payload)
+    inputs = "".join(
+        json.dumps({"custom_id": c, "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "m", "messages": [{"role": "user", "content": c}]}}) + "\n"
+        for c in ("a", "b", "c")
+    )  # fmt: skip
+    upstream.get(f"{API}/batches", json=make_list([payload]))
+    upstream.get(f"{API}/files/file-out-batch_mine/content", body=output_lines())
+    upstream.get(f"{API}/files/{payload['input_file_id']}/content", body=inputs)
+
+    sync_pass(full=True)
+
+    batch = Batch.objects.get(openai_id="batch_mine")
+    assert batch.results_ingested_at is not None
+    rows = dict(ResultRow.objects.filter(batch=batch).values_list("custom_id", "ok"))
+    assert rows == {"a": True, "b": False, "c": False}  # c never ran

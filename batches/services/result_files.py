@@ -225,6 +225,31 @@ class _open:
             self.stream.close()
 
 
+def results_due(
+    *, client: OpenAIClient | None = None, finished_since: dt.datetime, limit: int = 1
+) -> int:
+    """Build the results table of batches made through batchweb that finished lately, so the
+    first person to open their results does not wait for it; for the worker."""
+    done = 0
+    pending = Batch.objects.filter(
+        running=False, results_ingested_at=None, created_by__isnull=False
+    ).exclude(output_file_id="", error_file_id="")
+    pending = pending.filter(
+        Q(completed_at__gte=finished_since)
+        | Q(failed_at__gte=finished_since)
+        | Q(expired_at__gte=finished_since)
+        | Q(cancelled_at__gte=finished_since)
+    )
+    for batch in pending.order_by("-created_at")[:limit]:
+        try:
+            results_ingest(batch=batch, client=client)
+        except (OpenAIError, ServiceError) as error:  # FileGone included: shown on opening
+            logger.warning("results table of %s not built: %s", batch.openai_id, error)
+            continue
+        done += 1
+    return done
+
+
 def summaries_due(
     *,
     client: OpenAIClient | None = None,
@@ -288,6 +313,12 @@ def results_ingest(*, batch: Batch, client: OpenAIClient | None = None) -> int:
     rows: list[ResultRow] = []
     count = 0
     with transaction.atomic():
+        # One builder at a time (two people opening the results, or a worker and a person):
+        # the second waits here, then finds the table built.
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        if locked.results_ingested_at:
+            batch.results_ingested_at = locked.results_ingested_at
+            return ResultRow.objects.filter(batch=batch).count()
         ResultRow.objects.filter(batch=batch).delete()
         for source, path in (("output", output_path), ("error", error_path)):
             if not path:

@@ -45,7 +45,7 @@ from django.utils import timezone
 from ..models import TERMINAL_STATUSES, Batch, BatchTally, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
 from .batches import batch_upsert, batches_insert_new, get_client
-from .result_files import results_cleanup, summaries_due
+from .result_files import results_cleanup, results_due, summaries_due
 from .submissions import submissions_cleanup
 
 logger = logging.getLogger(__name__)
@@ -483,6 +483,7 @@ def housekeeping(*, client: OpenAIClient, now: dt.datetime, result: PassResult) 
     local files nobody needs any more (result copies past retention, unconfirmed uploads)."""
     since = now - dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
     result.summarized = summaries_due(client=client, limit=3, finished_since=since)
+    results_due(client=client, finished_since=since)
     results_cleanup(now=now)
     submissions_cleanup(now=now)
 
