@@ -122,3 +122,19 @@ def test_the_number_of_queries_does_not_grow_with_the_number_of_events(
     with django_assert_num_queries(len(few.captured_queries)):
         response = viewer_client.get(ACTIVITY)
     assert len(rows(response)) == 43
+
+
+def test_the_activity_log_is_paginated_newest_first(viewer_client, submitter):
+    from batches.models import Event
+    from batches.views.batches import ACTIVITY_PAGE_SIZE
+
+    for i in range(ACTIVITY_PAGE_SIZE + 5):
+        Event.record(Event.Action.CREATE, user=submitter, detail=f"event {i}")
+
+    first = viewer_client.get(reverse("activity")).content.decode()
+    second = viewer_client.get(reverse("activity"), {"page": 2}).content.decode()
+
+    assert f"event {ACTIVITY_PAGE_SIZE + 4}" in first
+    assert "event 0<" not in first
+    assert "event 0<" in second
+    assert "page 2 of 2" in second

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.paginator import Paginator
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -33,6 +34,7 @@ from ..results import ResultSummary
 from ..services.result_files import batches_csv
 
 PAGE_SIZE = 50
+ACTIVITY_PAGE_SIZE = 100
 
 STATUS_TABS = [
     ("", "All", None),
@@ -325,4 +327,6 @@ def activity(request: HttpRequest) -> HttpResponse:
     user = request.GET.get("user", "")
     if user:
         events = events.filter(user__username=user)
-    return render(request, "batches/activity.html", {"events": events[:200], "user_filter": user})
+    page = Paginator(events, ACTIVITY_PAGE_SIZE).get_page(request.GET.get("page"))
+    context = {"events": page.object_list, "page": page, "user_filter": user}
+    return render(request, "batches/activity.html", context)
