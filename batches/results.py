@@ -31,11 +31,9 @@ __all__ = [
     "RetryReport",
     "build_offset_index",
     "build_retry_file",
-    "failed_custom_ids",
     "parse_result_line",
     "read_lines_at",
     "read_outcomes",
-    "succeeded_custom_ids",
     "summarize",
 ]
 
@@ -562,16 +560,6 @@ def _failure_reason(result: ResultLine) -> str:
     if result.status_code is not None:
         return f"HTTP {result.status_code}"
     return "failed"
-
-
-def failed_custom_ids(output: BinaryIO | None, errors: BinaryIO | None) -> set[str]:
-    """The ids whose request ran or was attempted and did not succeed."""
-    return set(read_outcomes(output, errors).failed)
-
-
-def succeeded_custom_ids(output: BinaryIO | None, errors: BinaryIO | None) -> set[str]:
-    """The ids whose request succeeded: the ones a retry must leave out."""
-    return read_outcomes(output, errors).succeeded
 
 
 @dataclass(slots=True)

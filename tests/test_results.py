@@ -19,11 +19,9 @@ from batches.results import (
     ResultSummary,
     build_offset_index,
     build_retry_file,
-    failed_custom_ids,
     parse_result_line,
     read_lines_at,
     read_outcomes,
-    succeeded_custom_ids,
     summarize,
 )
 
@@ -578,8 +576,8 @@ def test_it_sorts_custom_ids_into_succeeded_and_failed_with_reasons() -> None:
 
     assert outcomes.succeeded == {"req-1", "req-3"}
     assert outcomes.failed == {"req-2": "bad_value", "req-4": "batch_expired"}
-    assert succeeded_custom_ids(*_result_files()) == {"req-1", "req-3"}
-    assert failed_custom_ids(*_result_files()) == {"req-2", "req-4"}
+    assert read_outcomes(*_result_files()).succeeded == {"req-1", "req-3"}
+    assert set(read_outcomes(*_result_files()).failed) == {"req-2", "req-4"}
 
 
 def test_failed_ids_fall_back_to_the_http_status_as_reason() -> None:
@@ -589,8 +587,8 @@ def test_failed_ids_fall_back_to_the_http_status_as_reason() -> None:
 
 
 def test_custom_ids_can_be_read_with_missing_files() -> None:
-    assert succeeded_custom_ids(None, None) == set()
-    assert failed_custom_ids(None, jsonl(expired_line("req-1"))) == {"req-1"}
+    assert read_outcomes(None, None).succeeded == set()
+    assert set(read_outcomes(None, jsonl(expired_line("req-1"))).failed) == {"req-1"}
 
 
 def test_an_id_that_also_succeeded_is_not_counted_as_failed() -> None:

@@ -257,12 +257,6 @@ def batch_refresh(*, batch: Batch, client: OpenAIClient | None = None) -> Batch:
     return batch_upsert(payload=payload).batch
 
 
-def batch_fetch(*, openai_id: str, client: OpenAIClient | None = None) -> Batch:
-    """Fetch a batch the cache may not know yet (e.g. an id pasted into the search)."""
-    client = client or get_client()
-    return batch_upsert(payload=client.retrieve_batch(openai_id)).batch
-
-
 def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None) -> Batch:
     if not batch.can_cancel:
         raise ServiceError(

@@ -70,13 +70,6 @@ def duration(seconds: float | int | None) -> str:
 
 
 @register.filter
-def since(value: dt.datetime | None) -> str:
-    if not value:
-        return ""
-    return duration((timezone.now() - value).total_seconds())
-
-
-@register.filter
 def pretty_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
 
