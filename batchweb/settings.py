@@ -179,6 +179,10 @@ SYNC_BACKOFF_MAX_SECONDS = env.float("BATCHWEB_SYNC_BACKOFF_MAX_SECONDS", defaul
 # Batches that finished this recently get their result summary from the worker; older ones
 # when someone opens their results.
 SYNC_SUMMARY_WINDOW_SECONDS = env.float("BATCHWEB_SYNC_SUMMARY_WINDOW_SECONDS", default=48 * 3600.0)
+# Seconds between the worker's chores (summaries, results tables, removing old local files).
+SYNC_HOUSEKEEPING_EVERY_SECONDS = env.float(
+    "BATCHWEB_SYNC_HOUSEKEEPING_EVERY_SECONDS", default=60.0
+)
 
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)

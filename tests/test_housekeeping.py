@@ -23,6 +23,7 @@ API = settings.OPENAI_BASE_URL
 @pytest.fixture(autouse=True)
 def data_dir(settings, tmp_path):
     settings.DATA_DIR = tmp_path
+    settings.SYNC_HOUSEKEEPING_EVERY_SECONDS = 0  # every pass, whatever ran before
     return tmp_path
 
 

@@ -466,7 +466,8 @@ def sync_pass(
             else:
                 result.note = "list skipped: another worker is listing"
         refresh_due_batches(client=client, due_at=pass_start, result=result, now=now, stop=stop)
-        housekeeping(client=client, now=clock(), result=result)
+        if housekeeping_due():
+            housekeeping(client=client, now=clock(), result=result)
     except OpenAIError as error:
         result.errors += 1
         result.error = str(error)
@@ -476,6 +477,19 @@ def sync_pass(
             SyncState.get().record_success(now=clock())
     result.duration = time.monotonic() - started
     return result
+
+
+_last_housekeeping = -float("inf")
+
+
+def housekeeping_due() -> bool:
+    """Chores look at every finished batch: once a minute per worker is plenty, every pass
+    (every few seconds) would make them the most expensive part of an idle pass."""
+    global _last_housekeeping
+    if time.monotonic() - _last_housekeeping < settings.SYNC_HOUSEKEEPING_EVERY_SECONDS:
+        return False
+    _last_housekeeping = time.monotonic()
+    return True
 
 
 def housekeeping(*, client: OpenAIClient, now: dt.datetime, result: PassResult) -> None:
