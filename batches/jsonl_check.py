@@ -5,9 +5,9 @@ status, and then often reports just the first problem. Checking locally lets the
 every problem at once, with line numbers, before anything leaves the building.
 
 The check is one streaming pass: the file is read a line at a time, so memory stays bounded by
-the longest line plus the set of ``custom_id`` values (itself bounded by the 50,000-request
-limit, because line checks stop once a file limit is passed). The module is plain Python with
-no Django import so that it can be used and tested on its own.
+the longest line plus the set of ``custom_id`` values (itself bounded by the request limit,
+50,000 on OpenAI and 100,000 on Azure, because line checks stop once a file limit is passed).
+The module is plain Python with no Django import so that it can be used and tested on its own.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import codecs
 import io
 import json
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -53,6 +54,8 @@ _DRAIN_PIECE = 1 << 20
 _CHARS_PER_TOKEN = 4
 _SHOWN_VALUE_CHARS = 60
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# How many deployment names a message lists before it says "and N more".
+_SHOWN_MODELS = 10
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ def check_jsonl(
     max_requests: int = MAX_REQUESTS,
     max_bytes: int = MAX_BYTES,
     max_embedding_inputs: int = MAX_EMBEDDING_INPUTS,
+    allowed_endpoints: Collection[str] | None = None,
+    known_models: Collection[str] | None = None,
 ) -> CheckReport:
     """Check a Batch API input file read from a binary ``stream``, in one pass.
 
@@ -132,11 +137,24 @@ def check_jsonl(
     use the same. The ``max_*`` limits default to OpenAI's and exist as arguments so that tests
     (and compatible servers with other limits, such as Azure's) can change them.
 
+    A connection narrows what it accepts with ``allowed_endpoints`` (the endpoints it may be
+    used for) and ``known_models`` (on Azure, its deployment names: ``body.model`` must be one
+    of them). None or an empty collection means no restriction, as an empty list does in a
+    connection's settings.
+
     The stream is read with ``readline`` and never rewound; pass a buffered binary file (an
     unbuffered one is wrapped in a buffer here, since its ``readline`` reads byte by byte).
     """
     if endpoint is not None and endpoint not in ENDPOINTS:
         raise ValueError(f"endpoint {endpoint!r} is not one of {', '.join(ENDPOINTS)}")
+    # A bare string is a Collection of characters: it would pass silently and match nothing.
+    if isinstance(allowed_endpoints, str) or isinstance(known_models, str):
+        raise TypeError("allowed_endpoints and known_models take a list of names, not a string")
+    allowed = set(allowed_endpoints or ENDPOINTS)
+    unknown = sorted(allowed - set(ENDPOINTS))
+    if unknown:
+        shown = ", ".join(map(repr, unknown))
+        raise ValueError(f"allowed_endpoints {shown} are not among {', '.join(ENDPOINTS)}")
     if max_problems < 0:
         raise ValueError("max_problems must not be negative")
     if isinstance(stream, io.RawIOBase):
@@ -147,6 +165,9 @@ def check_jsonl(
         max_requests=max_requests,
         max_bytes=max_bytes,
         max_embedding_inputs=max_embedding_inputs,
+        # Kept in ENDPOINTS' order so messages list them the same way every time.
+        allowed_endpoints=tuple(e for e in ENDPOINTS if e in allowed),
+        known_models=frozenset(known_models or ()),
     )
     checker.run(stream)
     return checker.report
@@ -163,12 +184,16 @@ class _Checker:
         max_requests: int,
         max_bytes: int,
         max_embedding_inputs: int,
+        allowed_endpoints: tuple[str, ...],
+        known_models: frozenset[str],
     ) -> None:
         self.report = CheckReport(endpoint=endpoint)
         self.max_problems = max_problems
         self.max_requests = max_requests
         self.max_bytes = max_bytes
         self.max_embedding_inputs = max_embedding_inputs
+        self.allowed_endpoints = allowed_endpoints
+        self.known_models = known_models  # empty: any model
         self.endpoint_line = 0  # the line the endpoint was inferred from, 0 when chosen
         self.model_line = 0
         self.models: Counter[str] = Counter()
@@ -323,10 +348,13 @@ class _Checker:
             if known:
                 report.endpoint = url
                 self.endpoint_line = line_no
+                # Said once, here: the lines that follow it would only repeat the problem.
+                if url not in self.allowed_endpoints:
+                    self._problem(line_no, f"url {_show(url)} {self._not_allowed()}")
                 return url
+            allowed = ", ".join(self.allowed_endpoints)
             self._problem(
-                line_no,
-                f"url {_show(url)} is not a Batch API endpoint; use one of {', '.join(ENDPOINTS)}",
+                line_no, f"url {_show(url)} is not a Batch API endpoint; use one of {allowed}"
             )
             return None
         if url != report.endpoint:
@@ -348,6 +376,12 @@ class _Checker:
             self._problem(line_no, f"body.model must be a non-empty string, not {_show(model)}")
             return
         self.models[model] += 1
+        if self.known_models and model not in self.known_models:
+            self._problem(
+                line_no,
+                f"model {_show(model)} is not a deployment of this connection"
+                f" (known: {_list_names(self.known_models)})",
+            )
         if report.model is None:
             report.model = model
             self.model_line = line_no
@@ -396,6 +430,9 @@ class _Checker:
         report = self.report
         report.estimated_input_tokens = self.text_chars // _CHARS_PER_TOKEN
         problems = report.file_problems
+        if self.endpoint_line == 0 and report.endpoint not in (None, *self.allowed_endpoints):
+            # The endpoint was chosen, not read from a line: no line is to blame.
+            problems.append(f"the endpoint {report.endpoint!r} {self._not_allowed()}")
         if self.utf16:
             problems.append("the file is UTF-16 text; save it as UTF-8")
             return
@@ -433,6 +470,19 @@ class _Checker:
                 f"the file has {report.embedding_inputs:,} embedding inputs; a batch takes at most"
                 f" {self.max_embedding_inputs:,} (passed on line {self.embedding_limit_line})"
             )
+
+    def _not_allowed(self) -> str:
+        allowed = ", ".join(self.allowed_endpoints)
+        return f"is not allowed on this connection; use one of {allowed}"
+
+
+def _list_names(names: Collection[str]) -> str:
+    """Names for a message, sorted, the first few only so a long list cannot flood it."""
+    ordered = sorted(names)
+    shown = ", ".join(ordered[:_SHOWN_MODELS])
+    if len(ordered) > _SHOWN_MODELS:
+        shown += f" and {len(ordered) - _SHOWN_MODELS} more"
+    return shown
 
 
 def _text_chars(value: Any) -> int:

@@ -4,6 +4,10 @@ It knows nothing of the database. Every call has connect and read timeouts; idem
 retried the way the official SDK does; every failure becomes one `OpenAIError` subclass whose
 message a person can read. The API key is sent in a header and never appears in a log line or an
 error message.
+
+Three dialects share the code: OpenAI's (and compatible servers'), Azure OpenAI's v1 API, which
+is OpenAI's at another base URL, and Azure's dated API (`/openai/...?api-version=`). Answers are
+passed through `batches.payloads` so that callers see OpenAI's shape whichever server answered.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, BinaryIO
 
 import requests
 from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 from batchweb import __version__
+
+from .payloads import normalize_batch, normalize_file, normalize_list
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +36,14 @@ RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 120.0  # seconds; a longer wait is not worth retrying (as the official SDK)
 INITIAL_BACKOFF = 0.5
 MAX_BACKOFF = 8.0
+
+DIALECTS: tuple[str, ...] = ("openai", "azure", "azure-legacy")
+AUTH_STYLES: tuple[str, ...] = ("bearer", "api-key")
+DEFAULT_API_VERSION = "2024-10-21"  # Azure's dated API: the GA version with batches and files
+# Azure refuses a create at once with this when the deployment's queue of enqueued tokens is
+# full (OpenAI accepts the create and fails the batch later with the same code).
+TOKEN_LIMIT_EXCEEDED = "token_limit_exceeded"  # noqa: S105 (an error code, not a secret)
+_TOKEN_LIMIT_WORDS = re.compile(r"token[\s_-]*limit[\s_-]*exceeded", re.IGNORECASE)
 
 
 class OpenAIError(Exception):
@@ -107,9 +123,48 @@ class ClientConfig:
     max_retries: int = 2
     # The longest Retry-After worth waiting for; longer ones are raised at once.
     max_retry_wait: float = MAX_RETRY_AFTER
+    # One of DIALECTS: how URLs and upload fields are spelt.
+    dialect: str = "openai"
+    # One of AUTH_STYLES: "bearer" sends `Authorization: Bearer <key>`, "api-key" an `api-key`
+    # header (Azure's key style).
+    auth_style: str = "bearer"
+    # Sent as `?api-version=` on every call of the "azure-legacy" dialect; ignored otherwise.
+    api_version: str = DEFAULT_API_VERSION
+
+    def __post_init__(self) -> None:
+        # A typo here would send requests to the wrong URL or without a key: fail at once.
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, not {self.dialect!r}")
+        if self.auth_style not in AUTH_STYLES:
+            raise ValueError(
+                f"auth_style must be one of {', '.join(AUTH_STYLES)}, not {self.auth_style!r}"
+            )
 
     def __repr__(self) -> str:  # never print the key, even in a debugger or a crash report
-        return f"ClientConfig(base_url={self.base_url!r}, api_key=***)"
+        return (
+            f"ClientConfig(base_url={self.base_url!r}, dialect={self.dialect!r}, "
+            f"auth_style={self.auth_style!r}, api_key=***)"
+        )
+
+    @property
+    def is_azure(self) -> bool:
+        return self.dialect in ("azure", "azure-legacy")
+
+    def url(self, path: str) -> str:
+        """The full URL of an API path such as `/batches`."""
+        base = self.base_url.rstrip("/")
+        if self.dialect != "azure-legacy":
+            return base + path
+        # The dated API hangs off the resource endpoint; people paste it with or without the
+        # `/openai` segment, so accept both.
+        base = base.removesuffix("/openai")
+        return f"{base}/openai{path}"
+
+    def query(self, params: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The query parameters of a call: the dated API wants its version on every one."""
+        if self.dialect != "azure-legacy":
+            return params
+        return {**(params or {}), "api-version": self.api_version}
 
 
 def retry_after_seconds(headers: Any) -> float | None:
@@ -201,7 +256,9 @@ class OpenAIClient:
                 "anchor": "created_at",
                 "seconds": output_expires_after_seconds,
             }
-        return self._json("POST", "/batches", json=body, idempotent=False)
+        # Not held to `_batch`'s check: the service decides what a create answer without an
+        # id means (the batch may exist), and says so in its own words.
+        return normalize_batch(self._json("POST", "/batches", json=body, idempotent=False))
 
     def list_batches(self, *, after: str | None = None, limit: int = 100) -> dict[str, Any]:
         params: dict[str, Any] = {"limit": limit}
@@ -210,7 +267,7 @@ class OpenAIClient:
         page = self._json("GET", "/batches", params=params)
         if not isinstance(page.get("data"), list):
             raise BadResponse("the batch list has no `data` list")
-        return page
+        return normalize_list(page)
 
     def retrieve_batch(self, batch_id: str) -> dict[str, Any]:
         return self._batch(self._json("GET", f"/batches/{_path_id(batch_id)}"))
@@ -232,8 +289,9 @@ class OpenAIClient:
         the stream is consumed, and the caller keeps the file to try again."""
         fields: dict[str, Any] = {"purpose": purpose}
         if expires_after_seconds is not None:
-            fields["expires_after[anchor]"] = "created_at"
-            fields["expires_after[seconds]"] = str(expires_after_seconds)
+            anchor, seconds = _expiry_field_names(azure=self.config.is_azure)
+            fields[anchor] = "created_at"
+            fields[seconds] = str(expires_after_seconds)
         fields["file"] = (filename, fileobj, "application/jsonl")
         encoder = MultipartEncoder(fields=fields)
         payload = self._json(
@@ -245,10 +303,10 @@ class OpenAIClient:
         )
         if not isinstance(payload.get("id"), str):
             raise BadResponse("the uploaded file's answer has no id")
-        return payload
+        return normalize_file(payload)
 
     def retrieve_file(self, file_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/files/{_path_id(file_id)}")
+        return normalize_file(self._json("GET", f"/files/{_path_id(file_id)}"))
 
     def delete_file(self, file_id: str) -> dict[str, Any]:
         return self._json("DELETE", f"/files/{_path_id(file_id)}")
@@ -270,11 +328,11 @@ class OpenAIClient:
     # --- Plumbing -----------------------------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
-        headers = {
-            "Authorization": f"Bearer {self.config.api_key}",
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-        }
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self.config.auth_style == "api-key":
+            headers["api-key"] = self.config.api_key
+        else:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
         if self.config.organization:
             headers["OpenAI-Organization"] = self.config.organization
         if self.config.project:
@@ -301,7 +359,7 @@ class OpenAIClient:
     def _batch(payload: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):
             raise BadResponse("the answer is not a batch (no id or status)")
-        return payload
+        return normalize_batch(payload)
 
     def _send(
         self,
@@ -310,9 +368,11 @@ class OpenAIClient:
         *,
         idempotent: bool = True,
         headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> requests.Response:
-        url = self.config.base_url.rstrip("/") + path
+        url = self.config.url(path)
+        params = self.config.query(params)
         timeout = (self.config.connect_timeout, self.config.read_timeout)
         attempt = 0
         while True:
@@ -322,6 +382,7 @@ class OpenAIClient:
                     method,
                     url,
                     headers={**self._headers(), **(headers or {})},
+                    params=params,
                     timeout=timeout,
                     **kwargs,
                 )
@@ -389,11 +450,26 @@ class OpenAIClient:
         self.sleep(delay)
 
 
+def _expiry_field_names(*, azure: bool) -> tuple[str, str]:
+    """The multipart names of an upload's expiry: Azure spells the nesting with dots."""
+    if azure:
+        return "expires_after.anchor", "expires_after.seconds"
+    return "expires_after[anchor]", "expires_after[seconds]"
+
+
 def _path_id(value: str) -> str:
     """Ids go into URL paths: refuse anything that could change the path."""
     if not value or any(c in value for c in "/?#% \t\r\n"):
         raise InvalidRequest(f"{value!r} is not a valid id")
     return value
+
+
+def _status_phrase(status: int) -> str:
+    """The standard reason phrase ("Bad Gateway"): HTTP/2 and some proxies send none."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def _rid(response: requests.Response) -> str | None:
@@ -440,8 +516,13 @@ def _error_from_response(response: requests.Response, config: ClientConfig) -> O
         elif isinstance(err, str):
             message = err
     if not message:
-        message = response.reason or ""
+        # No JSON (an HTML page from a proxy, say): the status line reads better than markup.
+        message = response.reason or _status_phrase(status)
     message = _redact(message, config)[:500]
+    code = _redact(code, config)[:200] if code else code
+    if status == 400 and _TOKEN_LIMIT_WORDS.search(f"{code or ''} {message}"):
+        # Azure may put it only in the message; callers test the code.
+        code = TOKEN_LIMIT_EXCEEDED
     kwargs = {
         "status": status,
         "request_id": _rid(response),

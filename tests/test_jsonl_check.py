@@ -343,6 +343,132 @@ def test_it_estimates_input_tokens_from_message_input_and_prompt_text() -> None:
     assert check(jsonl(completion)).estimated_input_tokens == 10
 
 
+# --- a connection's own rules ------------------------------------------------------------------
+
+
+def test_an_allowed_endpoint_passes() -> None:
+    report = check(jsonl(chat_request("a")), allowed_endpoints=[CHAT, "/v1/responses"])
+    assert report.ok
+
+
+def test_an_inferred_endpoint_the_connection_does_not_allow_is_one_problem_on_its_line() -> None:
+    lines = [body_request(f"e-{n}", EMBEDDINGS, {"model": "e", "input": "x"}) for n in range(3)]
+    report = check(jsonl(*lines), allowed_endpoints=["/v1/responses", CHAT])
+    assert report.endpoint == EMBEDDINGS
+    assert messages(report) == [
+        "line 1: url '/v1/embeddings' is not allowed on this connection;"
+        " use one of /v1/responses, /v1/chat/completions"
+    ]
+    assert not report.ok
+
+
+def test_a_chosen_endpoint_the_connection_does_not_allow_is_a_file_problem() -> None:
+    report = check(
+        jsonl(chat_request("a"), chat_request("b")), endpoint=CHAT, allowed_endpoints={EMBEDDINGS}
+    )
+    assert report.problem_count == 0
+    assert report.file_problems == [
+        "the endpoint '/v1/chat/completions' is not allowed on this connection;"
+        " use one of /v1/embeddings"
+    ]
+    assert not report.ok
+
+
+def test_an_unknown_url_names_only_the_allowed_endpoints() -> None:
+    report = check(jsonl(chat_request(url="/v1/chat")), allowed_endpoints=[CHAT])
+    assert messages(report) == [
+        "line 1: url '/v1/chat' is not a Batch API endpoint; use one of /v1/chat/completions"
+    ]
+
+
+@pytest.mark.parametrize("allowed", [None, [], ()])
+def test_no_allowed_endpoints_means_every_endpoint(allowed: Any) -> None:
+    line = body_request("a", "/v1/moderations", {"model": "m", "input": "x"})
+    assert check(jsonl(line), allowed_endpoints=allowed).ok
+
+
+def test_allowed_endpoints_must_be_batch_endpoints() -> None:
+    with pytest.raises(ValueError, match="'/v1/audio/speech'"):
+        check(jsonl(chat_request()), allowed_endpoints=[CHAT, "/v1/audio/speech"])
+
+
+@pytest.mark.parametrize("option", ["allowed_endpoints", "known_models"])
+def test_a_single_string_is_refused_rather_than_read_as_letters(option: str) -> None:
+    with pytest.raises(TypeError, match="not a string"):
+        check(jsonl(chat_request()), **{option: CHAT})
+
+
+def test_a_model_that_is_a_known_deployment_passes() -> None:
+    report = check(jsonl(chat_request("a"), chat_request("b")), known_models=["gpt-4o-mini"])
+    assert report.ok
+
+
+def test_a_model_that_is_not_a_deployment_of_the_connection_is_reported_on_each_line() -> None:
+    report = check(
+        jsonl(chat_request("a"), chat_request("b")),
+        known_models={"gpt4o-batch", "mini-batch"},
+    )
+    assert messages(report) == [
+        "line 1: model 'gpt-4o-mini' is not a deployment of this connection"
+        " (known: gpt4o-batch, mini-batch)",
+        "line 2: model 'gpt-4o-mini' is not a deployment of this connection"
+        " (known: gpt4o-batch, mini-batch)",
+    ]
+
+
+def test_a_long_list_of_deployments_is_shortened_in_messages() -> None:
+    known = [f"dep-{n:02}" for n in range(25)]
+    (problem,) = check(jsonl(chat_request()), known_models=known).problems
+    assert problem.message.endswith(
+        "(known: dep-00, dep-01, dep-02, dep-03, dep-04, dep-05,"
+        " dep-06, dep-07, dep-08, dep-09 and 15 more)"
+    )
+
+
+@pytest.mark.parametrize("known", [None, [], set()])
+def test_no_known_models_means_any_model(known: Any) -> None:
+    assert check(jsonl(chat_request()), known_models=known).ok
+
+
+def test_one_model_per_file_still_holds_among_known_deployments() -> None:
+    other = chat_request("b")
+    other["body"]["model"] = "dep-b"
+    first = chat_request("a")
+    first["body"]["model"] = "dep-a"
+    report = check(jsonl(first, other), known_models=["dep-a", "dep-b"])
+    assert messages(report) == [
+        "line 2: model 'dep-b' differs from 'dep-a' used on line 1; a batch takes one model"
+    ]
+    assert report.file_problems[0].startswith("the file mixes 2 models")
+
+
+def test_azures_request_limit_is_named_in_the_message() -> None:
+    # Cheap lines: the limit only counts them, and the line problems are beside the point.
+    data = b"{}\n" * 100_001
+    report = check(data, max_requests=100_000, max_problems=0)
+    assert report.lines == 100_001
+    assert report.file_problems == [
+        "the file has 100,001 requests; a batch takes at most 100,000,"
+        " so lines after the limit were not checked"
+    ]
+
+
+def test_a_file_over_openais_request_limit_passes_under_a_higher_one() -> None:
+    data = jsonl(*(chat_request(f"r-{n}") for n in range(MAX_REQUESTS + 1)))
+    assert check(data, max_requests=100_000).ok
+    assert check(data).file_problems[0].startswith("the file has 50,001 requests")
+
+
+@pytest.mark.parametrize("limit", [7, 3_000])
+def test_the_limit_messages_name_the_limits_given(limit: int) -> None:
+    data = jsonl(*(chat_request(f"r-{n}") for n in range(limit + 1)))
+    report = check(data, max_requests=limit, max_bytes=limit * 10)
+    size, requests = report.file_problems
+    assert f"a batch input file may be at most {limit * 10:,} bytes," in size
+    assert f"the file has {limit + 1:,} requests; a batch takes at most {limit:,}," in requests
+    assert f"{MAX_REQUESTS:,}" not in requests and f"{MAX_BYTES:,}" not in size
+
+
 # --- whole-file rules --------------------------------------------------------------------------
 
 

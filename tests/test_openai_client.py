@@ -20,6 +20,7 @@ from responses import matchers
 from batches.openai_client import (
     INITIAL_BACKOFF,
     MAX_BACKOFF,
+    TOKEN_LIMIT_EXCEEDED,
     AuthError,
     BadResponse,
     ClientConfig,
@@ -29,6 +30,7 @@ from batches.openai_client import (
     OpenAIError,
     RateLimited,
     UpstreamUnavailable,
+    _error_from_response,
     backoff_seconds,
     retry_after_seconds,
 )
@@ -386,6 +388,88 @@ def test_it_falls_back_to_the_reason_for_an_error_without_json(upstream, client)
 
     with pytest.raises(AuthError, match="HTTP 403"):
         client.retrieve_batch("batch_abc123")
+
+
+def test_it_reads_an_azure_error_that_has_only_a_code_and_a_message(upstream, client):
+    upstream.get(
+        BATCH_URL,
+        status=404,
+        json={
+            "error": {
+                "code": "DeploymentNotFound",
+                "message": "The API deployment for this resource does not exist.",
+            }
+        },
+        headers={"x-request-id": "req_az"},
+    )
+
+    with pytest.raises(NotFound) as caught:
+        client.retrieve_batch("batch_abc123")
+
+    assert caught.value.code == "DeploymentNotFound"
+    assert str(caught.value) == (
+        "The OpenAI API does not know this object (HTTP 404): "
+        "The API deployment for this resource does not exist. Request id req_az."
+    )
+
+
+def test_it_reads_azures_top_level_status_code_and_message(upstream, client):
+    # Azure's gateway answers a bad key this way, without an `error` object.
+    upstream.get(
+        BATCH_URL,
+        status=401,
+        json={"statusCode": 401, "message": "Access denied due to invalid subscription key."},
+    )
+
+    with pytest.raises(AuthError, match="Access denied due to invalid subscription key"):
+        client.retrieve_batch("batch_abc123")
+
+
+NGINX_502 = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "phrase"),
+    [
+        (502, UpstreamUnavailable, "Bad Gateway"),
+        (400, InvalidRequest, "Bad Request"),
+        (403, AuthError, "Forbidden"),
+    ],
+)
+def test_an_html_page_from_a_proxy_gives_a_readable_message(
+    upstream, client, status, error_class, phrase
+):
+    upstream.get(
+        BATCH_URL,
+        status=status,
+        body=NGINX_502,
+        content_type="text/html",
+        headers={"x-request-id": "req_proxy"},
+    )
+
+    with pytest.raises(error_class) as caught:
+        client.retrieve_batch("batch_abc123")
+
+    text = str(caught.value)
+    assert text == f"{error_class.title} (HTTP {status}): {phrase}. Request id req_proxy."
+    assert "<" not in text and "nginx" not in text
+
+
+def test_an_html_error_without_a_reason_phrase_uses_the_standard_one():
+    # HTTP/2 carries no reason phrase; a proxy may send an empty one.
+    response = requests.Response()
+    response.status_code = 504
+    response.reason = ""
+    response._content = b"<html><body>upstream timed out</body></html>"
+
+    error = _error_from_response(response, ClientConfig(api_key=KEY, base_url=API))
+
+    assert isinstance(error, UpstreamUnavailable)
+    assert error.message == "Gateway Timeout"
 
 
 def test_it_raises_bad_response_for_a_200_that_is_not_json(upstream, client):
@@ -787,6 +871,48 @@ def test_a_400_on_create_is_not_ambiguous(upstream, client, waits):
 
     assert not caught.value.ambiguous
     assert len(upstream.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # Azure, in regions where create itself refuses: the code only in the message.
+        {
+            "error": {
+                "code": "invalid_request_error",
+                "message": "Enqueued token limit reached for gpt-4o-mini (token_limit_exceeded).",
+            }
+        },
+        {"error": {"code": None, "message": "token_limit_exceeded: queue full", "type": None}},
+        {"error": {"code": "TokenLimitExceeded", "message": "Too many enqueued tokens."}},
+        error_body("Enqueued token limit reached.", code="token_limit_exceeded"),
+        {"message": "Token limit exceeded for deployment gpt-4o-batch."},
+    ],
+    ids=["in-message", "message-no-code", "camel-code", "in-code", "bare-message"],
+)
+def test_a_create_refused_for_the_token_limit_has_one_code(upstream, client, waits, body):
+    upstream.post(f"{API}/batches", status=400, json=body)
+
+    with pytest.raises(InvalidRequest) as caught:
+        create(client)
+
+    assert caught.value.code == TOKEN_LIMIT_EXCEEDED == "token_limit_exceeded"
+    assert not caught.value.ambiguous
+    assert len(upstream.calls) == 1
+    assert waits == []
+
+
+def test_another_400_keeps_its_own_code(upstream, client):
+    upstream.post(
+        f"{API}/batches",
+        status=400,
+        json=error_body("Input file is not a batch file.", code="invalid_file"),
+    )
+
+    with pytest.raises(InvalidRequest) as caught:
+        create(client)
+
+    assert caught.value.code == "invalid_file"
 
 
 def test_every_request_in_this_module_matches_the_openapi_file(upstream, client):
