@@ -1,6 +1,12 @@
+from __future__ import annotations
+
+import os
+from typing import Any
+
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+from django.db import DatabaseError
 
 
 class BatchesConfig(AppConfig):
@@ -10,17 +16,20 @@ class BatchesConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_openai_settings, checks.Tags.compatibility)
+        checks.register(check_connection_keys, checks.Tags.compatibility)
 
 
 def check_openai_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     """Warn at start-up about upstream settings that would make every call fail."""
     messages: list[checks.CheckMessage] = []
-    if not settings.OPENAI_API_KEY:
+    if not settings.OPENAI_API_KEY and _default_connection_in_use():
         messages.append(
             checks.Warning(
                 "OPENAI_API_KEY is not set: calls to the OpenAI API will be refused.",
                 hint="Set OPENAI_API_KEY in the environment or in .env, or run `make run` "
-                "without it to try batchweb against its built-in simulator.",
+                "without it to try batchweb against its built-in simulator. If you use only "
+                "connections of your own, disable the connection configured by the environment "
+                "in the admin site.",
                 id="batches.W001",
             )
         )
@@ -43,6 +52,111 @@ def check_openai_settings(app_configs=None, **kwargs) -> list[checks.CheckMessag
             )
         )
     return messages
+
+
+def check_connection_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Errors for keys stored in the database that cannot be read (no encryption key, or not
+    the one they were saved with), and a warning for an enabled connection whose key variable
+    is unset. Never shows a key."""
+    rows = _connections()
+    if rows is None:
+        return []
+    messages: list[checks.CheckMessage] = []
+    stored = [c for c in rows if c.key_encrypted and not c.key_env and not c.from_settings]
+    encryption_keys = [k for k in settings.BATCHWEB_ENCRYPTION_KEY.split(",") if k.strip()]
+    if stored and not encryption_keys:
+        messages.append(
+            checks.Error(
+                f"{_names(stored, first=True)} {_verb(stored)} an API key stored encrypted, but "
+                "BATCHWEB_ENCRYPTION_KEY is not set: keys stored in the database cannot be read, "
+                "so these connections cannot sync or take batches.",
+                hint="Set BATCHWEB_ENCRYPTION_KEY (environment or .env) to the key they were "
+                "saved with, for the web and worker processes. If that key is lost, set a new "
+                "one and enter each connection's API key again in the admin site.",
+                id="batches.E002",
+            )
+        )
+    elif stored:
+        from . import keystore
+
+        unreadable = [c for c in stored if not keystore.can_decrypt(c.key_encrypted)]
+        if unreadable:
+            messages.append(
+                checks.Error(
+                    f"The stored API key of {_names(unreadable)} cannot be decrypted: "
+                    "BATCHWEB_ENCRYPTION_KEY is not the key it was saved with.",
+                    hint="Put the old key back; to change keys, set "
+                    "BATCHWEB_ENCRYPTION_KEY=new,old (the first encrypts, every one decrypts) "
+                    "and save each connection's key again. If the old key is lost, enter the "
+                    "connections' API keys again in the admin site.",
+                    id="batches.E003",
+                )
+            )
+    unset = [
+        c
+        for c in rows
+        if c.enabled and c.key_env and not c.from_settings and not os.environ.get(c.key_env)
+    ]
+    for connection in unset:
+        messages.append(
+            checks.Warning(
+                f"Connection “{connection.name}” reads its API key from the environment "
+                f"variable {connection.key_env}, which is not set: it cannot sync or take "
+                "batches.",
+                hint=f"Set {connection.key_env} for the web and worker processes, store the key "
+                "on the connection in the admin site, or disable the connection.",
+                id="batches.W003",
+            )
+        )
+    return messages
+
+
+def _connections() -> list[Any] | None:
+    """Every connection, or None when the database cannot be read: before `migrate` (no table
+    yet), or with the database down (Django's own checks and commands say so)."""
+    from .models import Connection
+
+    try:
+        return list(
+            Connection.objects.order_by("name").only(
+                "name", "slug", "from_settings", "enabled", "key_env", "key_encrypted"
+            )
+        )
+    except DatabaseError:
+        return None
+
+
+def _default_connection_in_use() -> bool:
+    """Whether the connection configured by the environment (OPENAI_*) is meant to be used:
+    it exists, is enabled, and has batches or is the only connection. True when the database
+    cannot be read, as before connections existed."""
+    from .models import DEFAULT_SLUG
+
+    rows = _connections()
+    if rows is None:
+        return True
+    default = next((c for c in rows if c.slug == DEFAULT_SLUG and c.from_settings), None)
+    if default is None or not default.enabled:
+        return False
+    if len(rows) == 1:
+        return True
+    try:
+        return default.batches.exists()
+    except DatabaseError:
+        return True
+
+
+def _names(rows: list[Any], *, first: bool = False) -> str:
+    """“A”, “B” and “C”, after the word connection(s), capitalised to start a sentence."""
+    quoted = [f"“{c.name}”" for c in rows]
+    word = "Connection" if first else "connection"
+    if len(quoted) == 1:
+        return f"{word} {quoted[0]}"
+    return f"{word}s " + ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def _verb(rows: list[Any]) -> str:
+    return "has" if len(rows) == 1 else "have"
 
 
 def _is_loopback(url: str) -> bool:

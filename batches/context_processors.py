@@ -2,14 +2,25 @@ from django.conf import settings
 from django.http import HttpRequest
 
 from .models import SyncState
+from .services.connections import connections_for
 
 
 def dashboard(request: HttpRequest) -> dict:
-    """The freshness line and banners every page shows to signed-in people."""
+    """The freshness line and banners every page shows to signed-in people: one line part and
+    one outage banner per connection they may see."""
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {"demo_mode": settings.BATCHWEB_DEMO}
+    connections = [
+        c
+        for c in connections_for(request.user)
+        if c.enabled and not (c.from_settings and not settings.OPENAI_API_KEY)
+    ]
+    states = {s.connection_id: s for s in SyncState.objects.filter(connection__in=connections)}
+    sync_states = [
+        states.get(c.pk) or SyncState(connection=c) for c in connections
+    ]  # one per connection, in name order; a connection never synced has an unsaved one
     return {
-        "sync_state": SyncState.get(),
+        "sync_states": sync_states,
+        "failing_states": [s for s in sync_states if s.is_failing],
         "demo_mode": settings.BATCHWEB_DEMO,
-        "upstream_url": settings.OPENAI_BASE_URL,
     }

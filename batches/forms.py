@@ -21,10 +21,16 @@ ENDPOINT_CHOICES = [(e, e) for e in ENDPOINTS]
 
 
 class BatchCreateForm(forms.Form):
+    connection = forms.ChoiceField(
+        label="Connection",
+        required=False,
+        help_text="Where the batch runs: an OpenAI project, an Azure resource or another server.",
+    )
     input_file = forms.FileField(
         label="Input file (JSONL)",
         required=False,
-        help_text="Checked line by line before anything is sent. Up to 50,000 requests, 200 MB.",
+        help_text="Checked line by line before anything is sent. "
+        "Up to 50,000 requests (100,000 on Azure), 200 MB.",
         widget=forms.ClearableFileInput(attrs={"accept": ".jsonl,.json,.txt,application/jsonl"}),
     )
     input_file_id = forms.CharField(
@@ -57,12 +63,18 @@ class BatchCreateForm(forms.Form):
         required=False,
         min_value=MIN_EXPIRY_HOURS,
         max_value=MAX_EXPIRY_HOURS,
-        help_text="Optional, 1 to 720 hours. Left empty, OpenAI keeps them 30 days.",
+        help_text="Optional: 1 to 720 hours on OpenAI, 336 to 720 (14 to 30 days) on Azure. "
+        "Left empty, the provider keeps them 30 days.",
     )
     submission_token = forms.CharField(widget=forms.HiddenInput, max_length=64)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, connections: list[Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.connections = {c.slug: c for c in connections or []}
+        self.fields["connection"].choices = [(c.slug, c.name) for c in connections or []]
+        if len(self.connections) == 1:
+            self.fields["connection"].widget = forms.HiddenInput()
+            self.fields["connection"].initial = next(iter(self.connections))
         for i in range(METADATA_ROWS):
             self.fields[f"meta_key_{i}"] = forms.CharField(
                 label=f"Metadata key {i + 1}", required=False, max_length=MAX_METADATA_KEY
@@ -130,7 +142,39 @@ class BatchCreateForm(forms.Form):
             self.add_error("endpoint", "Choose the endpoint: it cannot be read from a file id.")
         hours = data.get("output_expires_after_hours")
         data["output_expires_after_seconds"] = hours * 3600 if hours else None
+        slug = data.get("connection") or ""
+        if not slug and len(self.connections) == 1:
+            slug = next(iter(self.connections))  # the only one: nothing to choose
+        connection = self.connections.get(slug)
+        data["connection"] = connection
+        if connection is None and "connection" not in self.errors:
+            self.add_error(
+                "connection",
+                "Choose a connection." if self.connections else "No connection can be used.",
+            )
+        elif connection is not None:
+            self._check_connection_limits(connection, data)
         return data
+
+    def _check_connection_limits(self, connection: Any, data: dict[str, Any]) -> None:
+        """What differs by provider: Azure keeps outputs 14 to 30 days only, and a connection
+        may allow only some endpoints."""
+        low, high = connection.expiry_hours()
+        hours = data.get("output_expires_after_hours")
+        if hours and not low <= hours <= high and "output_expires_after_hours" not in self.errors:
+            self.add_error(
+                "output_expires_after_hours",
+                f"{connection.name} accepts {low} to {high} hours "
+                f"({low // 24} to {high // 24} days)."
+                if low >= 24
+                else f"{connection.name} accepts {low} to {high} hours.",
+            )
+        endpoint = data.get("endpoint")
+        if endpoint and endpoint not in connection.endpoints() and "endpoint" not in self.errors:
+            self.add_error(
+                "endpoint",
+                f"{connection.name} takes only {', '.join(connection.endpoints())}.",
+            )
 
 
 class BatchFilterForm(forms.Form):
@@ -141,3 +185,4 @@ class BatchFilterForm(forms.Form):
     endpoint = forms.CharField(required=False, max_length=64)
     model = forms.CharField(required=False, max_length=128)
     creator = forms.CharField(required=False, max_length=150)
+    connection = forms.SlugField(required=False, max_length=50)

@@ -1,6 +1,18 @@
-from django.urls import path
+from django.urls import include, path
 
 from . import views
+
+# A batch's pages name its connection: ids are unique per connection, not globally.
+batch_patterns = [
+    path("", views.batch_detail, name="batch-detail"),
+    path("cancel/", views.batch_cancel, name="batch-cancel"),
+    path("live/", views.batch_live, name="batch-live"),
+    path("retry/", views.batch_retry, name="batch-retry"),
+    path("results/", views.batch_results, name="batch-results"),
+    path("results/<int:row_id>/", views.result_view, name="batch-result"),
+    path("results.csv", views.results_export, name="batch-results-csv"),
+    path("files/<str:kind>/", views.batch_download, name="batch-download"),
+]
 
 urlpatterns = [
     path("", views.batch_list, name="batch-list"),
@@ -9,13 +21,12 @@ urlpatterns = [
     path("batches/sync/", views.sync_now, name="batch-sync"),
     path("batches/export.csv", views.batch_export, name="batch-export"),
     path("batches/live/", views.batch_rows_live, name="batch-rows-live"),
-    path("batches/<str:openai_id>/", views.batch_detail, name="batch-detail"),
-    path("batches/<str:openai_id>/cancel/", views.batch_cancel, name="batch-cancel"),
-    path("batches/<str:openai_id>/live/", views.batch_live, name="batch-live"),
-    path("batches/<str:openai_id>/retry/", views.batch_retry, name="batch-retry"),
-    path("batches/<str:openai_id>/results/", views.batch_results, name="batch-results"),
-    path("batches/<str:openai_id>/results/<int:row_id>/", views.result_view, name="batch-result"),
-    path("batches/<str:openai_id>/results.csv", views.results_export, name="batch-results-csv"),
-    path("batches/<str:openai_id>/files/<str:kind>/", views.batch_download, name="batch-download"),
+    # Links of the release before connections: /batches/<id>/... finds the batch by id.
+    path("batches/<str:openai_id>/", views.batch_legacy_redirect, name="batch-legacy"),
+    path("batches/<str:openai_id>/<path:rest>", views.batch_legacy_redirect),
+    path("connections/", views.connection_list, name="connection-list"),
+    path("connections/<slug:slug>/", views.connection_detail, name="connection-detail"),
+    path("connections/<slug:slug>/test/", views.connection_test, name="connection-test"),
+    path("connections/<slug:slug>/batches/<str:openai_id>/", include(batch_patterns)),
     path("activity/", views.activity, name="activity"),
 ]

@@ -53,7 +53,7 @@ def child(size: int) -> dict[str, float]:
     from django.urls import reverse
     from django.utils import timezone
 
-    from batches.models import Batch, BatchTally
+    from batches.models import Batch, BatchTally, default_connection
 
     call_command("migrate", verbosity=0)
     Batch.objects.all().delete()
@@ -64,8 +64,9 @@ def child(size: int) -> dict[str, float]:
     models = ["gpt-4o-mini", "gpt-4.1-mini", "text-embedding-3-small"]
     now = int(time.time())
     rows = []
+    openai = default_connection()
     for i in range(size):
-        batch = Batch(openai_id=f"batch_{i:08d}")
+        batch = Batch(connection=openai, openai_id=f"batch_{i:08d}")
         payload = {
             "id": batch.openai_id,
             "object": "batch",

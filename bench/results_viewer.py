@@ -208,8 +208,8 @@ def child_view_download(spec: dict[str, Any]) -> dict[str, Any]:
     from django.urls import reverse
 
     client = _client()
-    url = reverse("batch-download", args=[BATCH_ID, "output"])
-    client.get(reverse("batch-detail", args=[BATCH_ID]))  # warm up: templates, sessions
+    url = reverse("batch-download", args=["default", BATCH_ID, "output"])
+    client.get(reverse("batch-detail", args=["default", BATCH_ID]))  # warm up: templates, sessions
 
     def download() -> tuple[int, bool]:
         response = client.get(url)
@@ -262,8 +262,8 @@ def child_viewer(spec: dict[str, Any]) -> dict[str, Any]:
     from batches.models import ResultRow
 
     client = _client()
-    client.get(reverse("batch-detail", args=[BATCH_ID]))  # warm up: templates, sessions
-    url = reverse("batch-results", args=[BATCH_ID])
+    client.get(reverse("batch-detail", args=["default", BATCH_ID]))  # warm up: templates, sessions
+    url = reverse("batch-results", args=["default", BATCH_ID])
 
     first, first_seconds, first_growth = measured(lambda: client.get(url))
     assert first.status_code == 200, first.status_code
@@ -284,7 +284,9 @@ def child_viewer(spec: dict[str, Any]) -> dict[str, Any]:
         "failures only, last page": f"{url}?failed=1&page={(failed + 49) // 50}",
         "search a custom_id": f"{url}?q=req-025000",
         "search text, page 2": f"{url}?q=expired&page=2",
-        f"one result (line {rows // 2:,})": reverse("batch-result", args=[BATCH_ID, middle_row]),
+        f"one result (line {rows // 2:,})": reverse(
+            "batch-result", args=["default", BATCH_ID, middle_row]
+        ),
     }
     timings: dict[str, dict[str, float]] = {}
     spent = {"db": 0.0, "queries": 0}
@@ -315,7 +317,7 @@ def child_viewer(spec: dict[str, Any]) -> dict[str, Any]:
         }
 
     def export() -> int:
-        response = client.get(reverse("batch-results-csv", args=[BATCH_ID]))
+        response = client.get(reverse("batch-results-csv", args=["default", BATCH_ID]))
         return _drain(response)
 
     csv_bytes, csv_seconds, csv_growth = measured(export)

@@ -104,7 +104,7 @@ def run(server: SimulatorServer, *, batches: int, running: int) -> int:
     # sit deep in the list and only retrieves can keep them fresh.
     sim.seed_batches(count=running, status="in_progress", requests=1000)
     sim.seed_batches(count=batches - running, status="completed")
-    client = services.get_client()
+    client = services.get_client()  # the default connection: OPENAI_* set above
 
     def calls() -> tuple[int, int]:
         counted = sim.state()["calls"]
@@ -112,7 +112,9 @@ def run(server: SimulatorServer, *, batches: int, running: int) -> int:
 
     def measured_pass(full: bool = False) -> tuple[int, int, services.PassResult]:
         lists, retrieves = calls()
-        result = services.sync_pass(client=client, full=full)
+        from batches.models import default_connection
+
+        result = services.sync_pass(connection=default_connection(), client=client, full=full)
         after = calls()
         return after[0] - lists, after[1] - retrieves, result
 

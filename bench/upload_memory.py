@@ -330,7 +330,10 @@ def run(directory: Path, repeat: int) -> bool:
             raise SystemExit(f"the valid file was not accepted: HTTP {answer.status_code}")
         answer, confirm_seconds, confirm_page = web.confirm(token)
         after_confirm = memory_kib(worker)
-        created = answer.status_code == 302 and "/batches/batch_" in answer.headers["Location"]
+        created = (
+            answer.status_code == 302
+            and "/connections/default/batches/batch_" in answer.headers["Location"]
+        )
         summary_ok = f"{LINES:,}" in confirm_page and "gpt-4o-mini" in confirm_page
         unstaged = not list(STAGING.glob(f"{token}-*.jsonl"))
     finally:

@@ -8,6 +8,8 @@ from django.core.management import call_command
 
 from batches.apps import check_openai_settings
 
+pytestmark = pytest.mark.django_db  # the checks read the connections
+
 
 def ids(messages: list[checks.CheckMessage]) -> list[str]:
     return [m.id for m in messages]

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from batches.models import Batch, Submission
+from batches.models import Batch, Submission, default_connection
 from batches.services import batch_upsert
 from batches.services.sync import sync_pass
 from tests.conftest import make_batch, make_list
@@ -59,7 +59,7 @@ def test_a_pass_summarizes_a_batch_that_finished_lately(upstream):
     upstream.get(f"{API}/batches", json=make_list([payload]))
     upstream.get(f"{API}/files/file-out-batch_new/content", body=output_lines())
 
-    result = sync_pass(full=True)
+    result = sync_pass(connection=default_connection(), full=True)
 
     batch = Batch.objects.get(openai_id="batch_new")
     assert result.summarized == 1
@@ -73,7 +73,7 @@ def test_a_pass_leaves_old_finished_batches_to_be_summarized_on_demand(upstream)
     batch_upsert(payload=payload)
     upstream.get(f"{API}/batches", json=make_list([payload]))
 
-    result = sync_pass(full=True)
+    result = sync_pass(connection=default_connection(), full=True)
 
     assert result.summarized == 0
     assert Batch.objects.get(openai_id="batch_old").summary_computed_at is None
@@ -91,7 +91,7 @@ def test_a_pass_removes_unconfirmed_uploads_older_than_a_day(upstream, submitter
     )
     upstream.get(f"{API}/batches", json=make_list([]))
 
-    sync_pass(full=True)
+    sync_pass(connection=default_connection(), full=True)
 
     assert not staged.exists()
     assert Submission.objects.get(pk=submission.pk).staged_path == ""
@@ -115,7 +115,7 @@ def test_a_pass_builds_the_results_table_of_a_batch_made_here_that_finished_late
     upstream.get(f"{API}/files/file-out-batch_mine/content", body=output_lines())
     upstream.get(f"{API}/files/{payload['input_file_id']}/content", body=inputs)
 
-    sync_pass(full=True)
+    sync_pass(connection=default_connection(), full=True)
 
     batch = Batch.objects.get(openai_id="batch_mine")
     assert batch.results_ingested_at is not None

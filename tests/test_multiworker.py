@@ -264,7 +264,10 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
             live = Batch.objects.filter(running=True).order_by("?").first()
             urls = ["/", "/?status=running"]
             if live:
-                urls += [f"/batches/{live.openai_id}/", f"/batches/live/?ids={live.pk}:x"]
+                urls += [
+                    f"/connections/default/batches/{live.openai_id}/",
+                    f"/batches/live/?ids={live.pk}:x",
+                ]
             for url in urls:
                 pages.append((url, http.get(base + url, timeout=20).status_code))
             if step == 15:

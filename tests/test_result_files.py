@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from batches.models import Batch, Event, ResultFile, ResultRow, Submission
+from batches.models import Batch, Event, ResultFile, ResultRow, Submission, default_connection
 from batches.results import ResultSummary
 from batches.services import ServiceError, batch_upsert
 from batches.services.result_files import (
@@ -460,12 +460,14 @@ def test_summaries_due_summarizes_finished_batches_without_one(upstream, db):
     batch_upsert(payload=make_batch(id="batch_still_running"))
     finished_batch("batch_no_files", status="failed", output=False, errors=False, counts=(0, 0, 0))
 
-    assert summaries_due() == 1
+    assert summaries_due(connection=default_connection()) == 1
 
     due.refresh_from_db()
     assert due.result_summary["succeeded"] == 2
     assert sorted(downloads(upstream)) == sorted([due.output_file_id, due.error_file_id])
-    assert summaries_due() == 0  # stored: nothing more to do, nothing fetched again
+    assert (
+        summaries_due(connection=default_connection()) == 0
+    )  # stored: nothing more to do, nothing fetched again
     assert len(downloads(upstream)) == 2
 
 
@@ -473,12 +475,12 @@ def test_summaries_due_records_a_file_gone_as_the_batchs_last_error(upstream, db
     batch = finished_batch("batch_expired_files")
     gone(upstream, batch.output_file_id)
 
-    assert summaries_due() == 1
+    assert summaries_due(connection=default_connection()) == 1
 
     batch.refresh_from_db()
     assert "no longer exists upstream" in batch.last_error
     assert batch.summary_computed_at is not None and batch.result_summary is None
-    assert summaries_due() == 0  # not asked again on every pass
+    assert summaries_due(connection=default_connection()) == 0  # not asked again on every pass
 
 
 # --- The results table -----------------------------------------------------------------------

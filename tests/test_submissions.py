@@ -30,7 +30,7 @@ from responses import matchers
 
 from batches import jsonl_check
 from batches.jsonl_check import REQUIRED_BODY_FIELD, check_jsonl
-from batches.models import Batch, Event, Submission
+from batches.models import Batch, Connection, Event, Submission, default_connection
 from batches.services.submissions import submissions_cleanup
 from batches.views import create as create_view
 from tests.conftest import make_batch, make_list
@@ -203,12 +203,12 @@ def staged_of(token: str) -> Path:
 
 
 @pytest.fixture
-def small_limits(monkeypatch) -> None:
-    """The checker's limits are keyword defaults of check_jsonl (bound when it was defined), so
-    they are lowered there; the form passes none of its own."""
+def small_limits(monkeypatch, db) -> None:
+    """Requests and bytes per file are the connection's limits; the embedding-input limit is a
+    keyword default of check_jsonl (bound when it was defined), so it is lowered there."""
+    default_connection()
+    Connection.objects.filter(slug="default").update(max_requests_per_file=3, max_file_bytes=2_000)
     defaults = jsonl_check.check_jsonl.__kwdefaults__
-    monkeypatch.setitem(defaults, "max_requests", 3)
-    monkeypatch.setitem(defaults, "max_bytes", 2_000)
     monkeypatch.setitem(defaults, "max_embedding_inputs", 5)
 
 
@@ -612,7 +612,7 @@ def test_confirming_uploads_the_file_streamed_then_creates_the_batch(
     response = submitter_client.post(confirm_url(token))
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_up1"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_up1"])
     assert messages_of(response) == ["Batch batch_up1 created."]
     assert calls(upstream) == ["POST /files", "POST /batches"]
 
@@ -717,7 +717,11 @@ def test_confirming_twice_uploads_once_and_creates_once(submitter_client, upstre
     second = submitter_client.post(confirm_url(token))
 
     assert first.status_code == second.status_code == 302
-    assert first["Location"] == second["Location"] == reverse("batch-detail", args=["batch_up1"])
+    assert (
+        first["Location"]
+        == second["Location"]
+        == reverse("batch-detail", args=["default", "batch_up1"])
+    )
     assert calls(upstream) == ["POST /files", "POST /batches"]
     assert Batch.objects.count() == 1
     assert Event.objects.filter(action=Event.Action.CREATE).count() == 1
@@ -752,7 +756,7 @@ def test_the_upload_form_sent_again_after_success_goes_to_the_batch(
     again = post_file(submitter_client, token, content, name="sample-chat.jsonl")
 
     assert again.status_code == 302
-    assert again["Location"] == reverse("batch-detail", args=["batch_up1"])
+    assert again["Location"] == reverse("batch-detail", args=["default", "batch_up1"])
     assert "already submitted" in messages_of(again)[-1]
     assert calls(upstream) == ["POST /files", "POST /batches"]
     assert staged_files(staging) == []  # the second copy was not kept
@@ -809,7 +813,7 @@ def test_a_timeout_after_the_upload_is_reconciled_and_never_uploads_twice(
     again = submitter_client.post(confirm_url(token))
 
     assert again.status_code == 302
-    assert again["Location"] == reverse("batch-detail", args=["batch_second"])
+    assert again["Location"] == reverse("batch-detail", args=["default", "batch_second"])
     # Try again: no second upload; the list is searched for the token first, then created.
     assert calls(upstream)[3:] == ["GET /batches", "POST /batches"]
     assert [body["input_file_id"] for body in create_bodies(upstream)] == ["file-up1", "file-up1"]
@@ -841,7 +845,7 @@ def test_try_again_finds_a_batch_the_timed_out_create_made_after_all(
     again = submitter_client.post(confirm_url(token))
 
     assert again.status_code == 302
-    assert again["Location"] == reverse("batch-detail", args=["batch_late"])
+    assert again["Location"] == reverse("batch-detail", args=["default", "batch_late"])
     assert calls(upstream) == ["POST /files", "POST /batches", "GET /batches", "GET /batches"]
     batch = Batch.objects.get()
     assert (batch.openai_id, batch.created_by, batch.input_lines) == ("batch_late", submitter, 20)
@@ -868,7 +872,7 @@ def test_a_failed_upload_keeps_the_staged_file_and_can_be_tried_again(
 
     again = submitter_client.post(confirm_url(token))
 
-    assert again["Location"] == reverse("batch-detail", args=["batch_up1"])
+    assert again["Location"] == reverse("batch-detail", args=["default", "batch_up1"])
     assert calls(upstream)[1:] == ["POST /files", "GET /batches", "POST /batches"]
 
 
@@ -980,7 +984,7 @@ def test_a_file_id_is_created_at_once_without_upload(submitter_client, upstream,
         },
     )
 
-    assert response["Location"] == reverse("batch-detail", args=["batch_up1"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_up1"])
     assert calls(upstream) == ["POST /batches"]
     assert staged_files(staging) == []
 
@@ -1060,7 +1064,7 @@ def test_staged_files_nobody_confirmed_are_removed_after_24_hours(
 def test_the_create_page_has_a_guide_and_the_samples_pass_the_check(submitter_client):
     page = text(submitter_client.get(CREATE))
 
-    assert "At most 50,000 requests and 200 MB per file" in page
+    assert "At most 50,000 requests (100,000 on Azure) and 200 MB per file" in page
     assert 'href="/static/samples/sample-chat.jsonl" download' in page
     for sample in SAMPLE.parent.glob("*.jsonl"):
         with sample.open("rb") as stream:

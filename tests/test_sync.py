@@ -12,7 +12,7 @@ import responses
 from django.conf import settings
 from responses import matchers
 
-from batches.models import Batch, Event, Status, SyncState
+from batches.models import Batch, Event, Status, SyncState, default_connection
 from batches.openai_client import InvalidRequest, NotFound, UpstreamUnavailable
 from batches.services import batch_create, batch_upsert, batches_sync
 from tests.conftest import make_batch, make_list
@@ -62,7 +62,7 @@ def test_it_walks_three_pages_with_the_last_id_of_each_as_the_cursor(upstream, n
         match=[matchers.query_param_matcher({"limit": "100", "after": "batch_6"})],
     )
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert list_params(upstream) == [
         {"limit": "100"},
@@ -78,7 +78,7 @@ def test_it_stops_on_an_empty_page_even_if_more_is_promised(upstream, no_sleep):
     upstream.get(LIST_URL, json=page_of("batch_2", "batch_1", has_more=True))
     upstream.get(LIST_URL, json=make_list([], has_more=True))
 
-    result = batches_sync(full=True)
+    result = batches_sync(connection=default_connection(), full=True)
 
     assert result.pages == 2
     assert result.stopped_because == "empty page"
@@ -89,7 +89,7 @@ def test_it_stops_when_the_server_repeats_a_cursor(upstream, no_sleep):
     # A server that ignores `after` answers the same page forever.
     upstream.get(LIST_URL, json=page_of("batch_2", "batch_1", has_more=True))
 
-    result = batches_sync(full=True)
+    result = batches_sync(connection=default_connection(), full=True)
 
     assert list_params(upstream) == [{"limit": "100"}, {"limit": "100", "after": "batch_1"}]
     assert result.stopped_because == "repeated cursor"
@@ -104,7 +104,7 @@ def test_it_stops_at_the_page_cap_when_has_more_never_turns_false(upstream, no_s
 
     upstream.add_callback(responses.GET, LIST_URL, callback=endless)
 
-    result = batches_sync(full=True, max_pages=5)
+    result = batches_sync(connection=default_connection(), full=True, max_pages=5)
 
     assert result.pages == 5
     assert len(list_params(upstream)) == 5
@@ -117,7 +117,7 @@ def test_the_page_cap_comes_from_the_settings(upstream, settings, no_sleep):
     upstream.get(LIST_URL, json=page_of("batch_2", has_more=True))
     upstream.get(LIST_URL, json=page_of("batch_1", has_more=True))
 
-    result = batches_sync(full=True)
+    result = batches_sync(connection=default_connection(), full=True)
 
     assert result.pages == 2
     assert result.stopped_because == "page cap of 2 reached"
@@ -131,13 +131,13 @@ def test_an_incremental_sync_stops_at_the_first_page_with_nothing_new(upstream, 
     ]
     for page in pages:
         upstream.get(LIST_URL, json=page)
-    batches_sync(full=True)
+    batches_sync(connection=default_connection(), full=True)
     upstream.get_registry().reset()
     upstream.calls.reset()
     for page in pages:
         upstream.get(LIST_URL, json=page)
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert list_params(upstream) == [{"limit": "100"}]
     assert result.stopped_because == "nothing new"
@@ -146,12 +146,12 @@ def test_an_incremental_sync_stops_at_the_first_page_with_nothing_new(upstream, 
 
 def test_an_incremental_sync_goes_on_while_pages_bring_news(upstream, no_sleep):
     upstream.get(LIST_URL, json=page_of("batch_2", "batch_1", has_more=False))
-    batches_sync()
+    batches_sync(connection=default_connection())
     upstream.calls.reset()
     upstream.get(LIST_URL, json=page_of("batch_4", "batch_3", has_more=True))
     upstream.get(LIST_URL, json=page_of("batch_2", "batch_1", has_more=True))
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert list_params(upstream) == [{"limit": "100"}, {"limit": "100", "after": "batch_3"}]
     assert result.stopped_because == "nothing new"
@@ -160,13 +160,13 @@ def test_an_incremental_sync_goes_on_while_pages_bring_news(upstream, no_sleep):
 
 def test_a_changed_batch_counts_as_news(upstream, no_sleep):
     upstream.get(LIST_URL, json=page_of("batch_1", has_more=False))
-    batches_sync()
+    batches_sync(connection=default_connection())
     upstream.get(
         LIST_URL, json=make_list([done("batch_1", metadata={"job": "renamed"})], has_more=True)
     )
     upstream.get(LIST_URL, json=make_list([], has_more=False))
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert (result.pages, result.updated, result.created) == (2, 1, 0)
     assert Batch.objects.get().label() == "renamed"
@@ -180,17 +180,17 @@ def test_a_full_sync_walks_every_page_even_without_news(upstream, no_sleep):
     ]
     for page in pages:
         upstream.get(LIST_URL, json=page)
-    batches_sync(full=True)
+    batches_sync(connection=default_connection(), full=True)
     upstream.get_registry().reset()
     upstream.calls.reset()
     for page in pages:
         upstream.get(LIST_URL, json=page)
 
-    result = batches_sync(full=True)
+    result = batches_sync(connection=default_connection(), full=True)
 
     assert len(list_params(upstream)) == 3
     assert result.stopped_because == "last page"
-    assert SyncState.get().last_full_sync_at is not None
+    assert SyncState.get(default_connection()).last_full_sync_at is not None
 
 
 def test_it_skips_list_items_that_are_not_batches(upstream, no_sleep):
@@ -198,7 +198,7 @@ def test_it_skips_list_items_that_are_not_batches(upstream, no_sleep):
     page["data"] += [None, "batch_x", {"object": "batch"}]
     upstream.get(LIST_URL, json=page)
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert result.seen == 1
     assert list(Batch.objects.values_list("openai_id", flat=True)) == ["batch_1"]
@@ -216,7 +216,7 @@ def test_it_refreshes_running_batches_one_by_one_after_the_walk(upstream, no_sle
     )
     upstream.get(f"{API}/batches/batch_run", json=done("batch_run"))
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert [c.request.url for c in upstream.calls] == [
         f"{LIST_URL}?limit=100",
@@ -231,7 +231,7 @@ def test_it_also_refreshes_running_batches_the_walk_did_not_bring(upstream, no_s
     upstream.get(LIST_URL, json=make_list([done("batch_old")], has_more=False))
     upstream.get(f"{API}/batches/batch_run", json=done("batch_run"))
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert [c.request.url for c in upstream.calls] == [
         f"{LIST_URL}?limit=100",
@@ -244,7 +244,7 @@ def test_it_also_refreshes_running_batches_the_walk_did_not_bring(upstream, no_s
 def test_it_does_not_refresh_when_asked_not_to(upstream, no_sleep):
     upstream.get(LIST_URL, json=make_list([make_batch(id="batch_run")], has_more=False))
 
-    result = batches_sync(refresh_running=False)
+    result = batches_sync(connection=default_connection(), refresh_running=False)
 
     assert result.refreshed == 0
     assert len(upstream.calls) == 1
@@ -268,7 +268,7 @@ def test_a_running_batch_upstream_forgot_gets_an_error_and_the_rest_go_on(upstre
     )
     upstream.get(f"{API}/batches/batch_here", json=done("batch_here", created_at=1764000100))
 
-    result = batches_sync()
+    result = batches_sync(connection=default_connection())
 
     assert result.refreshed == 1
     gone = Batch.objects.get(openai_id="batch_gone")
@@ -282,9 +282,9 @@ def test_a_running_batch_upstream_forgot_gets_an_error_and_the_rest_go_on(upstre
 def test_a_sync_records_its_success(upstream, no_sleep):
     upstream.get(LIST_URL, json=make_list([], has_more=False))
 
-    batches_sync()
+    batches_sync(connection=default_connection())
 
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert state.last_success_at is not None
     assert state.last_sync_at == state.last_success_at
     assert state.last_full_sync_at is None
@@ -300,9 +300,9 @@ def test_a_failed_sync_records_the_error_and_request_id(upstream, no_sleep):
     )
 
     with pytest.raises(UpstreamUnavailable):
-        batches_sync()
+        batches_sync(connection=default_connection())
 
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert "The server is overloaded" in state.last_error
     assert "HTTP 503" in state.last_error
     assert state.last_error_request_id == "req_503"
@@ -317,21 +317,21 @@ def test_a_failure_on_a_later_page_keeps_the_pages_already_stored(upstream, no_s
     upstream.get(LIST_URL, body=requests.exceptions.ReadTimeout())
 
     with pytest.raises(UpstreamUnavailable):
-        batches_sync()
+        batches_sync(connection=default_connection())
 
     assert Batch.objects.filter(openai_id="batch_2").exists()
-    assert "within the time limit" in SyncState.get().last_error
+    assert "within the time limit" in SyncState.get(default_connection()).last_error
 
 
 def test_a_sync_after_a_failure_clears_the_failing_state(upstream, no_sleep):
     upstream.get(LIST_URL, status=500, json=error_body("boom"))
     with pytest.raises(UpstreamUnavailable):
-        batches_sync()
+        batches_sync(connection=default_connection())
     upstream.replace(responses.GET, LIST_URL, json=make_list([], has_more=False))
 
-    batches_sync()
+    batches_sync(connection=default_connection())
 
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert not state.is_failing
     assert state.last_success_at is not None
 
@@ -475,7 +475,7 @@ def test_a_create_already_seen_by_the_sync_is_not_created_again(upstream, submit
     # The create timed out; the sync worker stored the batch before the person pressed again.
     upstream.get(LIST_URL, json=make_list([created("tok-8")], has_more=False))
     upstream.get(f"{API}/batches/batch_new", json=created("tok-8"))
-    batches_sync()
+    batches_sync(connection=default_connection())
     upstream.calls.reset()
 
     batch = batch_create(user=submitter, submission_token="tok-8", **CREATE_ARGS)
@@ -499,7 +499,7 @@ def test_a_refresh_of_a_forgotten_batch_raises_not_found(upstream, no_sleep):
     from batches.services import batch_refresh
 
     upstream.get(LIST_URL, json=page_of("batch_1", has_more=False))
-    batches_sync()
+    batches_sync(connection=default_connection())
     upstream.get(f"{API}/batches/batch_1", status=404, json=error_body("gone"))
 
     with pytest.raises(NotFound):

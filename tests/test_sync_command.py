@@ -13,7 +13,7 @@ from django.core.management import CommandError, call_command
 
 from batches import services
 from batches.management.commands.sync_batches import Command
-from batches.models import Batch, SyncState
+from batches.models import Batch, SyncState, default_connection
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -51,10 +51,10 @@ def test_it_syncs_once_and_says_what_it_did(upstream, no_sleep):
 
     out, err = run()
 
-    assert out.startswith("Synced: 1 pages, 1 batches seen, 1 new")
+    assert out.startswith("Synced default: 1 pages, 1 batches seen, 1 new")
     assert err == ""
     assert Batch.objects.filter(openai_id="batch_1").exists()
-    assert SyncState.get().last_success_at is not None
+    assert SyncState.get(default_connection()).last_success_at is not None
 
 
 def test_a_single_run_that_fails_exits_with_the_readable_error(upstream, no_sleep):
@@ -73,7 +73,7 @@ def test_the_loop_runs_the_given_number_of_passes(upstream, no_sleep):
     out, _ = run("--loop", "--max-passes", "2", "--interval", "0")
 
     assert len(upstream.calls) == 2
-    assert out.count("sync: ") == 2
+    assert out.count("sync default: ") == 2
     assert "full sync" in out.splitlines()[0]
     assert out.rstrip().endswith("Sync worker stopped.")
 
@@ -100,12 +100,14 @@ def test_a_failing_upstream_in_the_loop_is_reported_and_the_loop_goes_on(
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
 
-    assert err.startswith("sync failed: The OpenAI API is not available right now (HTTP 503)")
+    assert err.startswith(
+        "sync default failed: The OpenAI API is not available right now (HTTP 503)"
+    )
     assert "Next try in 0 s; 0 pages listed" in err
     assert KEY not in err + out
-    assert "sync: 1 pages listed, 1 new" in out
+    assert "sync default: 1 pages listed, 1 new" in out
     assert Batch.objects.filter(openai_id="batch_1").exists()
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert not state.is_failing
     assert "overloaded" in state.last_error
 

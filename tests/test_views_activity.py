@@ -57,7 +57,7 @@ def test_the_activity_lists_who_did_what_newest_first(viewer_client, upstream, h
         "sam created batch_act1 /v1/chat/completions",
     ]
     content = response.content.decode()
-    assert f'href="{reverse("batch-detail", args=["batch_act1"])}"' in content
+    assert f'href="{reverse("batch-detail", args=["default", "batch_act1"])}"' in content
     assert 'href="?user=sam"' in content
     assert len(upstream.calls) == 0
 
@@ -98,7 +98,7 @@ def test_a_cancel_made_on_the_site_appears_in_the_activity(
         f"{API}/batches/batch_act1/cancel",
         json=make_batch(id="batch_act1", status="cancelling", cancelling_at=1764000500),
     )
-    submitter_client.post(reverse("batch-cancel", args=["batch_act1"]))
+    submitter_client.post(reverse("batch-cancel", args=["default", "batch_act1"]))
 
     response = submitter_client.get(ACTIVITY, {"user": "sam"})
 

@@ -29,11 +29,11 @@ def finished(db) -> Batch:
 
 PAGES = [
     ("get", "batch-list", {}),
-    ("get", "batch-detail", {"openai_id": "batch_run1"}),
+    ("get", "batch-detail", {"slug": "default", "openai_id": "batch_run1"}),
     ("get", "batch-create", {}),
     ("post", "batch-create", {}),
-    ("get", "batch-cancel", {"openai_id": "batch_run1"}),
-    ("post", "batch-cancel", {"openai_id": "batch_run1"}),
+    ("get", "batch-cancel", {"slug": "default", "openai_id": "batch_run1"}),
+    ("post", "batch-cancel", {"slug": "default", "openai_id": "batch_run1"}),
     ("get", "activity", {}),
     ("post", "batch-sync", {}),
 ]
@@ -130,8 +130,8 @@ def test_every_page_has_a_sign_out_button_that_posts(viewer_client, running):
     [
         ("get", "batch-create", {}),
         ("post", "batch-create", {}),
-        ("get", "batch-cancel", {"openai_id": "batch_run1"}),
-        ("post", "batch-cancel", {"openai_id": "batch_run1"}),
+        ("get", "batch-cancel", {"slug": "default", "openai_id": "batch_run1"}),
+        ("post", "batch-cancel", {"slug": "default", "openai_id": "batch_run1"}),
     ],
 )
 def test_a_viewer_gets_the_friendly_403_page_on_create_and_cancel(
@@ -152,7 +152,7 @@ def test_a_viewer_gets_the_friendly_403_page_on_create_and_cancel(
 
 def test_a_viewer_can_see_the_list_the_detail_and_the_activity(viewer_client, upstream, finished):
     assert viewer_client.get(reverse("batch-list")).status_code == 200
-    detail = viewer_client.get(reverse("batch-detail", args=["batch_done1"]))
+    detail = viewer_client.get(reverse("batch-detail", args=["default", "batch_done1"]))
     assert detail.status_code == 200
     assert "batch_done1" in detail.content.decode()
     assert viewer_client.get(reverse("activity")).status_code == 200
@@ -177,10 +177,10 @@ def test_the_cancel_button_is_hidden_from_viewers_on_a_running_batch(
 ):
     upstream.get(f"{API}/batches/batch_run1", json=make_batch(id="batch_run1"))
 
-    response = viewer_client.get(reverse("batch-detail", args=["batch_run1"]))
+    response = viewer_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
 
     assert response.status_code == 200
-    assert reverse("batch-cancel", args=["batch_run1"]) not in response.content.decode()
+    assert reverse("batch-cancel", args=["default", "batch_run1"]) not in response.content.decode()
 
 
 def test_the_cancel_button_is_shown_to_submitters_on_a_running_batch(
@@ -188,9 +188,9 @@ def test_the_cancel_button_is_shown_to_submitters_on_a_running_batch(
 ):
     upstream.get(f"{API}/batches/batch_run1", json=make_batch(id="batch_run1"))
 
-    response = submitter_client.get(reverse("batch-detail", args=["batch_run1"]))
+    response = submitter_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
 
-    assert reverse("batch-cancel", args=["batch_run1"]) in response.content.decode()
+    assert reverse("batch-cancel", args=["default", "batch_run1"]) in response.content.decode()
 
 
 def test_a_superuser_can_create_a_batch(client, admin_user, upstream):
@@ -219,7 +219,7 @@ def test_a_superuser_can_create_a_batch(client, admin_user, upstream):
     )
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_admin1"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_admin1"])
     assert Batch.objects.get(openai_id="batch_admin1").created_by == admin_user
 
 
@@ -230,8 +230,8 @@ def test_a_superuser_can_cancel_a_batch(client, admin_user, upstream, running):
         json=make_batch(id="batch_run1", status="cancelling", cancelling_at=1764000500),
     )
 
-    assert client.get(reverse("batch-cancel", args=["batch_run1"])).status_code == 200
-    response = client.post(reverse("batch-cancel", args=["batch_run1"]))
+    assert client.get(reverse("batch-cancel", args=["default", "batch_run1"])).status_code == 200
+    response = client.post(reverse("batch-cancel", args=["default", "batch_run1"]))
 
     assert response.status_code == 302
     assert Batch.objects.get(openai_id="batch_run1").status == "cancelling"

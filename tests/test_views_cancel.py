@@ -18,11 +18,11 @@ CANCEL_URL = f"{API}/batches/batch_run1/cancel"
 
 
 def cancel(openai_id: str = "batch_run1") -> str:
-    return reverse("batch-cancel", args=[openai_id])
+    return reverse("batch-cancel", args=["default", openai_id])
 
 
 def detail(openai_id: str = "batch_run1") -> str:
-    return reverse("batch-detail", args=[openai_id])
+    return reverse("batch-detail", args=["default", openai_id])
 
 
 def messages_of(response) -> list[tuple[str, str]]:

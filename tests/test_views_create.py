@@ -16,7 +16,7 @@ from responses import matchers
 
 from batches import forms as batch_forms
 from batches.forms import BatchCreateForm
-from batches.models import Batch, Event, Submission
+from batches.models import Batch, Connection, Event, Submission
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -144,7 +144,7 @@ def test_a_valid_form_creates_the_batch_upstream_with_the_stamped_metadata(
     response = submitter_client.post(CREATE, form_data(token))
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_new1"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_new1"])
     assert sent_bodies(upstream) == [
         {
             "input_file_id": "file-in1",
@@ -324,7 +324,10 @@ def _form(**data: str) -> BatchCreateForm:
         "completion_window": "24h",
         "submission_token": "tok-form",
     }
-    return BatchCreateForm({**base, **data})
+    return BatchCreateForm(
+        {**base, **data},
+        connections=[Connection(slug="default", name="OpenAI", from_settings=True)],
+    )
 
 
 @pytest.fixture
@@ -430,7 +433,7 @@ def test_after_an_upstream_400_the_same_form_can_be_sent_again(submitter_client,
     response = submitter_client.post(CREATE, form_data(token))
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_new1"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_new1"])
     assert [b["metadata"]["batchweb_token"] for b in sent_bodies(upstream)] == [token, token]
     # A submission tried before always looks for its token first (it does not keep why it
     # failed), then creates.
@@ -449,7 +452,11 @@ def test_submitting_the_same_form_twice_creates_one_batch(submitter_client, upst
     second = submitter_client.post(CREATE, form_data(token))
 
     assert first.status_code == second.status_code == 302
-    assert second["Location"] == first["Location"] == reverse("batch-detail", args=["batch_new1"])
+    assert (
+        second["Location"]
+        == first["Location"]
+        == reverse("batch-detail", args=["default", "batch_new1"])
+    )
     assert "already submitted" in messages_of(second)[-1]
     assert len(sent_bodies(upstream)) == 1
     assert Batch.objects.count() == 1
@@ -488,7 +495,7 @@ def test_a_timeout_on_create_finds_the_batch_by_its_token_and_goes_to_it(
     response = submitter_client.post(CREATE, form_data(token))
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_made"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_made"])
     assert len(sent_bodies(upstream)) == 1  # the create was not sent twice
     assert [c.request.method for c in upstream.calls] == ["POST", "GET"]
     batch = Batch.objects.get(openai_id="batch_made")
@@ -522,7 +529,7 @@ def test_a_timeout_on_create_with_no_batch_found_says_so_and_allows_a_resubmit(
     again = submitter_client.post(CREATE, form_data(token))
 
     assert again.status_code == 302
-    assert again["Location"] == reverse("batch-detail", args=["batch_second"])
+    assert again["Location"] == reverse("batch-detail", args=["default", "batch_second"])
     assert [b["metadata"]["batchweb_token"] for b in sent_bodies(upstream)] == [token, token]
     assert Batch.objects.get().created_by == submitter
     assert Submission.objects.get(token=token).state == Submission.State.DONE
@@ -540,6 +547,6 @@ def test_a_server_error_on_create_also_looks_for_the_token(submitter_client, ups
     response = submitter_client.post(CREATE, form_data(token))
 
     assert response.status_code == 302
-    assert response["Location"] == reverse("batch-detail", args=["batch_made"])
+    assert response["Location"] == reverse("batch-detail", args=["default", "batch_made"])
     assert len(sent_bodies(upstream)) == 1
     assert Batch.objects.count() == 1

@@ -19,7 +19,7 @@ KEY = settings.OPENAI_API_KEY
 
 
 def detail(openai_id: str) -> str:
-    return reverse("batch-detail", args=[openai_id])
+    return reverse("batch-detail", args=["default", openai_id])
 
 
 def utc(seconds: int) -> str:
@@ -224,7 +224,7 @@ def test_a_refresh_that_finds_the_batch_completed_shows_it_completed(
 
     assert '<span class="badge s-completed">completed</span>' in content
     assert "file-out1" in content
-    assert reverse("batch-cancel", args=["batch_run1"]) not in content
+    assert reverse("batch-cancel", args=["default", "batch_run1"]) not in content
 
 
 def test_a_gateway_id_with_a_dash_is_refreshed_too(viewer_client, upstream):

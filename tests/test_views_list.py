@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from responses import matchers
 
-from batches.models import Batch, SyncState
+from batches.models import Batch, SyncState, default_connection
 from batches.openai_client import UpstreamUnavailable
 from batches.services import batch_upsert
 from batches.views.batches import PAGE_SIZE
@@ -35,7 +35,7 @@ def add(openai_id: str, *, created_at: int = BASE_TIME, by: User | None = None, 
 
 def row_ids(response) -> list[str]:
     """The batch ids of the table rows, in page order."""
-    return re.findall(r'<tr id="row-([^"]+)">', response.content.decode())
+    return re.findall(r'<tr id="row-\d+" data-batch-id="([^"]+)">', response.content.decode())
 
 
 def tab_counts(response) -> dict[str, int]:
@@ -312,10 +312,10 @@ def test_a_completed_batch_where_every_request_failed_is_shown_as_all_failed(vie
 
     content = viewer_client.get(LIST).content.decode()
 
-    row = content.split('id="row-batch_allfail"', 1)[1].split("</tr>", 1)[0]
+    row = content.split('data-batch-id="batch_allfail"', 1)[1].split("</tr>", 1)[0]
     assert '<span class="badge s-failed">completed, all failed</span>' in row
     assert "250 failed" in row
-    other = content.split('id="row-batch_somefail"', 1)[1].split("</tr>", 1)[0]
+    other = content.split('data-batch-id="batch_somefail"', 1)[1].split("</tr>", 1)[0]
     assert '<span class="badge s-warning">completed with failures</span>' in other
 
 
@@ -330,7 +330,7 @@ def test_the_list_shows_label_model_endpoint_creator_and_progress(viewer_client,
 
     content = viewer_client.get(LIST).content.decode()
 
-    row = content.split('id="row-batch_row"', 1)[1].split("</tr>", 1)[0]
+    row = content.split('data-batch-id="batch_row"', 1)[1].split("</tr>", 1)[0]
     assert "weekly-report" in row
     assert "gpt-4o-mini-2024-07-18" in row
     assert "/v1/chat/completions" in row
@@ -340,7 +340,7 @@ def test_the_list_shows_label_model_endpoint_creator_and_progress(viewer_client,
 
 
 def test_a_failing_sync_shows_a_banner_on_the_list(viewer_client, mixed):
-    SyncState.get().record_failure(
+    SyncState.get(default_connection()).record_failure(
         UpstreamUnavailable("bad gateway", status=502, request_id="req_banner1")
     )
 
@@ -523,13 +523,13 @@ def test_sync_now_walks_upstream_and_reports_the_counts(viewer_client, upstream)
     assert response.status_code == 302
     assert response["Location"] == LIST
     assert [str(m) for m in get_messages(response.wsgi_request)] == [
-        "Synced: 2 new, 0 changed, 1 running batches refreshed."
+        "Synced: 2 new, 0 changed, 1 running batch refreshed."
     ]
     assert dict(Batch.objects.values_list("openai_id", "status")) == {
         "batch_s1": "finalizing",
         "batch_s2": "completed",
     }
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert state.last_success_at is not None
     assert not state.is_failing
     assert "Data synced" in viewer_client.get(LIST).content.decode()
@@ -562,7 +562,7 @@ def test_sync_now_reads_a_bounded_number_of_pages_and_leaves_the_rest_to_the_wor
     response = viewer_client.post(SYNC, {"next": LIST})
 
     [message] = [str(m) for m in get_messages(response.wsgi_request)]
-    assert message.startswith("Synced: 4 new, 0 changed, 1 running batches refreshed.")
+    assert message.startswith("Synced: 4 new, 0 changed, 1 running batch refreshed.")
     assert "the worker fetches the rest" in message
     assert Batch.objects.count() == 4
     listed = [c for c in upstream.calls if c.request.url.split("?")[0].endswith("/batches")]
@@ -595,7 +595,7 @@ def test_a_failing_sync_now_says_so_records_the_error_and_raises_the_banner(
     assert message.startswith("Sync failed; the list shows what was cached before.")
     assert "HTTP 500" in message
     assert "req_sync500" in message
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert state.is_failing
     assert state.last_error_request_id == "req_sync500"
     assert "The server had an error" in state.last_error

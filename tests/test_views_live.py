@@ -45,7 +45,7 @@ def test_the_rows_fragment_sends_fresh_rows_and_announces_changes(viewer_client,
 
     content = response.content.decode()
     assert response.status_code == 200
-    assert '<tr id="row-batch_run" hx-swap-oob="true">' in content
+    assert f'<tr id="row-{batch.pk}" data-batch-id="batch_run" hx-swap-oob="true">' in content
     assert "completed" in content
     assert "batch_run is now completed" in content
     # Finished: the poller comes back without a trigger, so polling stops.
@@ -63,7 +63,9 @@ def test_the_rows_fragment_ignores_junk_ids(viewer_client):
 def test_the_detail_fragment_updates_progress_without_calling_upstream(viewer_client, upstream):
     add("batch_run", "in_progress", request_counts={"total": 10, "completed": 7, "failed": 0})
 
-    response = viewer_client.get(reverse("batch-live", args=["batch_run"]), {"seen": "in_progress"})
+    response = viewer_client.get(
+        reverse("batch-live", args=["default", "batch_run"]), {"seen": "in_progress"}
+    )
 
     content = response.content.decode()
     assert "7 / 10" in content
@@ -75,7 +77,9 @@ def test_the_detail_fragment_updates_progress_without_calling_upstream(viewer_cl
 def test_the_detail_fragment_reloads_the_page_once_the_batch_finishes(viewer_client):
     add("batch_run", "completed")
 
-    response = viewer_client.get(reverse("batch-live", args=["batch_run"]), {"seen": "finalizing"})
+    response = viewer_client.get(
+        reverse("batch-live", args=["default", "batch_run"]), {"seen": "finalizing"}
+    )
 
     assert response.headers["HX-Refresh"] == "true"
     assert "Status: completed" in response.content.decode()
@@ -84,7 +88,9 @@ def test_the_detail_fragment_reloads_the_page_once_the_batch_finishes(viewer_cli
 def test_pages_offer_a_refresh_link_for_people_without_javascript(viewer_client):
     add("batch_run", "completed")
 
-    content = viewer_client.get(reverse("batch-detail", args=["batch_run"])).content.decode()
+    content = viewer_client.get(
+        reverse("batch-detail", args=["default", "batch_run"])
+    ).content.decode()
 
     assert 'class="refresh-link">Refresh</a>' in content
 

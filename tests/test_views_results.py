@@ -68,16 +68,16 @@ def messages_of(response) -> list[str]:
 
 
 def detail_url(openai_id: str = "batch_done1") -> str:
-    return reverse("batch-detail", args=[openai_id])
+    return reverse("batch-detail", args=["default", openai_id])
 
 
 def results_url(openai_id: str = "batch_done1", **params: str) -> str:
-    url = reverse("batch-results", args=[openai_id])
+    url = reverse("batch-results", args=["default", openai_id])
     return url + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
 
 
 def download_url(kind: str, openai_id: str = "batch_done1") -> str:
-    return reverse("batch-download", args=[openai_id, kind])
+    return reverse("batch-download", args=["default", openai_id, kind])
 
 
 def shown_ids(response) -> list[str]:
@@ -201,9 +201,13 @@ def test_a_batch_completed_with_every_request_failed_is_unmistakable(viewer_clie
 
     assert "Every request in this batch failed" in plain(page)
     assert '<span class="badge s-failed">completed, all failed</span>' in text(page)
-    row = re.search(r'<tr id="row-batch_allfail">(.*?)</tr>', text(listing), re.S).group(1)
+    row = re.search(
+        r'<tr id="row-\d+" data-batch-id="batch_allfail">(.*?)</tr>', text(listing), re.S
+    ).group(1)
     assert "completed, all failed" in row and "s-failed" in row
-    fine = re.search(r'<tr id="row-batch_fine">(.*?)</tr>', text(listing), re.S).group(1)
+    fine = re.search(
+        r'<tr id="row-\d+" data-batch-id="batch_fine">(.*?)</tr>', text(listing), re.S
+    ).group(1)
     assert "all failed" not in fine
 
 
@@ -285,7 +289,7 @@ def test_unreadable_lines_are_shown_as_rows_not_a_500(viewer_client, upstream, d
     assert response.status_code == 200
     assert "This line of the file is not valid JSON." in plain(response)
     row = ResultRow.objects.get(batch=batch, custom_id__startswith="(unreadable")
-    one = viewer_client.get(reverse("batch-result", args=["batch_junk", row.pk]))
+    one = viewer_client.get(reverse("batch-result", args=["default", "batch_junk", row.pk]))
     assert one.status_code == 200
 
 
@@ -396,7 +400,7 @@ def test_viewing_results_counts_as_using_the_local_copies(viewer_client, big):
 
 def result_url(batch: Batch, custom_id: str) -> str:
     row = ResultRow.objects.get(batch=batch, custom_id=custom_id)
-    return reverse("batch-result", args=[batch.openai_id, row.pk])
+    return reverse("batch-result", args=["default", batch.openai_id, row.pk])
 
 
 def test_one_result_pretty_prints_its_request_and_response(viewer_client, upstream, batch):
@@ -435,7 +439,7 @@ def test_a_result_of_another_batch_is_not_found(viewer_client, upstream, batch):
     other = finished_batch("batch_other")
     row = ResultRow.objects.filter(batch=batch).first()
 
-    url = reverse("batch-result", args=[other.openai_id, row.pk])
+    url = reverse("batch-result", args=["default", other.openai_id, row.pk])
     assert viewer_client.get(url).status_code == 404
 
 
@@ -443,7 +447,7 @@ def test_a_result_of_another_batch_is_not_found(viewer_client, upstream, batch):
 
 
 def retry_url(openai_id: str = "batch_done1") -> str:
-    return reverse("batch-retry", args=[openai_id])
+    return reverse("batch-retry", args=["default", openai_id])
 
 
 def test_the_retry_button_shows_for_submitters_not_viewers(
@@ -520,7 +524,7 @@ def test_retrying_shows_how_many_and_why_then_creates_a_batch_linked_to_its_orig
     new_page = plain(submitter_client.get(detail_url("batch_retry1")))
     assert "This batch retries batch_done1" in new_page
     origin = text(submitter_client.get(detail_url()))
-    assert "Retries" in origin and 'href="/batches/batch_retry1/"' in origin
+    assert "Retries" in origin and 'href="/connections/default/batches/batch_retry1/"' in origin
 
 
 def test_retrying_a_batch_where_everything_succeeded_says_there_is_nothing_to_retry(
@@ -561,7 +565,7 @@ def test_the_results_export_is_a_streamed_csv_of_every_request(viewer_client, up
         errors=jsonl([http_error_line("req-2", 400, "@mention is not allowed", "bad")]),
     )
 
-    response = viewer_client.get(reverse("batch-results-csv", args=["batch_csv"]))
+    response = viewer_client.get(reverse("batch-results-csv", args=["default", "batch_csv"]))
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from batches import services
 from batches.management.commands import sync_batches as command_module
-from batches.models import Batch, BatchTally, Status, SyncState
+from batches.models import Batch, BatchTally, Status, SyncState, default_connection
 from batches.services import sync
 from batches.services.sync import (
     PassResult,
@@ -52,8 +52,8 @@ def now() -> dt.datetime:
 @pytest.fixture
 def incremental(db, now):
     """A full sync was done a moment ago, so passes walk the list incrementally."""
-    SyncState.get()
-    SyncState.objects.filter(pk=1).update(last_full_sync_at=now)
+    SyncState.get(default_connection())
+    SyncState.objects.filter(connection=default_connection()).update(last_full_sync_at=now)
 
 
 @pytest.fixture(autouse=True)
@@ -184,7 +184,9 @@ def test_due_batches_are_claimed_soonest_first_never_scheduled_ones_before_all(n
     Batch.objects.filter(pk=c.pk).update(next_refresh_at=later(now, -20))
     Batch.objects.filter(pk=d.pk).update(next_refresh_at=later(now, 10))
 
-    claimed = batches_claim_due(now=now, until=later(now, 60), limit=10)
+    claimed = batches_claim_due(
+        connection=default_connection(), now=now, until=later(now, 60), limit=10
+    )
 
     assert [batch.openai_id for batch in claimed] == ["batch_a", "batch_c", "batch_b"]
     assert all(batch.next_refresh_at == later(now, 60) for batch in claimed)
@@ -193,9 +195,15 @@ def test_due_batches_are_claimed_soonest_first_never_scheduled_ones_before_all(n
 def test_a_claimed_batch_is_not_claimed_again_within_its_lease(now):
     cached_and_due(now, "batch_1")
 
-    first = batches_claim_due(now=now, until=later(now, 60), limit=10)
-    during = batches_claim_due(now=later(now, 59), until=later(now, 119), limit=10)
-    after = batches_claim_due(now=later(now, 60), until=later(now, 120), limit=10)
+    first = batches_claim_due(
+        connection=default_connection(), now=now, until=later(now, 60), limit=10
+    )
+    during = batches_claim_due(
+        connection=default_connection(), now=later(now, 59), until=later(now, 119), limit=10
+    )
+    after = batches_claim_due(
+        connection=default_connection(), now=later(now, 60), until=later(now, 120), limit=10
+    )
 
     assert [len(first), len(during), len(after)] == [1, 0, 1]
 
@@ -203,7 +211,9 @@ def test_a_claimed_batch_is_not_claimed_again_within_its_lease(now):
 def test_a_claim_takes_no_more_than_asked(now):
     cached_and_due(now, *(f"batch_{i}" for i in range(5)))
 
-    claimed = batches_claim_due(now=now, until=later(now, 60), limit=3)
+    claimed = batches_claim_due(
+        connection=default_connection(), now=now, until=later(now, 60), limit=3
+    )
 
     assert len(claimed) == 3
     assert Batch.objects.due_for_refresh(now).count() == 2
@@ -221,7 +231,7 @@ def test_a_pass_with_nothing_new_costs_one_list_call_and_one_retrieve_per_due_ba
     for batch_id in ("batch_r1", "batch_r2", "batch_r3"):
         upstream.get(f"{API}/batches/{batch_id}", json=running(batch_id, completed=20))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert listed(upstream) == 1
     assert sorted(retrieved(upstream)) == ["batch_r1", "batch_r2", "batch_r3"]
@@ -237,7 +247,7 @@ def test_a_pass_retrieves_the_most_overdue_batches_first(upstream, now, incremen
     for batch_id in ("batch_oldest", "batch_old"):
         upstream.get(f"{API}/batches/{batch_id}", json=running(batch_id))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert retrieved(upstream) == ["batch_oldest", "batch_old"]
     assert (result.due, result.refreshed) == (2, 2)
@@ -254,7 +264,7 @@ def test_a_batch_the_list_just_brought_is_not_retrieved_in_the_same_pass(
         ),
     )
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert retrieved(upstream) == []
     assert (result.changed, result.due, result.refreshed) == (1, 0, 0)
@@ -275,7 +285,7 @@ def test_a_retrieve_that_changed_resets_the_interval_and_one_that_did_not_grows_
     upstream.get(f"{API}/batches/batch_moved", json=running("batch_moved", completed=99))
     upstream.get(f"{API}/batches/batch_still", json=running("batch_still"))
 
-    sync_pass(now=now)
+    sync_pass(connection=default_connection(), now=now)
 
     moved.refresh_from_db()
     still.refresh_from_db()
@@ -288,8 +298,8 @@ def test_a_batch_that_finished_is_not_due_any_more(upstream, now, incremental):
     upstream.get(LIST_URL, json=an_old_page(now))
     upstream.get(f"{API}/batches/batch_1", json=done("batch_1"))
 
-    sync_pass(now=now)
-    second = sync_pass(now=later(now, 3000))
+    sync_pass(connection=default_connection(), now=now)
+    second = sync_pass(connection=default_connection(), now=later(now, 3000))
 
     assert retrieved(upstream) == ["batch_1"]
     assert Batch.objects.get(openai_id="batch_1").status == Status.COMPLETED
@@ -308,8 +318,8 @@ def test_a_running_batch_upstream_answers_404_for_is_marked_and_left_alone_for_l
         headers={"x-request-id": "req_404"},
     )
 
-    first = sync_pass(now=now)
-    second = sync_pass(now=later(now, 600))
+    first = sync_pass(connection=default_connection(), now=now)
+    second = sync_pass(connection=default_connection(), now=later(now, 600))
 
     gone = Batch.objects.get(openai_id="batch_gone")
     assert "No such batch" in gone.last_error
@@ -319,7 +329,9 @@ def test_a_running_batch_upstream_answers_404_for_is_marked_and_left_alone_for_l
     assert "1 not found upstream" in str(first)
     assert second.due == 0
     assert retrieved(upstream) == ["batch_gone"]
-    assert not SyncState.get().is_failing, "one lost batch is not an upstream outage"
+    assert not SyncState.get(default_connection()).is_failing, (
+        "one lost batch is not an upstream outage"
+    )
 
 
 def test_a_batch_upstream_knows_again_loses_its_error(upstream, now, incremental):
@@ -338,7 +350,9 @@ def test_an_older_answer_changes_nothing_and_does_not_leave_the_batch_on_its_lea
 ):
     (batch,) = cached_and_due(now, "batch_1")
     store(running("batch_1", completed=80), later(now, -3000))  # the cache is ahead
-    claimed = batches_claim_due(now=now, until=later(now, 60), limit=1)
+    claimed = batches_claim_due(
+        connection=default_connection(), now=now, until=later(now, 60), limit=1
+    )
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=40))
 
     outcome = batch_refresh_scheduled(
@@ -363,7 +377,11 @@ def test_a_stop_request_between_fetches_gives_back_the_rest(upstream, now, incre
         return stop.is_set()
 
     result = refresh_due_batches(
-        client=services.get_client(), due_at=now, now=now, stop=stop_after_first
+        connection=default_connection(),
+        client=services.get_client(),
+        due_at=now,
+        now=now,
+        stop=stop_after_first,
     )
 
     assert (result.due, result.refreshed) == (3, 1)
@@ -377,7 +395,7 @@ def test_each_pass_walks_the_list_until_a_page_brings_nothing_new(upstream, now,
     upstream.get(LIST_URL, json=make_list([done("batch_4"), done("batch_3")], has_more=True))
     upstream.get(LIST_URL, json=an_old_page(now))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert (result.listed_pages, result.new, result.full) == (2, 2, False)
     assert listed(upstream) == 2
@@ -392,7 +410,7 @@ def test_finished_batches_a_page_shows_unchanged_are_noted_without_an_upsert_eac
     monkeypatch.setattr(sync, "batch_upsert", lambda **kw: upserts.append(kw) or real_upsert(**kw))
     upstream.get(LIST_URL, json=page)
 
-    result = sync_pass(now=later(now, 60))
+    result = sync_pass(connection=default_connection(), now=later(now, 60))
 
     assert (result.listed_pages, result.new, result.changed) == (1, 0, 0)
     assert upserts == []
@@ -407,61 +425,65 @@ def test_the_first_pass_is_a_full_sync_and_rebuilds_the_tallies(upstream, now):
     upstream.get(LIST_URL, json=make_list([done("batch_1")], has_more=True))
     upstream.get(LIST_URL, json=make_list([done("batch_0")], has_more=False))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert (result.full, result.listed_pages, result.new) == (True, 3, 2)
     assert "full sync" in str(result)
-    assert SyncState.get().last_full_sync_at == now
+    assert SyncState.get(default_connection()).last_full_sync_at == now
     assert sum(BatchTally.objects.values_list("count", flat=True)) == 3
 
 
 def test_a_full_sync_comes_round_again_after_the_set_time(upstream, now, settings):
     settings.SYNC_FULL_EVERY_SECONDS = 3600
-    SyncState.get()
+    SyncState.get(default_connection())
     SyncState.objects.update(last_full_sync_at=later(now, -3599))
     upstream.get(LIST_URL, json=an_old_page(now))
     upstream.get(LIST_URL, json=an_old_page(now))
     upstream.get(LIST_URL, json=make_list([], has_more=False))
 
-    before = sync_pass(now=now)
-    after = sync_pass(now=later(now, 1))
+    before = sync_pass(connection=default_connection(), now=now)
+    after = sync_pass(connection=default_connection(), now=later(now, 1))
 
     assert (before.full, before.listed_pages) == (False, 1)
     assert (after.full, after.listed_pages) == (True, 2)
-    assert SyncState.get().last_full_sync_at == later(now, 1)
+    assert SyncState.get(default_connection()).last_full_sync_at == later(now, 1)
 
 
 def test_the_list_is_skipped_while_another_worker_walks_it(upstream, now, monkeypatch):
     @contextmanager
-    def held_elsewhere():
+    def held_elsewhere(connection):
         yield False
 
     monkeypatch.setattr(sync, "list_lock", held_elsewhere)
     cached_and_due(now, "batch_1")
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1"))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert listed(upstream) == 0
     assert result.refreshed == 1
     assert "list skipped: another worker is listing" in str(result)
-    assert SyncState.get().last_full_sync_at is None, "the full sync is left to the lister"
+    assert SyncState.get(default_connection()).last_full_sync_at is None, (
+        "the full sync is left to the lister"
+    )
 
 
 @on_postgresql
 def test_on_postgresql_the_list_lock_is_an_advisory_lock(upstream, now):
+    """One advisory lock per connection: (LIST_LOCK_KEY, connection id)."""
+    key = [sync.LIST_LOCK_KEY, default_connection().pk]
     other = connections.create_connection("default")
     try:
         with other.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [sync.LIST_LOCK_KEY])
+            cursor.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", key)
             assert cursor.fetchone()[0]
 
-        skipped = sync_pass(now=now)
+        skipped = sync_pass(connection=default_connection(), now=now)
 
         with other.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [sync.LIST_LOCK_KEY])
+            cursor.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", key)
         upstream.get(LIST_URL, json=make_list([], has_more=False))
-        listed_now = sync_pass(now=now)
+        listed_now = sync_pass(connection=default_connection(), now=now)
     finally:
         other.close()
 
@@ -483,7 +505,9 @@ def test_on_postgresql_a_claim_skips_rows_another_worker_has_locked(now):
         with other.cursor() as cursor:
             cursor.execute("BEGIN")
             cursor.execute("SELECT id FROM batches_batch WHERE id = %s FOR UPDATE", [held.pk])
-            claimed = batches_claim_due(now=now, until=later(now, 60), limit=10)
+            claimed = batches_claim_due(
+                connection=default_connection(), now=now, until=later(now, 60), limit=10
+            )
             cursor.execute("ROLLBACK")
     finally:
         other.close()
@@ -502,12 +526,12 @@ def test_an_upstream_failure_is_recorded_for_the_pages_and_backs_off(
             LIST_URL, status=503, json=error_body("overloaded"), headers={"x-request-id": "req_1"}
         )
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert result.failed and "overloaded" in result.error
     assert result.backoff_seconds == 10
     assert str(result).startswith("The OpenAI API is not available right now (HTTP 503)")
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert state.is_failing
     assert state.last_error_request_id == "req_1"
     assert "overloaded" in state.last_error
@@ -520,22 +544,22 @@ def test_retry_after_is_honoured(upstream, no_sleep, now, incremental):
             LIST_URL, status=429, json=error_body("slow down"), headers={"retry-after": "45"}
         )
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert result.backoff_seconds == 45
-    assert SyncState.get().backoff_until == later(now, 45)
+    assert SyncState.get(default_connection()).backoff_until == later(now, 45)
 
 
 def test_a_pass_while_backing_off_calls_nothing(upstream, now, incremental):
     SyncState.objects.update(backoff_until=later(now, 10))
     cached_and_due(now, "batch_1")
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert len(upstream.calls) == 0
     assert result.backoff_seconds == 10
     assert "upstream failing: next try in 10 s" in str(result)
-    assert backoff_remaining(now=later(now, 10)) == 0
+    assert backoff_remaining(connection=default_connection(), now=later(now, 10)) == 0
 
 
 def test_the_backoff_doubles_while_failures_go_on_up_to_the_cap(
@@ -545,7 +569,7 @@ def test_the_backoff_doubles_while_failures_go_on_up_to_the_cap(
     upstream.get(LIST_URL, status=500, json=error_body("boom"))
     waits, at = [], now
     for _ in range(4):
-        result = sync_pass(now=at)
+        result = sync_pass(connection=default_connection(), now=at)
         waits.append(result.backoff_seconds)
         at = later(at, result.backoff_seconds)
 
@@ -555,12 +579,12 @@ def test_the_backoff_doubles_while_failures_go_on_up_to_the_cap(
 def test_a_pass_that_works_again_clears_the_failure(upstream, no_sleep, now, incremental):
     for _ in range(3):
         upstream.get(LIST_URL, status=500, json=error_body("boom"))
-    sync_pass(now=now)
+    sync_pass(connection=default_connection(), now=now)
     upstream.get(LIST_URL, json=make_list([], has_more=False))
 
-    sync_pass(now=later(now, 10))
+    sync_pass(connection=default_connection(), now=later(now, 10))
 
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert not state.is_failing
     assert state.backoff_until is None
     assert state.last_success_at == later(now, 10)
@@ -575,7 +599,7 @@ def test_claimed_batches_are_given_back_when_upstream_fails_mid_pass(
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=30))
     upstream.get(f"{API}/batches/batch_2", status=500, json=error_body("boom"))
 
-    result = sync_pass(now=now)
+    result = sync_pass(connection=default_connection(), now=now)
 
     assert (result.due, result.refreshed, result.errors) == (3, 1, 1)
     assert "batch_3" not in retrieved(upstream)
@@ -603,7 +627,7 @@ def test_the_worker_writes_one_line_per_pass(upstream, no_sleep, incremental, ca
 
     lines = out.splitlines()
     assert len(lines) == 4
-    assert all(line.startswith("sync: 1 pages listed, ") for line in lines[:3])
+    assert all(line.startswith("sync default: 1 pages listed, ") for line in lines[:3])
     assert "1 new" in lines[0] and "0 new" in lines[1]
     assert lines[3] == "Sync worker stopped."
     assert err == ""
@@ -628,9 +652,9 @@ def test_a_database_error_is_reported_and_the_loop_goes_on(monkeypatch):
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
 
-    assert "sync failed: database error (OperationalError: server closed" in err
+    assert "sync default failed: database error (OperationalError: server closed" in err
     assert "next try in 0 s" in err
-    assert out.count("sync: ") == 1
+    assert out.count("sync default: ") == 1
     assert outcomes == []
 
 
@@ -659,7 +683,7 @@ def test_sigterm_during_the_wait_stops_the_loop_at_once(monkeypatch):
         timer.cancel()
 
     assert time.monotonic() - started < 5
-    assert out.count("sync: ") == 1
+    assert out.count("sync default: ") == 1
     assert out.rstrip().endswith("Sync worker stopped.")
 
 
@@ -672,5 +696,5 @@ def test_the_worker_leaves_a_long_retry_after_to_its_backoff(upstream, no_sleep,
     assert listed(upstream) == 1, "not retried inside the client"
     assert no_sleep == []
     assert "Next try in 45 s" in err
-    wait = (SyncState.get().backoff_until - started).total_seconds()
+    wait = (SyncState.get(default_connection()).backoff_until - started).total_seconds()
     assert 44 <= wait <= 47

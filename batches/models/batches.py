@@ -10,6 +10,8 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from .connections import Connection, access_for, default_connection_id
+
 
 class Status(models.TextChoices):
     VALIDATING = "validating", "validating"
@@ -60,7 +62,15 @@ USER_KEY = "batchweb_user"
 class BatchQuerySet(models.QuerySet["Batch"]):
     def for_list(self) -> BatchQuerySet:
         """What the list page needs, in one query whatever the number of rows."""
-        return self.select_related("created_by").defer("raw", "errors", "result_summary")
+        return self.select_related("created_by", "connection").defer(
+            "raw", "errors", "result_summary"
+        )
+
+    def visible_to(self, user: Any) -> BatchQuerySet:
+        """Only the batches of connections the person may see. Someone who sees every
+        connection gets no extra condition, so the list's indexes serve the page as before."""
+        access = access_for(user)
+        return self if access.everything else self.filter(connection_id__in=access.ids)
 
     def running(self) -> BatchQuerySet:
         return self.filter(running=True)
@@ -84,7 +94,14 @@ class BatchQuerySet(models.QuerySet["Batch"]):
 
 
 class Batch(models.Model):
-    openai_id = models.CharField("batch id", max_length=128, unique=True)
+    # Every batch belongs to one connection; ids are unique per connection, not globally.
+    connection = models.ForeignKey(
+        Connection,
+        on_delete=models.PROTECT,
+        related_name="batches",
+        default=default_connection_id,
+    )
+    openai_id = models.CharField("batch id", max_length=128)
     status = models.CharField(max_length=32, choices=Status.choices)
     # Derived from status, stored so "running" is one indexed value rather than four.
     running = models.BooleanField(default=True)
@@ -159,10 +176,17 @@ class Batch(models.Model):
             ("submit_batch", "Can create batches upstream"),
             ("cancel_batch", "Can cancel batches upstream"),
         ]
+        constraints = [
+            models.UniqueConstraint(fields=["connection", "openai_id"], name="one_batch_per_id")
+        ]
         indexes = [
             # The list is newest first, whatever it is filtered by: one index per filter, each
             # ending in the sort order, so a page costs the same at 1,000 or 100,000 batches.
             models.Index(fields=["-created_at", "-id"], name="batch_newest"),
+            models.Index(
+                fields=["connection", "-created_at", "-id"], name="batch_connection_newest"
+            ),
+            models.Index(fields=["openai_id"], name="batch_openai_id"),
             models.Index(fields=["status", "-created_at", "-id"], name="batch_status_newest"),
             models.Index(fields=["running", "-created_at", "-id"], name="batch_running_newest"),
             models.Index(fields=["model", "-created_at", "-id"], name="batch_model_newest"),
@@ -173,6 +197,15 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return self.openai_id
+
+    def get_absolute_url(self) -> str:
+        return self.url("batch-detail")
+
+    def url(self, name: str, *args: Any) -> str:
+        """The URL of one of this batch's pages: batch URLs name the connection and the id."""
+        from django.urls import reverse
+
+        return reverse(name, args=[self.connection.slug, self.openai_id, *args])
 
     # --- State ------------------------------------------------------------------------------
 
@@ -349,8 +382,8 @@ class Batch(models.Model):
         self.refresh_interval = interval
         self.next_refresh_at = now + dt.timedelta(seconds=interval)
 
-    def tally_key(self) -> tuple[str, str, str, int]:
-        return (self.status, self.endpoint, self.model, self.created_by_id or 0)
+    def tally_key(self) -> tuple[int, str, str, str, int]:
+        return (self.connection_id, self.status, self.endpoint, self.model, self.created_by_id or 0)
 
     def build_search_text(self) -> str:
         parts = [
@@ -408,8 +441,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 class SyncState(models.Model):
-    """One row: how the last conversations with upstream went, for the freshness line."""
+    """How the last conversations with one connection's upstream went: for its freshness line,
+    its outage banner and the worker's backoff. One row per connection."""
 
+    connection = models.OneToOneField(
+        Connection, on_delete=models.CASCADE, related_name="sync_state"
+    )
     last_sync_at = models.DateTimeField(null=True, blank=True)
     last_full_sync_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
@@ -420,11 +457,11 @@ class SyncState(models.Model):
     backoff_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
-        return f"sync state (last success {self.last_success_at})"
+        return f"sync state of {self.connection_id} (last success {self.last_success_at})"
 
     @classmethod
-    def get(cls) -> SyncState:
-        state, _ = cls.objects.get_or_create(pk=1)
+    def get(cls, connection: Connection) -> SyncState:
+        state, _ = cls.objects.select_related("connection").get_or_create(connection=connection)
         return state
 
     def record_success(self, *, now: dt.datetime | None = None) -> None:
@@ -490,6 +527,9 @@ class Event(models.Model):
         Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
     )
     batch_openai_id = models.CharField(max_length=128, blank=True)
+    connection = models.ForeignKey(
+        Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     action = models.CharField(max_length=32, choices=Action.choices)
     detail = models.TextField(blank=True)
 
@@ -506,6 +546,7 @@ class Event(models.Model):
         *,
         user: Any = None,
         batch: Batch | None = None,
+        connection: Connection | None = None,
         detail: str = "",
     ) -> Event:
         return cls.objects.create(
@@ -513,6 +554,7 @@ class Event(models.Model):
             user=user if getattr(user, "is_authenticated", False) else None,
             batch=batch,
             batch_openai_id=batch.openai_id if batch else "",
+            connection=batch.connection if batch else connection,
             detail=detail[:2000],
         )
 
@@ -532,6 +574,9 @@ class Submission(models.Model):
 
     token = models.CharField(max_length=64, unique=True)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL)
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="+", default=default_connection_id
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     batch = models.ForeignKey(Batch, null=True, blank=True, on_delete=models.SET_NULL)
     # The checked input file waits here between "check" and "create" (see submissions).
@@ -617,10 +662,11 @@ class ResultRow(models.Model):
 
 
 class BatchTally(models.Model):
-    """How many cached batches share one (status, endpoint, model, creator): kept in step by
-    every upsert, so the list's counts and filter choices cost the same at 1,000 or 100,000
-    batches. `creator_id` is 0 for batches made outside batchweb."""
+    """How many cached batches share one (connection, status, endpoint, model, creator): kept in
+    step by every upsert, so the list's counts and filter choices cost the same at 1,000 or
+    100,000 batches. `creator_id` is 0 for batches made outside batchweb."""
 
+    connection_id = models.BigIntegerField(default=0)
     status = models.CharField(max_length=32)
     endpoint = models.CharField(max_length=64)
     model = models.CharField(max_length=128)
@@ -630,12 +676,16 @@ class BatchTally(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["status", "endpoint", "model", "creator_id"], name="one_tally_per_key"
+                fields=["connection_id", "status", "endpoint", "model", "creator_id"],
+                name="one_tally_per_key",
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.status}/{self.endpoint}/{self.model}/{self.creator_id}: {self.count}"
+        return (
+            f"{self.connection_id}/{self.status}/{self.endpoint}/{self.model}/"
+            f"{self.creator_id}: {self.count}"
+        )
 
     @classmethod
     def move(cls, old: tuple | None, new: tuple | None) -> None:
@@ -649,8 +699,14 @@ class BatchTally(models.Model):
 
     @classmethod
     def add(cls, key: tuple, delta: int) -> None:
-        status, endpoint, model, creator_id = key
-        where = {"status": status, "endpoint": endpoint, "model": model, "creator_id": creator_id}
+        connection_id, status, endpoint, model, creator_id = key
+        where = {
+            "connection_id": connection_id,
+            "status": status,
+            "endpoint": endpoint,
+            "model": model,
+            "creator_id": creator_id,
+        }
         if cls.objects.filter(**where).update(count=models.F("count") + delta):
             return
         try:
@@ -664,13 +720,14 @@ class BatchTally(models.Model):
         """Recount from the batches themselves (after deletions outside batchweb's services)."""
         rows = (
             Batch.objects.order_by()
-            .values("status", "endpoint", "model", "created_by_id")
+            .values("connection_id", "status", "endpoint", "model", "created_by_id")
             .annotate(n=Count("id"))
         )
         with transaction.atomic():
             cls.objects.all().delete()
             cls.objects.bulk_create(
                 cls(
+                    connection_id=r["connection_id"],
                     status=r["status"],
                     endpoint=r["endpoint"],
                     model=r["model"],

@@ -13,12 +13,28 @@ from .batches import (
     batch_create,
     batch_refresh,
     batch_upsert,
-    get_client,
     new_submission_token,
 )
-from .sync import PassResult, SyncResult, batches_sync, refresh_running_batches, sync_pass
+from .connections import (
+    ConnectionNotReady,
+    ConnectionTestResult,
+    connection_for,
+    connection_test,
+    connections_for,
+    get_client,
+)
+from .sync import (
+    PassResult,
+    SyncResult,
+    batches_sync,
+    record_upstream_failure,
+    refresh_running_batches,
+    sync_pass,
+)
 
 __all__ = [
+    "ConnectionNotReady",
+    "ConnectionTestResult",
     "InputFacts",
     "PassResult",
     "ServiceError",
@@ -29,8 +45,12 @@ __all__ = [
     "batch_refresh",
     "batch_upsert",
     "batches_sync",
+    "connection_for",
+    "connection_test",
+    "connections_for",
     "get_client",
     "new_submission_token",
+    "record_upstream_failure",
     "refresh_running_batches",
     "sync_pass",
 ]

@@ -14,8 +14,18 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import TOKEN_KEY, USER_KEY, Batch, BatchTally, Event, payload_counts
-from ..openai_client import OpenAIClient, OpenAIError
+from ..models import (
+    TOKEN_KEY,
+    USER_KEY,
+    Batch,
+    BatchTally,
+    Connection,
+    Event,
+    default_connection,
+    payload_counts,
+)
+from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
+from .connections import get_client
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +35,6 @@ RECONCILE_PAGES = 3
 
 class ServiceError(Exception):
     """A service refused to act; the message is for people."""
-
-
-def get_client(*, interactive: bool = False) -> OpenAIClient:
-    """The configured client. `interactive` is for calls made while a person waits on a page:
-    shorter timeouts and fewer retries, since the page falls back to the cache anyway."""
-    return OpenAIClient.from_settings(interactive=interactive)
 
 
 def new_submission_token() -> str:
@@ -58,14 +62,22 @@ class UpsertResult:
     stale: bool = False
 
 
-def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> UpsertResult:
-    """Store one Batch payload. An older payload never moves a batch back."""
+def batch_upsert(
+    *,
+    payload: dict[str, Any],
+    connection: Connection | None = None,
+    now: dt.datetime | None = None,
+) -> UpsertResult:
+    """Store one Batch payload of a connection (the default one when none is named). An older
+    payload never moves a batch back."""
     now = now or timezone.now()
+    connection = connection or default_connection()
     openai_id = str(payload["id"])
+    mine = Batch.objects.filter(connection=connection, openai_id=openai_id)
     with transaction.atomic():
-        batch = Batch.objects.select_for_update().filter(openai_id=openai_id).first()
+        batch = mine.select_for_update().first()
         if batch is None:
-            batch = Batch(openai_id=openai_id)
+            batch = Batch(connection=connection, openai_id=openai_id)
             batch.apply_payload(payload, now=now)
             _link_creator(batch)
             _drop_claimed_token(batch)
@@ -74,10 +86,10 @@ def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> 
                     batch.save()
                     BatchTally.move(None, batch.tally_key())
             except IntegrityError:
-                if not Batch.objects.filter(openai_id=openai_id).exists():
+                if not mine.exists():
                     raise  # not the race below: retrying would recurse forever
                 # Another process stored it between our read and write: merge into theirs.
-                return batch_upsert(payload=payload, now=now)
+                return batch_upsert(payload=payload, connection=connection, now=now)
             return UpsertResult(batch=batch, created=True, changed=True)
         if not batch.is_older_than(str(payload.get("status") or ""), payload_counts(payload)):
             if batch.raw == payload:
@@ -96,14 +108,24 @@ def batch_upsert(*, payload: dict[str, Any], now: dt.datetime | None = None) -> 
         return UpsertResult(batch=batch, changed=changed)
 
 
-def batches_insert_new(*, payloads: list[dict[str, Any]], now: dt.datetime) -> set[str]:
+def batches_insert_new(
+    *, payloads: list[dict[str, Any]], connection: Connection, now: dt.datetime
+) -> set[str]:
     """Store, in a few queries, the batches of a list page the cache has never seen, and return
     their ids. A first sync of a large organisation is mostly such batches: one transaction per
     batch would make it take minutes. Payloads the cache already has are left to batch_upsert;
     if another process inserts one of these meanwhile, the whole page falls back to it too."""
     by_id = {str(p["id"]): p for p in payloads}
-    known = set(Batch.objects.filter(openai_id__in=list(by_id)).values_list("openai_id", flat=True))
-    fresh = [Batch(openai_id=openai_id) for openai_id in by_id if openai_id not in known]
+    known = set(
+        Batch.objects.filter(connection=connection, openai_id__in=list(by_id)).values_list(
+            "openai_id", flat=True
+        )
+    )
+    fresh = [
+        Batch(connection=connection, openai_id=openai_id)
+        for openai_id in by_id
+        if openai_id not in known
+    ]
     if not fresh:
         return set()
     for batch in fresh:
@@ -152,6 +174,7 @@ def batch_create(
     *,
     user: Any,
     input_file_id: str,
+    connection: Connection | None = None,
     endpoint: str,
     completion_window: str = "24h",
     metadata: dict[str, str] | None = None,
@@ -168,13 +191,21 @@ def batch_create(
     the batch (a timeout, a 5xx), the newest batches are searched for the token before the failure
     is reported, so a batch is neither created twice nor lost.
     """
-    client = client or get_client()
+    connection = connection or default_connection()
+    client = client or get_client(connection=connection)
     token = submission_token or new_submission_token()
     existing = Batch.objects.filter(submission_token=token).first()
     if existing:
         return existing
+    adopt = {
+        "connection": connection,
+        "user": user,
+        "token": token,
+        "input_facts": input_facts,
+        "retry_of": retry_of,
+    }
     if reconcile_first and (found := _find_by_token(client, token)):
-        return _adopt(found, user=user, token=token, input_facts=input_facts, retry_of=retry_of)
+        return _adopt(found, **adopt)
     stamped = dict(metadata or {})
     stamped[TOKEN_KEY] = token
     stamped[USER_KEY] = user.get_username()[:512]
@@ -194,25 +225,46 @@ def batch_create(
             except OpenAIError:
                 logger.warning("could not look for submission token after a failed create")
         if found is None:
-            Event.record(Event.Action.CREATE_FAILED, user=user, detail=str(error))
+            explanation = token_limit_explanation(error)
+            Event.record(
+                Event.Action.CREATE_FAILED,
+                user=user,
+                connection=connection,
+                detail=str(error) + explanation,
+            )
+            if explanation:  # a person's next step, not an upstream fault
+                raise ServiceError(str(error) + explanation) from error
             raise
         logger.warning("create failed ambiguously but batch %s exists; kept it", found["id"])
         payload = found
     if not isinstance(payload.get("id"), str):
-        raise ServiceError("The OpenAI API answered the create call without a batch id.")
-    return _adopt(payload, user=user, token=token, input_facts=input_facts, retry_of=retry_of)
+        raise ServiceError("The server answered the create call without a batch id.")
+    return _adopt(payload, **adopt)
+
+
+def token_limit_explanation(error: OpenAIError) -> str:
+    """A plain explanation of Azure's create-time `token_limit_exceeded` (OpenAI reports the
+    same limit later, as the failed batch's error)."""
+    if isinstance(error, InvalidRequest) and error.code == TOKEN_LIMIT_EXCEEDED:
+        return (
+            " The provider's queue of enqueued tokens for this model is full: batches that have"
+            " not finished yet count against it. Submit again once some of them finish, or"
+            " split the file."
+        )
+    return ""
 
 
 def _adopt(
     payload: dict[str, Any],
     *,
+    connection: Connection,
     user: Any,
     token: str,
     input_facts: InputFacts | None,
     retry_of: Batch | None,
 ) -> Batch:
     """Cache a batch this submission created, with what only batchweb knows about it."""
-    batch = batch_upsert(payload=payload).batch
+    batch = batch_upsert(payload=payload, connection=connection).batch
     with transaction.atomic():
         batch = Batch.objects.select_for_update().get(pk=batch.pk)
         before = batch.tally_key()
@@ -252,9 +304,9 @@ def _find_by_token(client: OpenAIClient, token: str) -> dict[str, Any] | None:
 
 def batch_refresh(*, batch: Batch, client: OpenAIClient | None = None) -> Batch:
     """Fetch one batch and store it. Raises the client's errors."""
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     payload = client.retrieve_batch(batch.openai_id)
-    return batch_upsert(payload=payload).batch
+    return batch_upsert(payload=payload, connection=batch.connection).batch
 
 
 def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None) -> Batch:
@@ -262,12 +314,12 @@ def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None)
         raise ServiceError(
             f"This batch is {batch.display_status()} and can no longer be cancelled."
         )
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     try:
         payload = client.cancel_batch(batch.openai_id)
     except OpenAIError as error:
         Event.record(Event.Action.CANCEL_FAILED, user=user, batch=batch, detail=str(error))
         raise
-    batch = batch_upsert(payload=payload).batch
+    batch = batch_upsert(payload=payload, connection=batch.connection).batch
     Event.record(Event.Action.CANCEL, user=user, batch=batch)
     return batch

@@ -25,7 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ..jsonl_check import check_jsonl
-from ..models import Batch, Event, ResultFile, ResultRow, Submission
+from ..models import Batch, Connection, Event, ResultFile, ResultRow, Submission
 from ..openai_client import NotFound, OpenAIClient, OpenAIError
 from ..results import (
     ResultLineError,
@@ -35,8 +35,15 @@ from ..results import (
     read_outcomes,
     summarize,
 )
-from .batches import ServiceError, get_client
-from .submissions import AlreadySubmitted, report_facts, staging_dir, submission_stage
+from .batches import ServiceError
+from .connections import get_client
+from .submissions import (
+    AlreadySubmitted,
+    check_limits,
+    report_facts,
+    staging_dir,
+    submission_stage,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +108,7 @@ def file_download(*, batch: Batch, kind: str, client: OpenAIClient | None = None
     if copy is not None:
         path = Path(copy.path)
         return Download(_read_chunks(path), download_name(batch, kind), path.stat().st_size)
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     try:
         response = client.open_file_content(file_id)
     except NotFound as error:
@@ -154,7 +161,7 @@ def local_copy(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -
     copy = _usable_copy(batch, kind, file_id)
     if copy is not None:
         return Path(copy.path)
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     target = results_dir(batch) / f"{kind}.jsonl"
     try:
         response = client.open_file_content(file_id)
@@ -199,7 +206,7 @@ def batch_summarize(*, batch: Batch, client: OpenAIClient | None = None) -> Resu
     """
     if not batch.is_terminal:
         return None
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     output = local_copy(batch=batch, kind=ResultFile.Kind.OUTPUT, client=client)
     errors = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
     with _open(output) as out_stream, _open(errors) as err_stream:
@@ -226,13 +233,17 @@ class _open:
 
 
 def results_due(
-    *, client: OpenAIClient | None = None, finished_since: dt.datetime, limit: int = 1
+    *,
+    connection: Connection,
+    client: OpenAIClient | None = None,
+    finished_since: dt.datetime,
+    limit: int = 1,
 ) -> int:
-    """Build the results table of batches made through batchweb that finished lately, so the
-    first person to open their results does not wait for it; for the worker."""
+    """Build the results table of a connection's batches made through batchweb that finished
+    lately, so the first person to open their results does not wait for it; for the worker."""
     done = 0
     pending = Batch.objects.filter(
-        running=False, results_ingested_at=None, created_by__isnull=False
+        connection=connection, running=False, results_ingested_at=None, created_by__isnull=False
     ).exclude(output_file_id="", error_file_id="")
     pending = pending.filter(
         Q(completed_at__gte=finished_since)
@@ -252,6 +263,7 @@ def results_due(
 
 def summaries_due(
     *,
+    connection: Connection,
     client: OpenAIClient | None = None,
     limit: int = 5,
     finished_since: dt.datetime | None = None,
@@ -263,9 +275,9 @@ def summaries_due(
     summarized when someone opens their results.
     """
     done = 0
-    pending = Batch.objects.filter(running=False, summary_computed_at=None).exclude(
-        output_file_id="", error_file_id=""
-    )
+    pending = Batch.objects.filter(
+        connection=connection, running=False, summary_computed_at=None
+    ).exclude(output_file_id="", error_file_id="")
     if finished_since is not None:
         pending = pending.filter(
             Q(completed_at__gte=finished_since)
@@ -294,7 +306,7 @@ def results_ingest(*, batch: Batch, client: OpenAIClient | None = None) -> int:
     """Build the results table of a finished batch: one row per request, joined by custom_id
     across input, output and error files, with byte offsets for the full view. Returns the
     number of rows. Requests with no result line at all are rows too ("never ran")."""
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     try:
         input_path = local_copy(batch=batch, kind=ResultFile.Kind.INPUT, client=client)
     except FileGone:
@@ -466,7 +478,7 @@ def batch_retry_stage(
     through the same path as the create form."""
     if not batch.is_terminal:
         raise ServiceError("Only a finished batch can be retried.")
-    client = client or get_client()
+    client = client or get_client(connection=batch.connection)
     input_path = local_copy(batch=batch, kind=ResultFile.Kind.INPUT, client=client)
     if input_path is None:
         raise ServiceError("This batch has no input file to retry from.")
@@ -483,7 +495,9 @@ def batch_retry_stage(
         staged.unlink(missing_ok=True)
         raise ServiceError("Every request of this batch succeeded: there is nothing to retry.")
     with staged.open("rb") as stream:
-        check = check_jsonl(stream, endpoint=batch.endpoint or None)
+        check = check_jsonl(
+            stream, endpoint=batch.endpoint or None, **check_limits(batch.connection)
+        )
     if not check.ok:
         staged.unlink(missing_ok=True)
         raise ServiceError(f"The retry file did not pass the checks: {check.summary()}")
@@ -504,6 +518,7 @@ def batch_retry_stage(
         submission = submission_stage(
             user=user,
             token=token,
+            connection=batch.connection,
             request=request,
             staged_path=str(staged),
             filename=f"{batch.openai_id}_retry.jsonl",
@@ -585,7 +600,7 @@ def batches_csv(batches: Any) -> Iterator[str]:
         ["batch_id", "status", "endpoint", "model", "created_at", "completed_at",
          "requests_total", "requests_completed", "requests_failed", "input_tokens",
          "output_tokens", "created_by", "label", "input_file_id", "output_file_id",
-         "error_file_id"]
+         "error_file_id", "connection"]
     )  # fmt: skip
     for batch in batches.iterator(chunk_size=2000):
         yield writer.writerow(
@@ -598,7 +613,7 @@ def batches_csv(batches: Any) -> Iterator[str]:
                 _num(batch.request_failed), _num(batch.input_tokens), _num(batch.output_tokens),
                 _csv_safe(batch.creator_name()), _csv_safe(batch.label()),
                 _csv_safe(batch.input_file_id), _csv_safe(batch.output_file_id),
-                _csv_safe(batch.error_file_id),
+                _csv_safe(batch.error_file_id), _csv_safe(batch.connection.name),
             ]
         )  # fmt: skip
 

@@ -20,9 +20,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..jsonl_check import CheckReport, check_jsonl
-from ..models import Batch, Event, Submission
+from ..models import Batch, Connection, Event, Submission
 from ..openai_client import OpenAIClient, OpenAIError
-from .batches import InputFacts, ServiceError, batch_create, get_client
+from .batches import InputFacts, ServiceError, batch_create
+from .connections import get_client
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +49,22 @@ def submission_find(token: str) -> Submission | None:
     return Submission.objects.select_related("batch").filter(token=token).first()
 
 
+def check_limits(connection: Connection) -> dict[str, Any]:
+    """The checker's limits for files sent through a connection (Azure allows 100,000
+    requests, and its lines must name one of its deployments)."""
+    return {
+        "max_requests": connection.request_limit(),
+        "max_bytes": connection.byte_limit(),
+        "allowed_endpoints": connection.endpoints(),
+        "known_models": connection.deployment_names(),
+    }
+
+
 def submission_check_file(
     *,
     user: Any,
     token: str,
+    connection: Connection,
     stream: BinaryIO,
     filename: str,
     endpoint: str | None,
@@ -65,7 +78,7 @@ def submission_check_file(
     `temporary_path` is where the web server already spooled the upload, so a valid file is
     moved rather than copied.
     """
-    report = check_jsonl(stream, endpoint=endpoint or None)
+    report = check_jsonl(stream, endpoint=endpoint or None, **check_limits(connection))
     if not report.ok:
         return None, report
     # A name of its own for each check: the same form sent again (a double click, back and
@@ -81,6 +94,7 @@ def submission_check_file(
         submission = submission_stage(
             user=user,
             token=token,
+            connection=connection,
             request={**request, "endpoint": report.endpoint},
             staged_path=str(staged),
             filename=filename[:255],
@@ -95,12 +109,18 @@ def submission_check_file(
 
 
 def submission_for_file_id(
-    *, user: Any, token: str, input_file_id: str, request: dict[str, Any]
+    *,
+    user: Any,
+    token: str,
+    connection: Connection,
+    input_file_id: str,
+    request: dict[str, Any],
 ) -> Submission:
     """A submission for a file that is already uploaded: nothing to check or upload."""
     return submission_stage(
         user=user,
         token=token,
+        connection=connection,
         request=request,
         staged_path="",
         filename="",
@@ -158,7 +178,7 @@ def submission_submit(
     submission.refresh_from_db()
     if not claimed:
         raise AlreadySubmitted(submission)
-    client = client or get_client()
+    client = client or get_client(connection=submission.connection)
     request = submission.request or {}
     try:
         if not submission.uploaded_file_id:
@@ -167,6 +187,7 @@ def submission_submit(
         facts = submission.facts or {}
         batch = batch_create(
             user=user,
+            connection=submission.connection,
             input_file_id=submission.uploaded_file_id,
             endpoint=request["endpoint"],
             completion_window=request.get("completion_window") or "24h",
@@ -217,6 +238,7 @@ def _upload(submission: Submission, client: OpenAIClient, user: Any) -> str:
     Event.record(
         Event.Action.UPLOAD,
         user=user,
+        connection=submission.connection,
         detail=f"{submission.filename} as {uploaded['id']} ({path.stat().st_size} bytes)",
     )
     return str(uploaded["id"])

@@ -38,13 +38,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
+from django.db import connection as db
 from django.db.models import F
 from django.utils import timezone
 
-from ..models import TERMINAL_STATUSES, Batch, BatchTally, SyncState
+from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
-from .batches import batch_upsert, batches_insert_new, get_client
+from .batches import batch_upsert, batches_insert_new
+from .connections import get_client
 from .result_files import results_cleanup, results_due, summaries_due
 from .submissions import submissions_cleanup
 
@@ -52,8 +54,9 @@ logger = logging.getLogger(__name__)
 
 # A Retry-After is honoured as sent, up to this (a junk header must not stop the worker for days).
 MAX_RETRY_AFTER_WAIT = 3600.0
-# The key of the PostgreSQL advisory lock held while one worker walks the list ("batchweb").
-LIST_LOCK_KEY = 0x6261746368776562
+# The PostgreSQL advisory lock held while one worker walks a connection's list is the pair
+# (LIST_LOCK_KEY, connection id); two 32-bit keys, "bw" in the first.
+LIST_LOCK_KEY = 0x6277
 
 Clock = Callable[[], dt.datetime]
 
@@ -129,6 +132,7 @@ class PassResult:
 
 def list_walk(
     *,
+    connection: Connection,
     client: OpenAIClient,
     full: bool = False,
     max_pages: int | None = None,
@@ -157,10 +161,13 @@ def list_walk(
             result.stopped_because = "empty page"
             break
         news = 0
-        unchanged = _store_unchanged_finished(items, now=now or timezone.now())
+        unchanged = _store_unchanged_finished(
+            items, connection=connection, now=now or timezone.now()
+        )
         result.seen += len(unchanged)
         inserted = batches_insert_new(
             payloads=[i for i in items if str(i["id"]) not in unchanged],
+            connection=connection,
             now=now or timezone.now(),
         )
         result.seen += len(inserted)
@@ -169,7 +176,7 @@ def list_walk(
         for item in items:
             if str(item["id"]) in unchanged or str(item["id"]) in inserted:
                 continue
-            outcome = batch_upsert(payload=item, now=now)
+            outcome = batch_upsert(payload=item, connection=connection, now=now)
             result.seen += 1
             result.created += outcome.created
             result.updated += outcome.changed and not outcome.created
@@ -189,19 +196,20 @@ def list_walk(
     return result
 
 
-def _store_unchanged_finished(items: list[dict], *, now: dt.datetime) -> set[str]:
+def _store_unchanged_finished(
+    items: list[dict], *, connection: Connection, now: dt.datetime
+) -> set[str]:
     """Note as seen, in one query, the finished batches a page shows exactly as cached, and
     return their ids. Most of a page is such batches; upserting each would cost a transaction, so a
     pass that finds nothing new would still write a hundred rows."""
     ids = [str(item["id"]) for item in items]
+    mine = Batch.objects.filter(connection=connection)
     cached = dict(
-        Batch.objects.filter(openai_id__in=ids, status__in=TERMINAL_STATUSES).values_list(
-            "openai_id", "raw"
-        )
+        mine.filter(openai_id__in=ids, status__in=TERMINAL_STATUSES).values_list("openai_id", "raw")
     )
     unchanged = {str(item["id"]) for item in items if cached.get(str(item["id"])) == item}
     if unchanged:
-        Batch.objects.filter(openai_id__in=unchanged).update(synced_at=now)
+        mine.filter(openai_id__in=unchanged).update(synced_at=now)
     return unchanged
 
 
@@ -211,22 +219,25 @@ def full_sync_due(*, state: SyncState, now: dt.datetime) -> bool:
     return (now - state.last_full_sync_at).total_seconds() >= settings.SYNC_FULL_EVERY_SECONDS
 
 
-def full_sync_done(*, now: dt.datetime) -> None:
+def full_sync_done(*, connection: Connection, now: dt.datetime) -> None:
     """Note the walk and recount the tallies, which deletions outside batchweb leave wrong."""
-    SyncState.get()
-    SyncState.objects.filter(pk=1).update(last_full_sync_at=now)
+    SyncState.get(connection)
+    SyncState.objects.filter(connection=connection).update(last_full_sync_at=now)
     BatchTally.rebuild()
 
 
 @contextmanager
-def list_lock() -> Iterator[bool]:
-    """Yield whether this process may walk the list now: on PostgreSQL, whether it got the
-    advisory lock (released on leaving); elsewhere always, since one worker is the limit."""
-    if connection.vendor != "postgresql":
+def list_lock(connection: Connection) -> Iterator[bool]:
+    """Yield whether this process may walk a connection's list now: on PostgreSQL, whether it
+    got that connection's advisory lock (released on leaving), so two workers never walk the
+    same list at once while different lists are walked side by side; elsewhere always, since
+    one worker is the limit."""
+    if db.vendor != "postgresql":
         yield True
         return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [LIST_LOCK_KEY])
+    key = [LIST_LOCK_KEY, connection.pk]
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", key)
         acquired = bool(cursor.fetchone()[0])
     if not acquired:
         yield False
@@ -235,23 +246,25 @@ def list_lock() -> Iterator[bool]:
         yield True
     finally:
         try:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [LIST_LOCK_KEY])
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s::int, %s::int)", key)
         except DatabaseError:
             # A broken session has lost its locks already; drop it so the next pass reconnects.
             logger.warning("could not release the list lock; closing the database connection")
-            if not connection.in_atomic_block:
-                connection.close()
+            if not db.in_atomic_block:
+                db.close()
 
 
 # --- Refreshing running batches --------------------------------------------------------------
 
 
-def batches_claim_due(*, now: dt.datetime, until: dt.datetime, limit: int) -> list[Batch]:
-    """Claim up to `limit` running batches due at `now`, soonest first, by moving their
-    `next_refresh_at` to `until` (the lease) before anyone fetches them."""
-    due = Batch.objects.due_for_refresh(now)
-    if connection.features.has_select_for_update_skip_locked:
+def batches_claim_due(
+    *, connection: Connection, now: dt.datetime, until: dt.datetime, limit: int
+) -> list[Batch]:
+    """Claim up to `limit` running batches of a connection due at `now`, soonest first, by
+    moving their `next_refresh_at` to `until` (the lease) before anyone fetches them."""
+    due = Batch.objects.filter(connection=connection).due_for_refresh(now)
+    if db.features.has_select_for_update_skip_locked:
         with transaction.atomic():
             ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True)[:limit])
             if ids:
@@ -263,7 +276,7 @@ def batches_claim_due(*, now: dt.datetime, until: dt.datetime, limit: int) -> li
             for pk, due_at in due.values_list("pk", "next_refresh_at")[:limit]
             if Batch.objects.filter(pk=pk, next_refresh_at=due_at).update(next_refresh_at=until)
         ]
-    found = Batch.objects.in_bulk(ids)
+    found = Batch.objects.select_related("connection").in_bulk(ids)
     return [found[pk] for pk in ids if pk in found]
 
 
@@ -298,7 +311,7 @@ def batch_refresh_scheduled(
             next_refresh_at=when + dt.timedelta(seconds=interval),
         )
         return "gone"
-    outcome = batch_upsert(payload=payload, now=now)
+    outcome = batch_upsert(payload=payload, connection=batch.connection, now=now)
     stored = outcome.batch
     if stored.last_error and not stored.is_terminal:
         Batch.objects.filter(pk=stored.pk).update(last_error="")  # upstream knows it again
@@ -316,6 +329,7 @@ def batch_refresh_scheduled(
 
 def refresh_due_batches(
     *,
+    connection: Connection,
     client: OpenAIClient,
     due_at: dt.datetime,
     result: PassResult | None = None,
@@ -335,7 +349,9 @@ def refresh_due_batches(
     cap = int(settings.SYNC_MAX_REFRESHES_PER_PASS)
     while result.due < cap and not (stop and stop()):
         until = clock() + dt.timedelta(seconds=lease)
-        pending = batches_claim_due(now=due_at, until=until, limit=min(size, cap - result.due))
+        pending = batches_claim_due(
+            connection=connection, now=due_at, until=until, limit=min(size, cap - result.due)
+        )
         if not pending:
             break
         result.due += len(pending)
@@ -362,14 +378,15 @@ def refresh_due_batches(
     return result
 
 
-def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 500) -> int:
-    """Retrieve cached batches that are not terminal, due or not, the most overdue first, at
-    most `limit`. Returns how many were refreshed."""
-    client = client or get_client()
+def refresh_running_batches(
+    *, connection: Connection, client: OpenAIClient | None = None, limit: int = 500
+) -> int:
+    """Retrieve a connection's cached batches that are not terminal, due or not, the most
+    overdue first, at most `limit`. Returns how many were refreshed."""
+    client = client or get_client(connection=connection)
     count = 0
-    running = Batch.objects.running().order_by(
-        F("next_refresh_at").asc(nulls_first=True), "created_at"
-    )
+    running = Batch.objects.filter(connection=connection).running().select_related("connection")
+    running = running.order_by(F("next_refresh_at").asc(nulls_first=True), "created_at")
     for batch in running[:limit]:
         if batch_refresh_scheduled(batch=batch, client=client) != "gone":
             count += 1
@@ -379,9 +396,9 @@ def refresh_running_batches(*, client: OpenAIClient | None = None, limit: int = 
 # --- Upstream failures -----------------------------------------------------------------------
 
 
-def backoff_remaining(*, now: dt.datetime) -> float:
-    """Seconds until the worker may call upstream again (0 when it may now)."""
-    until = SyncState.get().backoff_until
+def backoff_remaining(*, connection: Connection, now: dt.datetime) -> float:
+    """Seconds until the worker may call a connection's upstream again (0 when it may now)."""
+    until = SyncState.get(connection).backoff_until
     return max(0.0, (until - now).total_seconds()) if until else 0.0
 
 
@@ -397,9 +414,11 @@ def backoff_seconds(*, error: OpenAIError, state: SyncState) -> float:
     return min(high, max(low, previous * 2))
 
 
-def record_upstream_failure(*, error: OpenAIError, now: dt.datetime) -> float:
+def record_upstream_failure(
+    *, connection: Connection, error: OpenAIError, now: dt.datetime
+) -> float:
     """Store the failure where the pages show it, and when to try again. Returns the wait."""
-    state = SyncState.get()
+    state = SyncState.get(connection)
     wait = backoff_seconds(error=error, state=state)
     state.record_failure(error, now=now, backoff_until=now + dt.timedelta(seconds=wait))
     return wait
@@ -410,6 +429,7 @@ def record_upstream_failure(*, error: OpenAIError, now: dt.datetime) -> float:
 
 def batches_sync(
     *,
+    connection: Connection,
     client: OpenAIClient | None = None,
     full: bool = False,
     max_pages: int | None = None,
@@ -421,89 +441,116 @@ def batches_sync(
     For a person who asked for it now: it ignores the worker's schedule and backoff. A failure
     is recorded on `SyncState` for the pages and raised.
     """
-    client = client or get_client()
     result = SyncResult()
     try:
-        list_walk(client=client, full=full, max_pages=max_pages, result=result)
+        client = client or get_client(connection=connection)
+        list_walk(
+            connection=connection, client=client, full=full, max_pages=max_pages, result=result
+        )
         if full:
-            full_sync_done(now=timezone.now())
+            full_sync_done(connection=connection, now=timezone.now())
         if refresh_running:
-            result.refreshed = refresh_running_batches(client=client, limit=refresh_limit)
+            result.refreshed = refresh_running_batches(
+                connection=connection, client=client, limit=refresh_limit
+            )
     except OpenAIError as error:
-        SyncState.get().record_failure(error)
+        SyncState.get(connection).record_failure(error)
         raise
-    SyncState.get().record_success(now=timezone.now())
-    logger.info("sync: %s", result)
+    SyncState.get(connection).record_success(now=timezone.now())
+    logger.info("sync %s: %s", connection.slug, result)
     return result
 
 
 def sync_pass(
     *,
+    connection: Connection,
     client: OpenAIClient | None = None,
     now: dt.datetime | None = None,
     full: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> PassResult:
-    """One pass of the worker: wait out a backoff, walk the list if no other worker is, then
-    refresh the due running batches. `now` pins the clock (tests, benchmarks); `full` forces a
-    full walk; `stop` is asked between fetches. Upstream failures are recorded and end the
-    pass; database errors are raised for the caller to handle."""
+    """One pass of the worker over one connection: wait out its backoff, walk its list if no
+    other worker is, then refresh its due running batches. `now` pins the clock (tests,
+    benchmarks); `full` forces a full walk; `stop` is asked between fetches. Upstream failures
+    are recorded and end the pass; database errors are raised for the caller to handle."""
     started = time.monotonic()
     clock: Clock = (lambda: now) if now is not None else timezone.now
     pass_start = clock()
     result = PassResult()
-    waiting = backoff_remaining(now=pass_start)
+    waiting = backoff_remaining(connection=connection, now=pass_start)
     if waiting:
         result.backoff_seconds = waiting
         result.note = f"upstream failing: next try in {waiting:.0f} s"
         result.duration = time.monotonic() - started
         return result
-    client = client or get_client()
     try:
-        with list_lock() as may_list:
+        client = client or get_client(connection=connection)
+        with list_lock(connection) as may_list:
             if may_list:
-                _walk_for_pass(client=client, result=result, full=full, now=now, clock=clock)
+                _walk_for_pass(
+                    connection=connection,
+                    client=client,
+                    result=result,
+                    full=full,
+                    now=now,
+                    clock=clock,
+                )
             else:
                 result.note = "list skipped: another worker is listing"
-        refresh_due_batches(client=client, due_at=pass_start, result=result, now=now, stop=stop)
-        if housekeeping_due():
-            housekeeping(client=client, now=clock(), result=result)
+        refresh_due_batches(
+            connection=connection,
+            client=client,
+            due_at=pass_start,
+            result=result,
+            now=now,
+            stop=stop,
+        )
+        if housekeeping_due(connection):
+            housekeeping(connection=connection, client=client, now=clock(), result=result)
     except OpenAIError as error:
         result.errors += 1
         result.error = str(error)
-        result.backoff_seconds = record_upstream_failure(error=error, now=clock())
+        result.backoff_seconds = record_upstream_failure(
+            connection=connection, error=error, now=clock()
+        )
     else:
         if result.listed_pages or result.refreshed or result.gone:
-            SyncState.get().record_success(now=clock())
+            SyncState.get(connection).record_success(now=clock())
     result.duration = time.monotonic() - started
     return result
 
 
-_last_housekeeping = -float("inf")
+# When this process last did each connection's chores (connection id -> monotonic seconds).
+_last_housekeeping: dict[int, float] = {}
 
 
-def housekeeping_due() -> bool:
+def housekeeping_due(connection: Connection) -> bool:
     """Chores look at every finished batch: once a minute per worker is plenty, every pass
     (every few seconds) would make them the most expensive part of an idle pass."""
-    global _last_housekeeping
-    if time.monotonic() - _last_housekeeping < settings.SYNC_HOUSEKEEPING_EVERY_SECONDS:
+    last = _last_housekeeping.get(connection.pk, -float("inf"))
+    if time.monotonic() - last < settings.SYNC_HOUSEKEEPING_EVERY_SECONDS:
         return False
-    _last_housekeeping = time.monotonic()
+    _last_housekeeping[connection.pk] = time.monotonic()
     return True
 
 
-def housekeeping(*, client: OpenAIClient, now: dt.datetime, result: PassResult) -> None:
+def housekeeping(
+    *, connection: Connection, client: OpenAIClient, now: dt.datetime, result: PassResult
+) -> None:
     """The worker's small chores after the refreshes: summarize what finished lately, and remove
     local files nobody needs any more (result copies past retention, unconfirmed uploads)."""
     since = now - dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
-    result.summarized = summaries_due(client=client, limit=3, finished_since=since)
-    results_due(client=client, finished_since=since)
+    result.summarized = summaries_due(
+        connection=connection, client=client, limit=3, finished_since=since
+    )
+    results_due(connection=connection, client=client, finished_since=since)
     results_cleanup(now=now)
     submissions_cleanup(now=now)
 
 
 def _walk_for_pass(
     *,
+    connection: Connection,
     client: OpenAIClient,
     result: PassResult,
     full: bool,
@@ -511,11 +558,11 @@ def _walk_for_pass(
     clock: Clock,
 ) -> None:
     # Read under the lock: another worker may have finished the full walk a moment ago.
-    result.full = full or full_sync_due(state=SyncState.get(), now=clock())
+    result.full = full or full_sync_due(state=SyncState.get(connection), now=clock())
     walk = SyncResult()
     try:
-        list_walk(client=client, full=result.full, now=now, result=walk)
+        list_walk(connection=connection, client=client, full=result.full, now=now, result=walk)
     finally:
         result.listed_pages, result.new, result.changed = walk.pages, walk.created, walk.updated
     if result.full:
-        full_sync_done(now=clock())
+        full_sync_done(connection=connection, now=clock())

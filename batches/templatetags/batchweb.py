@@ -17,7 +17,7 @@ register = template.Library()
 def reltime(value: dt.datetime | None) -> str:
     """ "3 hours ago" with the exact UTC time on hover, machine-readable for scripts."""
     if not value:
-        return format_html('<span class="muted">—</span>')
+        return format_html('<span class="muted">{}</span>', "—")
     exact = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return format_html(
         '<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, ago(value)
@@ -79,7 +79,7 @@ def copyable(value: str, css: str = "") -> str:
     """An id in monospace with a copy button (the button needs JavaScript; the id is selectable
     text either way)."""
     if not value:
-        return format_html('<span class="muted">—</span>')
+        return format_html('<span class="muted">{}</span>', "—")
     return format_html(
         '<span class="copyable {}"><code title="{}">{}</code>'
         '<button type="button" class="copy" data-copy="{}" aria-label="Copy {}" hidden>'

@@ -8,11 +8,13 @@ from .batches import (
     batch_cancel,
     batch_detail,
     batch_export,
+    batch_legacy_redirect,
     batch_list,
     batch_live,
     batch_rows_live,
     sync_now,
 )
+from .connections import connection_detail, connection_list, connection_test
 from .create import batch_create, submission_confirm
 from .results import batch_download, batch_results, batch_retry, result_view, results_export
 
@@ -23,11 +25,15 @@ __all__ = [
     "batch_detail",
     "batch_download",
     "batch_export",
+    "batch_legacy_redirect",
     "batch_list",
     "batch_live",
     "batch_results",
     "batch_retry",
     "batch_rows_live",
+    "connection_detail",
+    "connection_list",
+    "connection_test",
     "result_view",
     "results_export",
     "submission_confirm",

@@ -9,9 +9,9 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
-from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.db.models import Q, Sum
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
@@ -28,10 +28,12 @@ from ..models import (
     BatchTally,
     Event,
     Status,
+    access_for,
 )
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
+from .lookups import batch_for
 
 PAGE_SIZE = 50
 ACTIVITY_PAGE_SIZE = 100
@@ -48,16 +50,13 @@ STATUS_TABS = [
 ]
 
 
-def _get_batch(openai_id: str) -> Batch:
-    return get_object_or_404(Batch.objects.select_related("created_by"), openai_id=openai_id)
-
-
 @login_required
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
     filters = _filters(request)
-    base = _filtered(filters)
-    counts = _status_counts(filters, base)
+    scope = _Scope(request.user, filters)
+    base = _filtered(filters, scope)
+    counts = _status_counts(filters, base, scope)
     tabs = []
     status = filters.get("status", "")
     for key, label, statuses in STATUS_TABS:
@@ -70,7 +69,7 @@ def batch_list(request: HttpRequest) -> HttpResponse:
     page, newer, older = _keyset_page(request, rows)
     params = {k: v for k, v in filters.items() if v}
     live = [b for b in page if not b.is_terminal]
-    choices = BatchTally.objects.filter(count__gt=0)
+    choices = scope.tallies().filter(count__gt=0)
     creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
     context = {
         "batches": page,
@@ -84,6 +83,8 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         .distinct(),
         "creators": get_user_model().objects.filter(pk__in=list(creator_ids))
         .order_by("username").values_list("username", flat=True),
+        "connections": scope.connections,
+        "show_connection": len(scope.connections) > 1,
         "filtered": bool(params),
         "live_ids": _live_ids(live),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
@@ -106,7 +107,8 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
         pk, _, status = item.partition(":")
         if pk.isdigit():
             seen[int(pk)] = status
-    batches = list(Batch.objects.for_list().filter(pk__in=seen).order_by("-created_at", "-id"))
+    visible = Batch.objects.for_list().visible_to(request.user)
+    batches = list(visible.filter(pk__in=seen).order_by("-created_at", "-id"))
     announcements = [
         f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
     ]
@@ -115,15 +117,16 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
         "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcements": announcements,
+        "show_connection": len(services.connections_for(request.user)) > 1,
     }
     return render(request, "batches/includes/rows_live.html", context)
 
 
 @login_required
 @require_GET
-def batch_live(request: HttpRequest, openai_id: str) -> HttpResponse:
+def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """The progress and timeline of a running batch, from the cache, for htmx to swap in."""
-    batch = _get_batch(openai_id)
+    batch = batch_for(request.user, slug, openai_id)
     seen = request.GET.get("seen", "")
     changed = bool(seen) and seen != batch.status
     context = {
@@ -143,7 +146,9 @@ def batch_live(request: HttpRequest, openai_id: str) -> HttpResponse:
 def batch_export(request: HttpRequest) -> StreamingHttpResponse:
     """The list as CSV, with the same filters as the page, streamed row by row."""
     filters = _filters(request)
-    rows = _with_status(_filtered(filters), filters.get("status", ""))
+    rows = _with_status(
+        _filtered(filters, _Scope(request.user, filters)), filters.get("status", "")
+    )
     response = StreamingHttpResponse(
         batches_csv(rows.order_by("-created_at", "-id")), content_type="text/csv; charset=utf-8"
     )
@@ -158,8 +163,37 @@ def _filters(request: HttpRequest) -> dict[str, str]:
     return {k: v for k, v in form.cleaned_data.items() if v} if form.is_valid() else {}
 
 
-def _filtered(filters: dict[str, str]) -> BatchQuerySet:
-    rows = Batch.objects.for_list()
+class _Scope:
+    """The connections a person may see, and the one the list is filtered to, if any."""
+
+    def __init__(self, user: Any, filters: dict[str, str]) -> None:
+        access = access_for(user)
+        self.connections = services.connections_for(user)
+        self.ids = access.ids
+        self.everything = access.everything
+        slug = filters.get("connection")
+        self.chosen = next((c for c in self.connections if c.slug == slug), None) if slug else None
+        self.nothing = bool(slug) and self.chosen is None
+
+    def batches(self) -> BatchQuerySet:
+        rows = Batch.objects.for_list()
+        if self.nothing:
+            return rows.none()
+        if self.chosen:
+            return rows.filter(connection=self.chosen)
+        return rows if self.everything else rows.filter(connection_id__in=self.ids)
+
+    def tallies(self) -> Any:
+        if self.nothing:
+            return BatchTally.objects.none()
+        if self.chosen:
+            return BatchTally.objects.filter(connection_id=self.chosen.pk)
+        tallies = BatchTally.objects.all()
+        return tallies if self.everything else tallies.filter(connection_id__in=self.ids)
+
+
+def _filtered(filters: dict[str, str], scope: _Scope) -> BatchQuerySet:
+    rows = scope.batches()
     if filters.get("endpoint"):
         rows = rows.filter(endpoint=filters["endpoint"])
     if filters.get("model"):
@@ -182,12 +216,12 @@ def _with_status(rows: BatchQuerySet, status: str) -> BatchQuerySet:
     return rows
 
 
-def _status_counts(filters: dict[str, str], rows: BatchQuerySet) -> dict[str, int]:
+def _status_counts(filters: dict[str, str], rows: BatchQuerySet, scope: _Scope) -> dict[str, int]:
     """Counts per status. Without a search they come from the tallies, whose size does not
     grow with the number of batches; a search has to count the rows it matches."""
     if filters.get("q"):
         return rows.status_counts()
-    tallies = BatchTally.objects.all()
+    tallies = scope.tallies()
     if filters.get("endpoint"):
         tallies = tallies.filter(endpoint=filters["endpoint"])
     if filters.get("model"):
@@ -240,12 +274,12 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
 
 @login_required
 @require_GET
-def batch_detail(request: HttpRequest, openai_id: str) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     refresh_error = None
     if not batch.is_terminal:
         try:
-            client = services.get_client(interactive=True)
+            client = services.get_client(connection=batch.connection, interactive=True)
             batch = services.batch_refresh(batch=batch, client=client)
         except OpenAIError as error:
             refresh_error = str(error)
@@ -264,6 +298,24 @@ def batch_detail(request: HttpRequest, openai_id: str) -> HttpResponse:
     return render(request, "batches/detail.html", context)
 
 
+@login_required
+@require_GET
+def batch_legacy_redirect(request: HttpRequest, openai_id: str, rest: str = "") -> HttpResponse:
+    """Links made before connections (/batches/<id>/...) still work: to the one batch with
+    that id the person may see, or to a search when several connections have one."""
+    found = list(
+        Batch.objects.visible_to(request.user)
+        .filter(openai_id=openai_id)
+        .select_related("connection")[:2]
+    )
+    if not found:
+        raise Http404("No such batch.")
+    if len(found) > 1:
+        return redirect(reverse("batch-list") + "?" + urlencode({"q": openai_id}))
+    query = request.GET.urlencode()
+    return redirect(found[0].get_absolute_url() + rest + ("?" + query if query else ""))
+
+
 def _has_unsucceeded(batch: Batch, summary: ResultSummary | None) -> bool:
     if summary is not None:
         return bool(summary.failed or summary.never_ran)
@@ -275,13 +327,15 @@ def _has_unsucceeded(batch: Batch, summary: ResultSummary | None) -> bool:
 @login_required
 @permission_required("batches.cancel_batch", raise_exception=True)
 @require_http_methods(["GET", "POST"])
-def batch_cancel(request: HttpRequest, openai_id: str) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def batch_cancel(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     if request.method == "GET":
         return render(request, "batches/cancel_confirm.html", {"batch": batch})
     try:
         services.batch_cancel(
-            batch=batch, user=request.user, client=services.get_client(interactive=True)
+            batch=batch,
+            user=request.user,
+            client=services.get_client(connection=batch.connection, interactive=True),
         )
     except services.ServiceError as error:
         messages.error(request, str(error))
@@ -291,27 +345,39 @@ def batch_cancel(request: HttpRequest, openai_id: str) -> HttpResponse:
         messages.success(
             request, "Cancellation requested. Requests already finished keep their results."
         )
-    return redirect("batch-detail", openai_id=batch.openai_id)
+    return redirect(batch)
 
 
 @login_required
 @require_POST
 def sync_now(request: HttpRequest) -> HttpResponse:
-    try:
-        result = services.batches_sync(
-            client=services.get_client(interactive=True),
-            max_pages=settings.SYNC_NOW_MAX_PAGES,
-            refresh_limit=settings.SYNC_NOW_MAX_REFRESHES,
-        )
-    except OpenAIError as error:
-        messages.error(request, f"Sync failed; the list shows what was cached before. {error}")
-    else:
+    """Sync the connections the person may see (or the one named), each bounded: a person is
+    waiting, and the rest of a long list is the worker's job."""
+    connections = [c for c in services.connections_for(request.user) if c.enabled]
+    chosen = request.POST.get("connection", "")
+    if chosen:
+        connections = [c for c in connections if c.slug == chosen]
+    connections = [c for c in connections if not (c.from_settings and not c.has_key())]
+    for connection in connections:
+        prefix = f"{connection.name}: " if len(connections) > 1 else ""
+        try:
+            result = services.batches_sync(
+                connection=connection,
+                client=services.get_client(connection=connection, interactive=True),
+                max_pages=settings.SYNC_NOW_MAX_PAGES,
+                refresh_limit=settings.SYNC_NOW_MAX_REFRESHES,
+            )
+        except OpenAIError as error:
+            messages.error(
+                request, f"{prefix}Sync failed; the list shows what was cached before. {error}"
+            )
+            continue
         text = (
-            f"Synced: {result.created} new, {result.updated} changed, "
-            f"{result.refreshed} running batches refreshed."
+            f"{prefix}Synced: {result.created} new, {result.updated} changed, "
+            f"{result.refreshed} running {'batch' if result.refreshed == 1 else 'batches'} "
+            "refreshed."
         )
         if result.stopped_because.startswith("page cap"):
-            # A person is waiting: the rest of a long list is the worker's job.
             text += f" The newest {result.pages * 100:,} were read; the worker fetches the rest."
         messages.success(request, text)
     target = request.POST.get("next", "")
@@ -323,10 +389,18 @@ def sync_now(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def activity(request: HttpRequest) -> HttpResponse:
-    events = Event.objects.select_related("user", "batch")
+    scope = _Scope(request.user, {})
+    events = Event.objects.select_related("user", "batch", "batch__connection", "connection")
+    if not scope.everything:  # what happened on connections the person may not see stays hidden
+        events = events.filter(Q(connection__isnull=True) | Q(connection_id__in=scope.ids))
     user = request.GET.get("user", "")
     if user:
         events = events.filter(user__username=user)
     page = Paginator(events, ACTIVITY_PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {"events": page.object_list, "page": page, "user_filter": user}
+    context = {
+        "events": page.object_list,
+        "page": page,
+        "user_filter": user,
+        "show_connection": len(scope.connections) > 1,
+    }
     return render(request, "batches/activity.html", context)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.files.uploadedfile import UploadedFile
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
 from .. import services
 from ..forms import BatchCreateForm
 from ..jsonl_check import ENDPOINTS
-from ..models import Submission
+from ..models import Connection, Submission
 from ..openai_client import InvalidRequest, NotFound, OpenAIError
 from ..services.submissions import (
     AlreadySubmitted,
@@ -34,22 +36,31 @@ def _error_status(error: Exception) -> int:
 @permission_required("batches.submit_batch", raise_exception=True)
 @require_http_methods(["GET", "POST"])
 def batch_create(request: HttpRequest) -> HttpResponse:
+    connections = services.connections_for(request.user, usable=True)
     if request.method == "GET":
-        initial = {"submission_token": services.new_submission_token(), "completion_window": "24h"}
+        initial = {
+            "submission_token": services.new_submission_token(),
+            "completion_window": "24h",
+            "connection": _last_connection(request.user, connections),
+        }
         if request.GET.get("endpoint") in ENDPOINTS:
             initial["endpoint"] = request.GET["endpoint"]
-        return _form_page(request, BatchCreateForm(initial=initial))
+        if request.GET.get("connection") in {c.slug for c in connections}:
+            initial["connection"] = request.GET["connection"]
+        return _form_page(request, BatchCreateForm(initial=initial, connections=connections))
 
-    form = BatchCreateForm(request.POST, request.FILES)
+    form = BatchCreateForm(request.POST, request.FILES, connections=connections)
     if not form.is_valid():
         return _form_page(request, form, status=400)
     data = form.cleaned_data
+    connection = data["connection"]
     upload: UploadedFile | None = data["input_file"]
     try:
         if upload is None:
             submission = submission_for_file_id(
                 user=request.user,
                 token=data["submission_token"],
+                connection=connection,
                 input_file_id=data["input_file_id"],
                 request=form.request_data(),
             )
@@ -57,6 +68,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
         submission, report = submission_check_file(
             user=request.user,
             token=data["submission_token"],
+            connection=connection,
             stream=upload.file,
             filename=upload.name or "input.jsonl",
             endpoint=data["endpoint"] or None,
@@ -75,11 +87,15 @@ def batch_create(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
     """The summary of a checked file, and the button that uploads it and creates the batch."""
-    submission = get_object_or_404(Submission.objects.select_related("batch"), token=token)
+    submission = get_object_or_404(
+        Submission.objects.select_related("batch", "connection"), token=token
+    )
+    if not submission.connection.is_visible_to(request.user):
+        raise Http404("No such submission.")
     if submission.user_id != request.user.pk and not request.user.is_superuser:
         return render(request, "403.html", status=403)
     if submission.state == Submission.State.DONE and submission.batch_id:
-        return redirect("batch-detail", openai_id=submission.batch.openai_id)
+        return redirect(submission.batch)
     if request.method == "GET":
         return render(request, "batches/confirm.html", {"submission": submission})
     return _submit(request, submission)
@@ -100,13 +116,13 @@ def _submit(
         context = {"submission": submission, "error": message}
         return render(request, "batches/confirm.html", context, status=_error_status(error))
     messages.success(request, f"Batch {batch.openai_id} created.")
-    return redirect("batch-detail", openai_id=batch.openai_id)
+    return redirect(batch)
 
 
 def _already_submitted(request: HttpRequest, submission: Submission) -> HttpResponse:
     if submission.state == Submission.State.DONE and submission.batch_id:
         messages.info(request, "This form was already submitted; here is the batch it created.")
-        return redirect("batch-detail", openai_id=submission.batch.openai_id)
+        return redirect(submission.batch)
     messages.warning(
         request,
         "This form is already being submitted. The batch will appear in the list in a moment.",
@@ -114,11 +130,24 @@ def _already_submitted(request: HttpRequest, submission: Submission) -> HttpResp
     return redirect("batch-list")
 
 
+def _last_connection(user: Any, connections: list[Connection]) -> str:
+    """The connection the person used last, when they may still use it."""
+    slugs = [c.slug for c in connections]
+    last = (
+        Submission.objects.filter(user=user, connection__slug__in=slugs)
+        .order_by("-created_at")
+        .values_list("connection__slug", flat=True)
+        .first()
+    )
+    return last or (slugs[0] if slugs else "")
+
+
 def _form_page(
     request: HttpRequest, form: BatchCreateForm, *, report=None, status: int = 200
 ) -> HttpResponse:
     context = {
         "form": form,
+        "connections": list(form.connections.values()),
         "report": report,
         "problems": report.problems[:SHOWN_PROBLEMS] if report else [],
     }

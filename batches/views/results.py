@@ -24,6 +24,7 @@ from ..services.result_files import (
     results_touch,
 )
 from ..services.submissions import AlreadySubmitted
+from .lookups import batch_for
 
 RESULTS_PAGE_SIZE = 50
 # `ok IN (false)` rather than the `NOT ok` Django writes for ok=False: SQLite uses the
@@ -33,21 +34,19 @@ MAX_PAGE = 10**7
 CONTENT_TYPE = "application/jsonl; charset=utf-8"
 
 
-def _get_batch(openai_id: str) -> Batch:
-    return get_object_or_404(Batch.objects.select_related("created_by"), openai_id=openai_id)
-
-
 @login_required
 @require_GET
-def batch_download(request: HttpRequest, openai_id: str, kind: str) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def batch_download(request: HttpRequest, slug: str, openai_id: str, kind: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     if kind not in ResultFile.Kind.values:
         return render(request, "404.html", status=404)
     try:
-        download = file_download(batch=batch, kind=kind, client=services.get_client())
+        download = file_download(
+            batch=batch, kind=kind, client=services.get_client(connection=batch.connection)
+        )
     except (OpenAIError, services.ServiceError) as error:
         messages.error(request, f"The {kind} file could not be downloaded. {error}")
-        return redirect("batch-detail", openai_id=batch.openai_id)
+        return redirect(batch)
     response = StreamingHttpResponse(download.chunks, content_type=CONTENT_TYPE)
     response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
     if download.size is not None:
@@ -65,7 +64,7 @@ def _ingested(request: HttpRequest, batch: Batch) -> bool:
         messages.info(request, "Results can be read once the batch has finished.")
         return False
     try:
-        client = services.get_client()
+        client = services.get_client(connection=batch.connection)
         results_ingest(batch=batch, client=client)
         if batch.summary_computed_at is None:
             batch_summarize(batch=batch, client=client)
@@ -80,10 +79,10 @@ def _ingested(request: HttpRequest, batch: Batch) -> bool:
 
 @login_required
 @require_GET
-def batch_results(request: HttpRequest, openai_id: str) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def batch_results(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     if not _ingested(request, batch):
-        return redirect("batch-detail", openai_id=batch.openai_id)
+        return redirect(batch)
     rows = ResultRow.objects.filter(batch=batch)
     failures_only = request.GET.get("failed") == "1"
     query = request.GET.get("q", "").strip()[:200]
@@ -132,8 +131,8 @@ def _search_page(rows: QuerySet[ResultRow], number: str | None) -> Page:
 
 @login_required
 @require_GET
-def result_view(request: HttpRequest, openai_id: str, row_id: int) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def result_view(request: HttpRequest, slug: str, openai_id: str, row_id: int) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     row = get_object_or_404(ResultRow.objects.select_related("batch"), pk=row_id, batch=batch)
     results_touch(batch=batch)
     context = {"batch": batch, "row": row, **result_detail(row=row)}
@@ -142,10 +141,10 @@ def result_view(request: HttpRequest, openai_id: str, row_id: int) -> HttpRespon
 
 @login_required
 @require_GET
-def results_export(request: HttpRequest, openai_id: str) -> HttpResponse:
-    batch = _get_batch(openai_id)
+def results_export(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
     if not _ingested(request, batch):
-        return redirect("batch-detail", openai_id=batch.openai_id)
+        return redirect(batch)
     response = StreamingHttpResponse(results_csv(batch=batch), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="{batch.openai_id}_results.csv"'
     return response
@@ -154,21 +153,24 @@ def results_export(request: HttpRequest, openai_id: str) -> HttpResponse:
 @login_required
 @permission_required("batches.submit_batch", raise_exception=True)
 @require_POST
-def batch_retry(request: HttpRequest, openai_id: str) -> HttpResponse:
+def batch_retry(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """Stage the requests that did not succeed as a new input file; the person confirms it on
     the same page as any new batch."""
-    batch = _get_batch(openai_id)
+    batch = batch_for(request.user, slug, openai_id)
     token = request.POST.get("submission_token") or services.new_submission_token()
     try:
         submission = batch_retry_stage(
-            batch=batch, user=request.user, token=token[:64], client=services.get_client()
+            batch=batch,
+            user=request.user,
+            token=token[:64],
+            client=services.get_client(connection=batch.connection),
         )
     except AlreadySubmitted as already:
         submission = already.submission
         if submission.batch_id:
             messages.info(request, "This retry was already submitted.")
-            return redirect("batch-detail", openai_id=submission.batch.openai_id)
+            return redirect(submission.batch)
     except (OpenAIError, services.ServiceError) as error:
         messages.error(request, f"The retry could not be prepared. {error}")
-        return redirect("batch-detail", openai_id=batch.openai_id)
+        return redirect(batch)
     return redirect("submission-confirm", token=submission.token)

@@ -1,9 +1,15 @@
 """The browser-test harness: real processes, a real browser, nothing but 127.0.0.1.
 
-Per session: the simulator of the OpenAI API (in this process), a fresh SQLite database in a
-temporary directory, gunicorn serving batchweb, the sync worker (`sync_batches --loop`), three
-accounts (admin alice, submitter sam, viewer vic) and one headless Chromium. Per test: a new
-browser context (1280x900), so cookies never leak from one test to the next.
+Per session: two simulators of the OpenAI API (in this process), a fresh SQLite database in a
+temporary directory, gunicorn serving batchweb, the sync worker (`sync_batches --loop`), four
+accounts (admin alice, submitter sam, viewer vic, and eve, a submitter in the group "EU team")
+and one headless Chromium. Per test: a new browser context (1280x900), so cookies never leak
+from one test to the next.
+
+Two connections: "OpenAI" (slug default, the first simulator, configured by OPENAI_* as in a
+fresh installation) and "Azure EU" (slug azure-eu, the second simulator, in the azure dialect when
+the simulator has one, its key in AZURE_EU_API_KEY). Only the group "EU team" may use the second,
+so sam and vic see the one-connection pages; alice (a superuser) and eve see both.
 
 Without Chromium the tests are skipped with the reason; with BATCHWEB_REQUIRE_E2E=1 (CI) they
 fail instead. BATCHWEB_CHROMIUM overrides the browser's path (e.g. /nonexistent to try that).
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -30,6 +37,7 @@ from typing import Any
 import pytest
 import requests
 
+from simulator import Simulator as SimulatorEngine
 from simulator import SimulatorServer
 
 try:
@@ -56,7 +64,23 @@ NO_CHROMIUM = "Chromium is not installed (apt-get install chromium)"
 NO_PLAYWRIGHT = "Playwright is not installed (pip install -e '.[dev]')"
 
 API_KEY = "sk-e2e"
-PASSWORDS = {"alice": "pw-alice-e2e-1", "sam": "pw-sam-e2e-1", "vic": "pw-vic-e2e-1"}
+PASSWORDS = {
+    "alice": "pw-alice-e2e-1",
+    "sam": "pw-sam-e2e-1",
+    "vic": "pw-vic-e2e-1",
+    "eve": "pw-eve-e2e-1",
+}
+# The second connection. Its key differs from the first's, so a call sent to the wrong simulator
+# fails with 401 instead of passing unnoticed.
+EU_NAME = "Azure EU"
+EU_SLUG = "azure-eu"
+EU_GROUP = "EU team"
+EU_KEY_ENV = "AZURE_EU_API_KEY"
+EU_API_KEY = "sk-e2e-azure-eu"
+# Azure's dialect once the simulator speaks it (`Simulator(dialect=...)`), else OpenAI's.
+EU_DIALECT = (
+    "azure" if "dialect" in inspect.signature(SimulatorEngine.__init__).parameters else "openai"
+)
 # The simulator's clock runs this far behind the real one, so that advancing it during the
 # session never gives batches creation times in the future ("created in 8 s").
 SIM_CLOCK_LAG = 60.0
@@ -70,6 +94,8 @@ sam = User.objects.create_user("sam", "sam@example.com", {sam!r})
 sam.groups.add(Group.objects.get(name="Submitters"))
 vic = User.objects.create_user("vic", "vic@example.com", {vic!r})
 vic.groups.add(Group.objects.get(name="Viewers"))
+eve = User.objects.create_user("eve", "eve@example.com", {eve!r})
+eve.groups.add(Group.objects.get(name="Submitters"), Group.objects.create(name={group!r}))
 
 # A signed-in session for each, so tests that are not about signing in skip the form (and the
 # deliberately slow password hash).
@@ -77,12 +103,12 @@ import json
 from django.conf import settings
 from django.test import Client
 sessions = {{}}
-for user in (alice, sam, vic):
+for user in (alice, sam, vic, eve):
     client = Client()
     client.force_login(user)
     sessions[user.username] = client.cookies[settings.SESSION_COOKIE_NAME].value
 print("SESSIONS=" + json.dumps(sessions))
-""".format(**PASSWORDS)
+""".format(**PASSWORDS, group=EU_GROUP)
 
 
 # --- Skipping (or failing) without a browser --------------------------------------------------
@@ -174,6 +200,7 @@ class Simulator:
     """The simulator, with the calls the tests make: its control API and its /v1 API."""
 
     server: SimulatorServer
+    api_key: str = API_KEY
     http: requests.Session = field(default_factory=requests.Session)
 
     @property
@@ -194,11 +221,17 @@ class Simulator:
     def seed(self, count: int, status: str, **options: Any) -> dict[str, Any]:
         return self.control("seed", {"count": count, "status": status, **options})
 
+    def calls(self) -> dict[str, int]:
+        """The call counts per operationId since the session started."""
+        response = self.http.get(f"{self.server.root_url}/_sim/state", timeout=10)
+        response.raise_for_status()
+        return response.json()["calls"]
+
     def api(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self.http.request(
             method,
             f"{self.base_url}{path}",
-            headers={"Authorization": f"Bearer {API_KEY}"},
+            headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=10,
             **kwargs,
         )
@@ -211,22 +244,39 @@ class Simulator:
         return self.api("POST", "/files", data={"purpose": "batch"}, files=files)["id"]
 
 
-@pytest.fixture(scope="session")
-def sim() -> Iterator[Simulator]:
-    with SimulatorServer(
+def _serve_simulator(api_key: str, **options: Any) -> SimulatorServer:
+    return SimulatorServer(
         host="127.0.0.1",
         port=0,
         speed=1,
-        api_key=API_KEY,
+        api_key=api_key,
         clock=lambda: time.time() - SIM_CLOCK_LAG,
-    ) as server:
+        **options,
+    )
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[Simulator]:
+    """The upstream of the default connection ("OpenAI")."""
+    with _serve_simulator(API_KEY) as server:
         yield Simulator(server)
 
 
 @pytest.fixture(scope="session")
-def server_env(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def sim_eu() -> Iterator[Simulator]:
+    """The upstream of the second connection ("Azure EU"), in EU_DIALECT."""
+    options = {"dialect": EU_DIALECT} if EU_DIALECT != "openai" else {}
+    with _serve_simulator(EU_API_KEY, **options) as server:
+        yield Simulator(server, api_key=EU_API_KEY)
+
+
+@pytest.fixture(scope="session")
+def server_env(
+    sim: Simulator, sim_eu: Simulator, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
     """The environment of every batchweb process: always a fresh SQLite file, whatever the
-    outer DATABASE_URL says, and the simulator as upstream."""
+    outer DATABASE_URL says, and the simulators as upstreams (the second one's key in the
+    variable its connection names)."""
     tmp = tmp_path_factory.mktemp("e2e")
     env = {
         k: v
@@ -247,6 +297,7 @@ def server_env(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> dict
             "OPENAI_BASE_URL": sim.base_url,
             "OPENAI_ORG_ID": "",
             "OPENAI_PROJECT_ID": "",
+            EU_KEY_ENV: EU_API_KEY,
             "BATCHWEB_DEMO": "false",
             "BATCHWEB_SYNC_INTERVAL": "1",
             "BATCHWEB_UPLOAD_DIR": str(tmp),
@@ -265,9 +316,17 @@ class Site:
     sessions: dict[str, str]  # username -> session key of a signed-in session
 
 
+def connection_add_args(sim_eu: Simulator) -> list[str]:
+    """`manage.py connection_add` for the second connection (the key by variable name only)."""
+    args = ["connection_add", "--name", EU_NAME, "--slug", EU_SLUG]
+    args += ["--base-url", sim_eu.base_url, "--dialect", EU_DIALECT, "--key-env", EU_KEY_ENV]
+    return [*args, "--group", EU_GROUP]
+
+
 @pytest.fixture(scope="session")
-def web_server(server_env: dict[str, str]) -> Iterator[Site]:
-    """gunicorn and the sync worker on a migrated database with three accounts."""
+def web_server(server_env: dict[str, str], sim_eu: Simulator) -> Iterator[Site]:
+    """gunicorn and the sync worker on a migrated database with four accounts and two
+    connections."""
     LOGS.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -293,6 +352,11 @@ def web_server(server_env: dict[str, str]) -> Iterator[Site]:
                     gunicorn, cwd=BASE_DIR, env=server_env, stdout=web_out, stderr=subprocess.STDOUT
                 )
             )
+            output = finish(helpers[1], "shell (creating accounts)")
+            sessions = json.loads(output.split("SESSIONS=", 1)[1])
+            # After the accounts (it names their group), before the worker (which looks for new
+            # connections only every 30 s).
+            finish(start_manage(server_env, *connection_add_args(sim_eu)), "connection_add")
             processes.append(
                 subprocess.Popen(
                     [sys.executable, "manage.py", "sync_batches", "--loop", "--interval", "1"],
@@ -303,8 +367,6 @@ def web_server(server_env: dict[str, str]) -> Iterator[Site]:
                 )
             )
             finish(helpers[0], "collectstatic")
-            output = finish(helpers[1], "shell (creating accounts)")
-            sessions = json.loads(output.split("SESSIONS=", 1)[1])
             _wait_until_serving(url, processes[0], web_log)
             yield Site(url=url, sessions=sessions)
         finally:

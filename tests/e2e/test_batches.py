@@ -41,8 +41,8 @@ def sync_and_open(page, openai_id: str) -> None:
     """Sync from the list page, then open the batch from its row."""
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
-    page.locator(f"[id='row-{openai_id}']").get_by_role("link").click()
-    expect(page).to_have_url(re.compile(rf"/batches/{openai_id}/$"))
+    page.locator(f"tr[data-batch-id='{openai_id}']").get_by_role("link").click()
+    expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/$"))
 
 
 def test_a_batch_created_from_the_form_runs_to_completed(page_as, sim, shot):
@@ -68,7 +68,7 @@ def test_a_batch_created_from_the_form_runs_to_completed(page_as, sim, shot):
     page.get_by_label("Metadata value 1", exact=True).fill("search")
     page.get_by_role("button", name="Continue").click()
 
-    expect(page).to_have_url(re.compile(r"/batches/batch_\w+/$"))
+    expect(page).to_have_url(re.compile(r"/connections/default/batches/batch_\w+/$"))
     openai_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     expect(page.get_by_role("status")).to_have_text(f"Batch {openai_id} created.")
     expect(badge(page)).to_have_text(re.compile(r"^(validating|in progress)$"))
@@ -108,12 +108,12 @@ def test_a_batch_created_from_the_form_runs_to_completed(page_as, sim, shot):
 
     # The list shows it with its label and creator, and opens it.
     page.get_by_role("link", name="← Batches").click()
-    row = page.locator(f"[id='row-{openai_id}']")
+    row = page.locator(f"tr[data-batch-id='{openai_id}']")
     expect(row).to_contain_text("e2e nightly eval")
     expect(row.locator("td[data-label='Created by']")).to_have_text("sam")
     expect(row.locator(".badge")).to_have_text("completed")
     row.get_by_role("link").click()
-    expect(page).to_have_url(re.compile(rf"/batches/{openai_id}/$"))
+    expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/$"))
     expect(badge(page)).to_have_text("completed")
 
 
@@ -125,7 +125,7 @@ def test_a_running_batch_is_cancelled_through_the_confirmation_page(page_as, sim
     expect(badge(page)).to_have_text("in progress")
 
     page.get_by_role("link", name="Cancel batch…").click()
-    expect(page).to_have_url(re.compile(rf"/batches/{openai_id}/cancel/$"))
+    expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/cancel/$"))
     expect(page.get_by_role("heading", name="Cancel this batch?")).to_be_visible()
     shot(page, "cancel-confirm")
     # "No" goes back without doing anything.
@@ -134,7 +134,7 @@ def test_a_running_batch_is_cancelled_through_the_confirmation_page(page_as, sim
 
     page.get_by_role("link", name="Cancel batch…").click()
     page.get_by_role("button", name="Yes, cancel the batch").click()
-    expect(page).to_have_url(re.compile(rf"/batches/{openai_id}/$"))
+    expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/$"))
     expect(page.get_by_role("status")).to_contain_text("Cancellation requested.")
     expect(badge(page)).to_have_text("cancelling")
     expect(page.get_by_role("link", name="Cancel batch…")).to_have_count(0)
@@ -151,7 +151,9 @@ def test_a_running_batch_is_cancelled_through_the_confirmation_page(page_as, sim
 
     # The activity log says who did it.
     page.get_by_role("link", name="Activity").click()
-    entry = page.locator("tbody tr", has=page.locator(f"a[href='/batches/{openai_id}/']"))
+    entry = page.locator(
+        "tbody tr", has=page.locator(f"a[href='/connections/default/batches/{openai_id}/']")
+    )
     expect(entry).to_have_count(1)
     expect(entry.locator("td[data-label='Who']")).to_have_text("sam")
     expect(entry.locator("td[data-label='What']")).to_have_text("cancelled")
@@ -181,7 +183,7 @@ def test_an_upstream_failure_shows_a_clear_message_and_the_cached_page(page_as, 
         message = page.locator(".messages .msg.error")
         expect(message).to_contain_text("Sync failed; the list shows what was cached before.")
         expect(message).to_contain_text("(HTTP 500): The server had an error")
-        expect(page.locator(f"[id='row-{openai_id}']")).to_be_visible()
+        expect(page.locator(f"tr[data-batch-id='{openai_id}']")).to_be_visible()
         banner = page.get_by_role("alert").filter(has_text="Upstream is failing")
         expect(banner).to_contain_text("The pages show the cached data.")
         request_ids = re.findall(r"req_\w+", banner.inner_text())

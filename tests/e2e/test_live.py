@@ -33,7 +33,7 @@ def test_a_running_row_on_the_list_updates_in_place(page_as, sim, shot):
     page = page_as("vic")
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
-    row = page.locator(f"[id='row-{openai_id}']")
+    row = page.locator(f"tr[data-batch-id='{openai_id}']")
     expect(row).to_contain_text(re.compile(r"validating|in progress"))
     page.evaluate("window.__noReload = true")
 
@@ -51,7 +51,7 @@ def test_a_running_batch_page_shows_progress_and_reloads_once_finished(page_as, 
     page = page_as("vic")
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
-    page.goto(f"/batches/{openai_id}/")
+    page.goto(f"/connections/default/batches/{openai_id}/")
     progress = page.locator("#live-detail .progress .nums")
     page.evaluate("window.__noReload = true")
 

@@ -52,7 +52,7 @@ def submit_file(page, path, label: str) -> str:
     page.get_by_label("Label").fill(label)
     page.get_by_role("button", name="Continue").click()
     page.get_by_role("button", name="Upload and create the batch").click()
-    expect(page).to_have_url(re.compile(r"/batches/batch_\w+/$"))
+    expect(page).to_have_url(re.compile(r"/connections/default/batches/batch_\w+/$"))
     return page.url.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -76,7 +76,7 @@ def test_results_are_read_filtered_and_the_failures_retried(page_as, sim, shot, 
     page.get_by_role("link", name="View results").click()
 
     # The results table: every request, joined to its input line.
-    expect(page).to_have_url(re.compile(rf"/batches/{origin}/results/$"))
+    expect(page).to_have_url(re.compile(rf"/connections/default/batches/{origin}/results/$"))
     expect(page.get_by_role("heading", name="Results")).to_be_visible()
     expect(page.locator("table.results tbody tr")).to_have_count(6)
     assert result_ids(page) == CUSTOM_IDS
@@ -125,7 +125,7 @@ def test_results_are_read_filtered_and_the_failures_retried(page_as, sim, shot, 
     shot(page, "retry-confirm")
 
     page.get_by_role("button", name="Upload and create the batch").click()
-    expect(page).to_have_url(re.compile(r"/batches/batch_\w+/$"))
+    expect(page).to_have_url(re.compile(r"/connections/default/batches/batch_\w+/$"))
     retry = page.url.rstrip("/").rsplit("/", 1)[-1]
     assert retry != origin
     expect(page.get_by_text(f"This batch retries {origin}")).to_be_visible()

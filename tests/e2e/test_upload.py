@@ -71,7 +71,7 @@ def test_a_jsonl_file_is_checked_confirmed_uploaded_and_created(page_as, sim, sh
 
     page.get_by_role("button", name="Upload and create the batch").click()
 
-    expect(page).to_have_url(re.compile(r"/batches/batch_\w+/$"))
+    expect(page).to_have_url(re.compile(r"/connections/default/batches/batch_\w+/$"))
     openai_id = page.url.rstrip("/").rsplit("/", 1)[-1]
     expect(page.get_by_role("status")).to_have_text(f"Batch {openai_id} created.")
     expect(page.locator("p.sub")).to_contain_text("e2e upload")

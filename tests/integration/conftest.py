@@ -92,19 +92,19 @@ def sim(sim_server: SimulatorServer, sim_clock: FakeClock, settings) -> Iterator
 
 @pytest.fixture(autouse=True)
 def waits(monkeypatch) -> list[float]:
-    """Every wait between retries of a client built from settings, recorded instead of slept.
+    """Every wait between retries of any client built meanwhile, recorded instead of slept.
 
     Only the client's own ``sleep`` is replaced: the simulator's ``latency`` fault still sleeps.
     """
     recorded: list[float] = []
-    original = OpenAIClient.from_settings.__func__
+    original = OpenAIClient.__init__
 
-    def from_settings(cls: type[OpenAIClient], **kwargs: Any) -> OpenAIClient:
-        client = original(cls, **kwargs)
-        client.sleep = recorded.append
-        return client
+    def init(client: OpenAIClient, *args: Any, **kwargs: Any) -> None:
+        original(client, *args, **kwargs)
+        if kwargs.get("sleep") is None:
+            client.sleep = recorded.append
 
-    monkeypatch.setattr(OpenAIClient, "from_settings", classmethod(from_settings))
+    monkeypatch.setattr(OpenAIClient, "__init__", init)
     return recorded
 
 

@@ -9,7 +9,7 @@ import pytest
 from django.urls import reverse
 
 from batches import services
-from batches.models import Batch, Status
+from batches.models import Batch, Status, default_connection
 from batches.openai_client import InvalidRequest, NotFound
 from batches.results import summarize
 from tests.integration.conftest import write_jsonl
@@ -41,7 +41,7 @@ def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_re
     quirky.seed_batches(count=2, status="failed")
     quirky.seed_batches(count=2, status="completed")
 
-    result = services.batches_sync()
+    result = services.batches_sync(connection=default_connection())
 
     assert result.created == 4  # the one created through batchweb was cached already
     batches = list(Batch.objects.all())
@@ -58,10 +58,10 @@ def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_re
     assert listing.status_code == 200
     for batch in batches:
         assert batch.openai_id in listing.content.decode()
-        page = submitter_client.get(reverse("batch-detail", args=[batch.openai_id]))
+        page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
         assert page.status_code == 200
         assert page.context["refresh_error"] is None
-    failed_page = submitter_client.get(reverse("batch-detail", args=[failed.openai_id]))
+    failed_page = submitter_client.get(reverse("batch-detail", args=["default", failed.openai_id]))
     assert "Enqueued token limit reached" in failed_page.content.decode()
 
 
@@ -69,7 +69,7 @@ def test_a_batch_that_skips_finalizing_goes_from_in_progress_to_completed_on_its
     quirky, submitter, submitter_client, uploaded_file_id
 ):
     batch = services.batch_create(user=submitter, input_file_id=uploaded_file_id, endpoint=ENDPOINT)
-    url = reverse("batch-detail", args=[batch.openai_id])
+    url = reverse("batch-detail", args=["default", batch.openai_id])
 
     quirky.advance(3.5)  # validating (2 s), then half-way through three 1-second requests
     running = submitter_client.get(url).context["batch"]
@@ -116,14 +116,14 @@ def test_errors_with_only_a_message_still_name_their_class_and_reach_the_page(
     assert "Cannot cancel a batch with status 'completed'" in str(conflict.value)
 
     quirky.seed_batches(count=1, status="in_progress")
-    services.batches_sync()
+    services.batches_sync(connection=default_connection())
     running = Batch.objects.get(status=Status.IN_PROGRESS)
     quirky.reset()  # upstream forgets the batch...
     quirky.set_faults({"quirks": ALL_QUIRKS})  # ...and still answers like a compatible server
     with pytest.raises(NotFound):
         client.retrieve_batch(running.openai_id)
 
-    page = submitter_client.get(reverse("batch-detail", args=[running.openai_id]))
+    page = submitter_client.get(reverse("batch-detail", args=["default", running.openai_id]))
 
     assert page.status_code == 200
     assert f"No batch found with id '{running.openai_id}'" in page.context["refresh_error"]

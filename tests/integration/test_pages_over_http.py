@@ -9,7 +9,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from batches import services
-from batches.models import Batch, Event, Status, Submission, SyncState
+from batches.models import Batch, Event, Status, Submission, SyncState, default_connection
 from tests.integration.conftest import calls
 
 pytestmark = pytest.mark.django_db
@@ -20,7 +20,7 @@ ENDPOINT = "/v1/chat/completions"
 def cached_running_batch(sim, *, requests: int = 10) -> Batch:
     """A batch running upstream, already in the cache."""
     seeded = sim.seed_batches(count=1, status="in_progress", requests=requests)
-    services.batches_sync()
+    services.batches_sync(connection=default_connection())
     return Batch.objects.get(openai_id=seeded["first_id"])
 
 
@@ -44,7 +44,7 @@ def test_a_batch_created_through_the_form_exists_upstream_once_with_its_stamps(
 
     batch = Batch.objects.get(submission_token=token)
     assert response.status_code == 302
-    assert response.url == reverse("batch-detail", args=[batch.openai_id])
+    assert response.url == reverse("batch-detail", args=["default", batch.openai_id])
     assert batch.created_by == submitter
     assert batch.status == Status.VALIDATING
     upstream = make_client().retrieve_batch(batch.openai_id)
@@ -88,7 +88,7 @@ def test_the_detail_page_refreshes_a_running_batch_from_the_simulator(sim, submi
     retrieved = calls(sim, "retrieveBatch")
     sim.advance(3)
 
-    page = submitter_client.get(reverse("batch-detail", args=[batch.openai_id]))
+    page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
 
     shown = page.context["batch"]
     assert page.status_code == 200
@@ -99,7 +99,7 @@ def test_the_detail_page_refreshes_a_running_batch_from_the_simulator(sim, submi
     assert calls(sim, "retrieveBatch") - retrieved == 1
 
     sim.advance(20)
-    finished = submitter_client.get(reverse("batch-detail", args=[batch.openai_id]))
+    finished = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
 
     assert finished.context["batch"].status == Status.COMPLETED
     assert finished.context["batch"].output_file_id in finished.text
@@ -107,8 +107,8 @@ def test_the_detail_page_refreshes_a_running_batch_from_the_simulator(sim, submi
 
 def test_a_running_batch_is_cancelled_from_its_page_and_ends_cancelled(sim, submitter_client):
     batch = cached_running_batch(sim, requests=20)
-    cancel_url = reverse("batch-cancel", args=[batch.openai_id])
-    detail_url = reverse("batch-detail", args=[batch.openai_id])
+    cancel_url = reverse("batch-cancel", args=["default", batch.openai_id])
+    detail_url = reverse("batch-detail", args=["default", batch.openai_id])
     assert submitter_client.get(cancel_url).status_code == 200
 
     response = submitter_client.post(cancel_url)
@@ -143,7 +143,7 @@ def test_the_sync_now_button_fills_the_list_from_the_simulator(sim, submitter_cl
 
 def test_the_sync_now_button_during_an_outage_says_so_and_keeps_the_cache(sim, submitter_client):
     sim.seed_batches(count=3, status="completed")
-    services.batches_sync()
+    services.batches_sync(connection=default_connection())
     sim.set_faults({"server_error": 100})
 
     response = submitter_client.post(reverse("batch-sync"), follow=True)
@@ -152,7 +152,7 @@ def test_the_sync_now_button_during_an_outage_says_so_and_keeps_the_cache(sim, s
     assert "Sync failed; the list shows what was cached before" in response.text
     assert "Upstream is failing" in response.text
     assert len(response.context["batches"]) == 3
-    assert SyncState.get().is_failing
+    assert SyncState.get(default_connection()).is_failing
 
 
 def test_the_detail_page_shows_the_cached_copy_with_a_notice_when_the_simulator_fails(
@@ -162,7 +162,7 @@ def test_the_detail_page_shows_the_cached_copy_with_a_notice_when_the_simulator_
     retrieved = calls(sim, "retrieveBatch")
     sim.set_faults({"server_error": 100})
 
-    page = submitter_client.get(reverse("batch-detail", args=[batch.openai_id]))
+    page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
 
     assert page.status_code == 200
     assert page.context["batch"].status == Status.IN_PROGRESS
@@ -179,7 +179,7 @@ def test_the_detail_page_gives_up_on_a_slow_simulator_at_the_page_timeout(
     settings.OPENAI_PAGE_TIMEOUT = 0.2
     sim.set_faults({"latency": 1})
 
-    page = submitter_client.get(reverse("batch-detail", args=[batch.openai_id]))
+    page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
 
     assert page.status_code == 200
     assert "no answer from" in page.context["refresh_error"]

@@ -22,27 +22,27 @@ def test_a_finished_batch_can_be_read_exported_downloaded_and_retried(
     sim.advance(100)
     b = services.batch_refresh(batch=b)
     assert b.status == "completed", b.status
-    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]))
+    r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]))
     assert r.status_code == 200, r
     c = r.content.decode()
     assert "req-6-fail" in c
     assert ResultRow.objects.filter(batch=b).count() == 6
     b.refresh_from_db()
     assert b.result_summary["succeeded"] == 5, b.result_summary
-    r = submitter_client.get(reverse("batch-detail", args=[b.openai_id]))
+    r = submitter_client.get(reverse("batch-detail", args=["default", b.openai_id]))
     assert "What the batch produced" in r.content.decode()
     row = ResultRow.objects.get(batch=b, custom_id="req-6-fail")
-    r = submitter_client.get(reverse("batch-result", args=[b.openai_id, row.pk]))
+    r = submitter_client.get(reverse("batch-result", args=["default", b.openai_id, row.pk]))
     assert r.status_code == 200
-    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]) + "?failed=1")
+    r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]) + "?failed=1")
     assert "req-1" not in r.content.decode().replace("req-6-fail", "")
-    r = submitter_client.get(reverse("batch-results-csv", args=[b.openai_id]))
+    r = submitter_client.get(reverse("batch-results-csv", args=["default", b.openai_id]))
     body = b"".join(r.streaming_content).decode()
     assert body.count("\n") == 7, body
-    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    r = submitter_client.get(reverse("batch-download", args=["default", b.openai_id, "output"]))
     out = b"".join(r.streaming_content)
     assert out.count(b"\n") == 5
-    r = submitter_client.post(reverse("batch-retry", args=[b.openai_id]))
+    r = submitter_client.post(reverse("batch-retry", args=["default", b.openai_id]))
     assert r.status_code == 302, r.content
     r = submitter_client.get(r["Location"])
     c = r.content.decode()
@@ -83,7 +83,7 @@ def test_quirky_result_files_are_read_as_well_as_standard_ones(
     b = _finished(sim, submitter, tmp_path, lines)
     assert b.status == "completed", b.status
 
-    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]))
+    r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]))
     assert r.status_code == 200
     b.refresh_from_db()
     s = b.result_summary
@@ -91,7 +91,7 @@ def test_quirky_result_files_are_read_as_well_as_standard_ones(
     assert s["failed_by_status"] == {"400": 1, "500": 1}, s
     row = ResultRow.objects.get(batch=b, custom_id="a-1")
     assert row.ok and "Hello owls" in row.answer_preview
-    r = submitter_client.get(reverse("batch-result", args=[b.openai_id, row.pk]))
+    r = submitter_client.get(reverse("batch-result", args=["default", b.openai_id, row.pk]))
     page = r.content.decode()
     assert "&quot;choices&quot;: [" in page  # the string body shown decoded, as an object
 
@@ -107,7 +107,7 @@ def test_an_expired_batch_retries_what_expired_as_well_as_what_failed(
     b = services.batch_refresh(batch=b)
     assert b.status == "expired", b.status
 
-    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]) + "?failed=1")
+    r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]) + "?failed=1")
     assert r.status_code == 200
     b.refresh_from_db()
     expired = b.result_summary["failed_by_code"].get("batch_expired", 0)
@@ -115,7 +115,7 @@ def test_an_expired_batch_retries_what_expired_as_well_as_what_failed(
     assert expired > 0 and succeeded > 0, b.result_summary
     assert succeeded + b.result_summary["failed"] == 9
 
-    r = submitter_client.post(reverse("batch-retry", args=[b.openai_id]))
+    r = submitter_client.post(reverse("batch-retry", args=["default", b.openai_id]))
     assert r.status_code == 302, r
     submission = Submission.objects.get(retry_of=b)
     staged = Path(submission.staged_path).read_bytes()
@@ -137,12 +137,12 @@ def test_an_output_file_deleted_upstream_is_reported_not_a_crash(
     b = _finished(sim, submitter, tmp_path, [chat_line("req-1"), chat_line("req-2")])
     services.get_client().delete_file(b.output_file_id)
 
-    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    r = submitter_client.get(reverse("batch-download", args=["default", b.openai_id, "output"]))
     assert r.status_code == 302
     page = submitter_client.get(r["Location"]).content.decode()
     assert "no longer exists upstream" in page
 
-    r = submitter_client.get(reverse("batch-results", args=[b.openai_id]))
+    r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]))
     assert r.status_code == 302
     assert "no longer exists upstream" in submitter_client.get(r["Location"]).content.decode()
 
@@ -153,14 +153,16 @@ def test_downloads_over_http_stream_and_then_come_from_the_local_copy(
     settings.DATA_DIR = tmp_path
     b = _finished(sim, submitter, tmp_path, [chat_line(f"req-{i}") for i in range(1, 4)])
 
-    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    r = submitter_client.get(reverse("batch-download", args=["default", b.openai_id, "output"]))
     assert r.streaming and r["Content-Type"].startswith("application/jsonl")
     assert r["Content-Disposition"] == f'attachment; filename="{b.openai_id}_output.jsonl"'
     first = b"".join(r.streaming_content)
     assert first.count(b"\n") == 3
 
-    submitter_client.get(reverse("batch-results", args=[b.openai_id]))  # makes the local copies
+    submitter_client.get(
+        reverse("batch-results", args=["default", b.openai_id])
+    )  # makes the local copies
     before = sim.state()["calls"]["downloadFile"]
-    r = submitter_client.get(reverse("batch-download", args=[b.openai_id, "output"]))
+    r = submitter_client.get(reverse("batch-download", args=["default", b.openai_id, "output"]))
     assert b"".join(r.streaming_content) == first
     assert sim.state()["calls"]["downloadFile"] == before

@@ -95,7 +95,7 @@ def test_demo_mode_serves_a_working_dashboard_and_stops_cleanly(tmp_path):
         created = http.post(
             checked.url, data={"csrfmiddlewaretoken": csrf_token(checked.text)}, timeout=30
         )
-        assert re.search(r"/batches/batch_\w+/$", created.url), created.url
+        assert re.search(r"/connections/demo/batches/batch_\w+/$", created.url), created.url
         deadline = time.monotonic() + 30
         while "completed with failures" not in created.text and time.monotonic() < deadline:
             time.sleep(0.5)

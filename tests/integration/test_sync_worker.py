@@ -12,7 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from batches import services
-from batches.models import Batch, Status, SyncState
+from batches.models import Batch, Status, SyncState, default_connection
 from tests.integration.conftest import calls
 
 pytestmark = pytest.mark.django_db
@@ -30,19 +30,19 @@ def keep_signal_handlers():
 def test_a_first_sync_stores_all_250_batches_in_three_list_calls_and_a_second_needs_one(sim):
     sim.seed_batches(count=250, status="completed")
 
-    first = services.batches_sync()
+    first = services.batches_sync(connection=default_connection())
 
     assert Batch.objects.count() == 250
     assert (first.pages, first.created, first.stopped_because) == (3, 250, "last page")
     assert calls(sim, "listBatches") == 3
 
-    second = services.batches_sync()
+    second = services.batches_sync(connection=default_connection())
 
     assert calls(sim, "listBatches") == 4  # one more: the newest page brought nothing new
     assert (second.pages, second.created, second.updated) == (1, 0, 0)
     assert second.stopped_because == "nothing new"
     assert Batch.objects.count() == 250
-    assert SyncState.get().last_success_at is not None
+    assert SyncState.get(default_connection()).last_success_at is not None
 
 
 def test_a_list_that_never_ends_is_walked_to_the_repeated_cursor_and_no_further(sim):
@@ -50,7 +50,7 @@ def test_a_list_that_never_ends_is_walked_to_the_repeated_cursor_and_no_further(
     sim.set_faults({"endless_list": True})
 
     started = time.monotonic()
-    result = services.batches_sync(full=True)
+    result = services.batches_sync(connection=default_connection(), full=True)
 
     assert time.monotonic() - started < 10
     assert result.stopped_because == "repeated cursor"
@@ -62,7 +62,7 @@ def test_a_list_that_never_ends_stops_at_the_page_cap(sim):
     sim.seed_batches(count=250, status="completed")
     sim.set_faults({"endless_list": True})
 
-    result = services.batches_sync(full=True, max_pages=2)
+    result = services.batches_sync(connection=default_connection(), full=True, max_pages=2)
 
     assert result.stopped_because == "page cap of 2 reached"
     assert calls(sim, "listBatches") == 2
@@ -73,7 +73,7 @@ def test_an_incremental_sync_of_a_list_that_never_ends_stops_once_nothing_is_new
     sim.seed_batches(count=30, status="completed")
     sim.set_faults({"endless_list": True})
 
-    result = services.batches_sync()
+    result = services.batches_sync(connection=default_connection())
 
     assert result.stopped_because == "nothing new"
     assert calls(sim, "listBatches") == 2
@@ -86,7 +86,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
     sim.seed_batches(count=5, status="in_progress", requests=1000)
     sim.advance(200)
     sim.seed_batches(count=100, status="completed")
-    services.batches_sync()
+    services.batches_sync(connection=default_connection())
     running = Batch.objects.filter(status=Status.IN_PROGRESS)
     assert running.count() == 5
     before = {b.openai_id: b.requests_done for b in running}
@@ -94,7 +94,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
     sim.advance(100)
     retrieved = calls(sim, "retrieveBatch")
     listed = calls(sim, "listBatches")
-    result = services.batches_sync()
+    result = services.batches_sync(connection=default_connection())
 
     assert calls(sim, "listBatches") - listed == 1
     assert result.refreshed == 5
@@ -104,7 +104,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
         assert batch.requests_done > before[batch.openai_id]
 
     sim.advance(2000)  # past the 1,000 requests and finalizing
-    services.batches_sync()
+    services.batches_sync(connection=default_connection())
 
     finished = Batch.objects.filter(openai_id__in=before)
     assert {b.status for b in finished} == {Status.COMPLETED}
@@ -121,7 +121,7 @@ def test_the_sync_command_loops_for_the_passes_asked_and_stops(sim, keep_signal_
     )
 
     lines = out.getvalue().splitlines()
-    assert sum(line.startswith("sync: ") for line in lines) == 2
+    assert sum(line.startswith("sync default: ") for line in lines) == 2
     assert "120 new" in lines[0] and "0 new" in lines[1]
     assert lines[-1] == "Sync worker stopped."
     assert err.getvalue() == ""
@@ -141,11 +141,11 @@ def test_an_upstream_outage_is_recorded_and_the_sync_loop_keeps_going(
         "sync_batches", "--loop", "--max-passes", "2", "--interval", "0", stdout=out, stderr=err
     )
 
-    assert err.getvalue().count("sync failed") == 2
+    assert err.getvalue().count("sync default failed") == 2
     assert "Sync worker stopped." in out.getvalue()
     assert calls(sim, "listBatches") == 6  # each pass: one try and two retries
     assert len(waits) == 4
-    state = SyncState.get()
+    state = SyncState.get(default_connection())
     assert state.is_failing
     assert "HTTP 500" in state.last_error
     assert state.last_error_request_id.startswith("req_")
@@ -167,4 +167,4 @@ def test_a_single_sync_pass_during_an_outage_fails_the_command_with_the_reason(s
     with pytest.raises(CommandError, match="HTTP 500"):
         call_command("sync_batches", stdout=io.StringIO())
 
-    assert SyncState.get().is_failing
+    assert SyncState.get(default_connection()).is_failing

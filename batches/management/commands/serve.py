@@ -22,8 +22,11 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from batches.models import AuthStyle, Connection, Dialect
+
 DEMO_USERNAME = "demo"
 DEMO_KEY = "sk-demo-simulator"
+DEMO_KEY_ENV = "BATCHWEB_DEMO_KEY"
 
 
 class Command(BaseCommand):
@@ -57,16 +60,17 @@ class Command(BaseCommand):
         try:
             if demo:
                 base_url = self._start_simulator(options, children)
+                _demo_connection(base_url)
                 env.update(
                     {
-                        "OPENAI_API_KEY": DEMO_KEY,
-                        "OPENAI_BASE_URL": base_url,
-                        "OPENAI_ORG_ID": "",
-                        "OPENAI_PROJECT_ID": "",
+                        DEMO_KEY_ENV: DEMO_KEY,
                         "BATCHWEB_DEMO": "true",
                         "BATCHWEB_SYNC_INTERVAL": env.get("BATCHWEB_SYNC_INTERVAL", "3"),
                     }
                 )
+            else:
+                # A demo tried before the key was set: its simulator is not running now.
+                Connection.objects.filter(slug="demo", key_env=DEMO_KEY_ENV).update(enabled=False)
             # The worker writes a line every pass: to its own file, so this console keeps the
             # sign-in and any real problem in view.
             worker_log = Path(settings.DATA_DIR) / "worker.log"
@@ -174,6 +178,23 @@ class Command(BaseCommand):
                     )
             time.sleep(0.5)
         self.stdout.write("Stopping…")
+
+
+def _demo_connection(base_url: str) -> Connection:
+    """The connection "Demo", pointing at this start's simulator (its port may differ from the
+    last start's); its key is the simulator's, passed to the web and worker processes."""
+    connection, _ = Connection.objects.update_or_create(
+        slug="demo",
+        defaults={
+            "name": "Demo",
+            "base_url": base_url,
+            "dialect": Dialect.OPENAI,
+            "auth_style": AuthStyle.BEARER,
+            "key_env": DEMO_KEY_ENV,
+            "enabled": True,
+        },
+    )
+    return connection
 
 
 def _spawn(command: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen:

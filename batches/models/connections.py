@@ -1,0 +1,321 @@
+"""Connections: the upstream servers batchweb talks to (OpenAI projects, Azure, compatible
+servers), each with its own key, dialect, limits and the groups that may use it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from .. import keystore
+from ..jsonl_check import ENDPOINTS
+
+DEFAULT_SLUG = "default"
+
+# What the providers allow; a connection may set its own (see batch-api.md and
+# providers-webhooks-prices.md).
+OPENAI_MAX_REQUESTS = 50_000
+AZURE_MAX_REQUESTS = 100_000
+MAX_FILE_BYTES = 209_715_200
+OPENAI_EXPIRY_HOURS = (1, 720)
+AZURE_EXPIRY_HOURS = (14 * 24, 30 * 24)
+# Slugs that would read as a page of their own in /connections/<slug>/.
+RESERVED_SLUGS = frozenset({"new", "add", "test"})
+
+
+class Dialect(models.TextChoices):
+    OPENAI = "openai", "OpenAI (or a compatible server)"
+    AZURE = "azure", "Azure OpenAI, v1 API (/openai/v1)"
+    AZURE_LEGACY = "azure-legacy", "Azure OpenAI, dated API (?api-version=)"
+
+
+class AuthStyle(models.TextChoices):
+    BEARER = "bearer", "Authorization: Bearer <key>"
+    API_KEY = "api-key", "api-key: <key> (Azure)"
+
+
+class ConnectionKeyError(Exception):
+    """A connection's key cannot be had; the message says why and what to change."""
+
+
+class ConnectionQuerySet(models.QuerySet["Connection"]):
+    def visible_to(self, user: Any) -> ConnectionQuerySet:
+        """The connections a person may see and use: those restricted to none of the groups,
+        and those restricted to a group the person is in. Superusers see every one."""
+        if not getattr(user, "is_authenticated", False):
+            return self.none()
+        if user.is_superuser:
+            return self
+        return self.filter(
+            models.Q(groups__isnull=True) | models.Q(groups__in=user.groups.all())
+        ).distinct()
+
+    def usable(self) -> ConnectionQuerySet:
+        return self.filter(enabled=True)
+
+
+class Connection(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    slug = models.SlugField(
+        max_length=50, unique=True, help_text="Short name used in URLs and commands."
+    )
+    from_settings = models.BooleanField(
+        "configured by the environment",
+        default=False,
+        help_text="Base URL, key, organisation and project come from OPENAI_BASE_URL, "
+        "OPENAI_API_KEY, OPENAI_ORG_ID and OPENAI_PROJECT_ID (the installation's first "
+        "connection). The fields below are then ignored.",
+    )
+    base_url = models.CharField(
+        "base URL",
+        max_length=500,
+        blank=True,
+        help_text="OpenAI: https://api.openai.com/v1 · Azure v1: "
+        "https://RESOURCE.openai.azure.com/openai/v1 · Azure dated API: "
+        "https://RESOURCE.openai.azure.com",
+    )
+    dialect = models.CharField(max_length=16, choices=Dialect.choices, default=Dialect.OPENAI)
+    auth_style = models.CharField(
+        "send the key as", max_length=16, choices=AuthStyle.choices, default=AuthStyle.BEARER
+    )
+    api_version = models.CharField(
+        "API version",
+        max_length=40,
+        blank=True,
+        default="2024-10-21",
+        help_text="Only for Azure's dated API.",
+    )
+    organization = models.CharField(
+        max_length=100, blank=True, help_text="Sent as OpenAI-Organization."
+    )
+    project = models.CharField(max_length=100, blank=True, help_text="Sent as OpenAI-Project.")
+    key_env = models.CharField(
+        "key from environment variable",
+        max_length=100,
+        blank=True,
+        help_text="The name of an environment variable that holds the key, e.g. "
+        "OPENAI_KEY_RESEARCH. Leave empty to store the key (encrypted) instead.",
+    )
+    key_encrypted = models.TextField(blank=True, editable=False)
+    key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+
+    max_requests_per_file = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Empty: the provider's limit (50,000 on OpenAI, 100,000 on Azure).",
+    )
+    max_file_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="Empty: 200 MB (209,715,200 bytes)."
+    )
+    allowed_endpoints = models.JSONField(
+        default=list, blank=True, help_text='A list such as ["/v1/chat/completions"]; empty: all.'
+    )
+    output_expiry_min_hours = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: 1 hour on OpenAI, 14 days on Azure."
+    )
+    output_expiry_max_hours = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Empty: 30 days."
+    )
+    deployments = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Azure: deployment name → model, e.g. {"gpt4o-batch": "gpt-4o"}. When set, '
+        "input files may only name these deployments.",
+    )
+    enabled = models.BooleanField(
+        default=True, help_text="A disabled connection is not synced and takes no new batches."
+    )
+    groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="connections",
+        help_text="Only members of these groups see and use this connection. None: everyone.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ConnectionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --- Where and how to talk -------------------------------------------------------------
+
+    def effective_base_url(self) -> str:
+        return settings.OPENAI_BASE_URL if self.from_settings else self.base_url.rstrip("/")
+
+    def effective_organization(self) -> str:
+        return settings.OPENAI_ORG_ID if self.from_settings else self.organization
+
+    def effective_project(self) -> str:
+        return settings.OPENAI_PROJECT_ID if self.from_settings else self.project
+
+    def key_source(self) -> str:
+        """Where the key comes from, in words that never include the key."""
+        if self.from_settings:
+            return "environment variable OPENAI_API_KEY"
+        if self.key_env:
+            return f"environment variable {self.key_env}"
+        if self.key_encrypted:
+            return f"stored, encrypted (ends in …{self.key_last4})"
+        return "no key"
+
+    def api_key(self) -> str:
+        """The key, for the client only. Raises ConnectionKeyError with a reason."""
+        if self.from_settings or self.key_env:
+            name = "OPENAI_API_KEY" if self.from_settings else self.key_env
+            value = settings.OPENAI_API_KEY if self.from_settings else os.environ.get(name, "")
+            if not value:
+                raise ConnectionKeyError(
+                    f"The key of connection “{self.name}” is read from the environment "
+                    f"variable {name}, which is not set."
+                )
+            return value
+        if not self.key_encrypted:
+            raise ConnectionKeyError(f"Connection “{self.name}” has no key.")
+        try:
+            return keystore.decrypt(self.key_encrypted)
+        except keystore.KeystoreError as error:
+            raise ConnectionKeyError(f"Connection “{self.name}”: {error}") from None
+
+    def has_key(self) -> bool:
+        try:
+            self.api_key()
+        except ConnectionKeyError:
+            return False
+        return True
+
+    def set_key(self, plain: str) -> None:
+        """Store a key encrypted; only its last four characters stay readable."""
+        plain = plain.strip()
+        self.key_encrypted = keystore.encrypt(plain)
+        self.key_last4 = plain[-4:]
+        self.key_env = ""
+
+    # --- Limits ----------------------------------------------------------------------------
+
+    @property
+    def is_azure(self) -> bool:
+        return self.dialect in (Dialect.AZURE, Dialect.AZURE_LEGACY)
+
+    def request_limit(self) -> int:
+        if self.max_requests_per_file:
+            return self.max_requests_per_file
+        return AZURE_MAX_REQUESTS if self.is_azure else OPENAI_MAX_REQUESTS
+
+    def byte_limit(self) -> int:
+        return self.max_file_bytes or MAX_FILE_BYTES
+
+    def endpoints(self) -> tuple[str, ...]:
+        allowed = [e for e in self.allowed_endpoints or [] if e in ENDPOINTS]
+        return tuple(allowed) if allowed else ENDPOINTS
+
+    def expiry_hours(self) -> tuple[int, int]:
+        low, high = AZURE_EXPIRY_HOURS if self.is_azure else OPENAI_EXPIRY_HOURS
+        return (self.output_expiry_min_hours or low, self.output_expiry_max_hours or high)
+
+    def deployment_names(self) -> list[str] | None:
+        """The deployments input files may name, or None when any model is allowed."""
+        if self.is_azure and self.deployments:
+            return sorted(self.deployments)
+        return None
+
+    def model_for(self, name: str) -> str:
+        """The model behind a deployment name (Azure); other names are models already."""
+        return str((self.deployments or {}).get(name) or name)
+
+    # --- Access ----------------------------------------------------------------------------
+
+    def is_visible_to(self, user: Any) -> bool:
+        return self.pk in access_for(user).ids
+
+    def clean(self) -> None:
+        errors: dict[str, str] = {}
+        if self.slug in RESERVED_SLUGS:
+            errors["slug"] = f"“{self.slug}” is reserved; choose another."
+        if not self.from_settings:
+            parts = urlsplit(self.base_url or "")
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                errors["base_url"] = "Give a full URL starting with https://."
+            if self.dialect == Dialect.AZURE and not self.base_url.rstrip("/").endswith(
+                "/openai/v1"
+            ):
+                errors["base_url"] = (
+                    "Azure's v1 API lives under /openai/v1, e.g. "
+                    "https://RESOURCE.openai.azure.com/openai/v1."
+                )
+            if self.dialect == Dialect.AZURE_LEGACY and not self.api_version:
+                errors["api_version"] = "Azure's dated API needs an api-version, e.g. 2024-10-21."
+        if not isinstance(self.allowed_endpoints, list) or any(
+            e not in ENDPOINTS for e in self.allowed_endpoints or []
+        ):
+            errors["allowed_endpoints"] = "A list of endpoints among: " + ", ".join(ENDPOINTS)
+        if not isinstance(self.deployments, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and v
+            for k, v in (self.deployments or {}).items()
+        ):
+            errors["deployments"] = 'A map of deployment name to model, e.g. {"dep": "gpt-4o"}.'
+        low, high = self.expiry_hours()
+        if low > high:
+            errors["output_expiry_min_hours"] = "The shortest expiry is longer than the longest."
+        if errors:
+            raise ValidationError(errors)
+
+
+@dataclass(frozen=True)
+class Access:
+    """The connections a person may see (name order), and whether that is all of them."""
+
+    connections: tuple[Connection, ...]
+    everything: bool
+
+    @property
+    def ids(self) -> list[int]:
+        return [c.pk for c in self.connections]
+
+
+def access_for(user: Any) -> Access:
+    """What `user` may see, in one query, kept on the user object for the rest of the request
+    (the list page, its filters and the freshness line all ask)."""
+    cached = getattr(user, "_batchweb_access", None)
+    if cached is not None:
+        return cached
+    if not getattr(user, "is_authenticated", False):
+        return Access((), False)
+    through = Connection.groups.through
+    rows = list(
+        Connection.objects.annotate(
+            restricted=models.Exists(through.objects.filter(connection=models.OuterRef("pk"))),
+            member=models.Exists(
+                through.objects.filter(
+                    connection=models.OuterRef("pk"), group__in=user.groups.values("pk")
+                )
+            ),
+        )
+    )
+    visible = tuple(c for c in rows if user.is_superuser or not c.restricted or c.member)
+    access = Access(visible, len(visible) == len(rows))
+    user._batchweb_access = access
+    return access
+
+
+def default_connection() -> Connection:
+    """The connection configured by OPENAI_* settings, which batches of earlier releases
+    belong to (created by a migration; made again here if someone deleted it)."""
+    connection, _ = Connection.objects.get_or_create(
+        slug=DEFAULT_SLUG, defaults={"name": "OpenAI", "from_settings": True}
+    )
+    return connection
+
+
+def default_connection_id() -> int:
+    return default_connection().pk

@@ -1,0 +1,145 @@
+"""The connections a person may use, how each is doing, and for admins its settings and a
+Test connection button. The pages read the local database only; the test is the one upstream
+call, made when an admin presses the button."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db.models import Sum
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET, require_POST
+
+from ..models import BatchTally, Connection, SyncState
+from ..services import connections as connection_services
+
+MANAGE_PERMISSION = "batches.change_connection"
+
+
+@dataclass
+class ConnectionRow:
+    """One connection with what its pages show beside it."""
+
+    connection: Connection
+    state: SyncState | None
+    batch_count: int
+    has_key: bool
+
+    @property
+    def is_failing(self) -> bool:
+        return self.state is not None and self.state.is_failing
+
+    @property
+    def last_success_at(self) -> Any:
+        return self.state.last_success_at if self.state else None
+
+    @property
+    def status(self) -> str:
+        """One word or two for the state, always shown as words (colour only adds)."""
+        if not self.connection.enabled:
+            return "disabled"
+        if not self.has_key:
+            return "no key"
+        if self.is_failing:
+            return "failing"
+        if self.last_success_at is None:
+            return "not synced yet"
+        return "working"
+
+    @property
+    def status_css(self) -> str:
+        return {
+            "disabled": "cancelled",
+            "no key": "warning",
+            "failing": "failed",
+            "not synced yet": "cancelled",
+            "working": "completed",
+        }[self.status]
+
+
+def _rows(connections: list[Connection]) -> list[ConnectionRow]:
+    ids = [c.pk for c in connections]
+    states = {s.connection_id: s for s in SyncState.objects.filter(connection_id__in=ids)}
+    # The tallies the batch list keeps: a count per connection without counting batches.
+    counts = dict(
+        BatchTally.objects.filter(connection_id__in=ids)
+        .order_by()
+        .values("connection_id")
+        .annotate(n=Sum("count"))
+        .values_list("connection_id", "n")
+    )
+    return [
+        ConnectionRow(
+            connection=c,
+            state=states.get(c.pk),
+            batch_count=counts.get(c.pk) or 0,
+            has_key=c.has_key(),
+        )
+        for c in connections
+    ]
+
+
+def _can_manage(user: Any) -> bool:
+    return user.has_perm(MANAGE_PERMISSION)
+
+
+@login_required
+@require_GET
+def connection_list(request: HttpRequest) -> HttpResponse:
+    rows = _rows(connection_services.connections_for(request.user))
+    return render(
+        request,
+        "batches/connections/list.html",
+        {"rows": rows, "can_manage": _can_manage(request.user)},
+    )
+
+
+@login_required
+@require_GET
+def connection_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    connection = connection_services.connection_for(request.user, slug)
+    return _detail(request, connection)
+
+
+@login_required
+@require_POST
+def connection_test(request: HttpRequest, slug: str) -> HttpResponse:
+    # 404 before 403: a person who may not see the connection learns nothing of it.
+    connection = connection_services.connection_for(request.user, slug)
+    if not _can_manage(request.user):
+        raise PermissionDenied("Only admins may test connections.")
+    result = connection_services.connection_test(connection=connection)
+    return _detail(request, connection, result=result)
+
+
+def _detail(
+    request: HttpRequest,
+    connection: Connection,
+    *,
+    result: connection_services.ConnectionTestResult | None = None,
+) -> HttpResponse:
+    can_manage = _can_manage(request.user)
+    context: dict[str, Any] = {
+        "connection": connection,
+        "row": _rows([connection])[0],
+        "can_manage": can_manage,
+        "result": result,
+    }
+    if can_manage:
+        low, high = connection.expiry_hours()
+        context.update(
+            groups=list(connection.groups.all()),
+            limits={
+                "requests": connection.request_limit(),
+                "bytes": connection.byte_limit(),
+                "endpoints": connection.endpoints(),
+                "expiry_min_seconds": low * 3600,
+                "expiry_max_seconds": high * 3600,
+                "deployments": sorted((connection.deployments or {}).items()),
+            },
+        )
+    return render(request, "batches/connections/detail.html", context)
