@@ -19,6 +19,7 @@ DATA := $(or $(BATCHWEB_DATA_DIR),data)
 run: $(STAMP)
 	@mkdir -p $(DATA)
 	@test -s $(DATA)/secret_key || (umask 077; $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > $(DATA)/secret_key)
+	@test -s $(DATA)/encryption_key || (umask 077; $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > $(DATA)/encryption_key)
 	$(PY) manage.py serve
 
 ## Run the whole test suite (browser tests run when Chromium is installed)

@@ -150,6 +150,14 @@ OPENAI_READ_TIMEOUT = env.float("OPENAI_READ_TIMEOUT", default=60.0)
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 # Calls made while a person waits on a page (detail refresh, cancel, sync now) give up sooner.
 OPENAI_PAGE_TIMEOUT = env.float("OPENAI_PAGE_TIMEOUT", default=15.0)
+# Encrypts the API keys stored on connections (a Fernet key or a long passphrase; several,
+# comma-separated, rotate: the first encrypts). `make run` generates data/encryption_key.
+ENCRYPTION_KEY_FILE = Path(
+    env.str("BATCHWEB_ENCRYPTION_KEY_FILE", default=str(DATA_DIR / "encryption_key"))
+)
+BATCHWEB_ENCRYPTION_KEY = env.str("BATCHWEB_ENCRYPTION_KEY", default="")
+if not BATCHWEB_ENCRYPTION_KEY and ENCRYPTION_KEY_FILE.is_file():
+    BATCHWEB_ENCRYPTION_KEY = ENCRYPTION_KEY_FILE.read_text().strip()
 # Set by demo mode (`manage.py serve` with no key): pages show a banner saying so.
 BATCHWEB_DEMO = env.bool("BATCHWEB_DEMO", default=False)
 
