@@ -1,8 +1,10 @@
 """A faithful local simulator of the OpenAI Files + Batches API (stdlib only).
 
 Used by the test suite (over real HTTP on loopback), by benchmarks, and by the dashboard's demo
-mode. It speaks the ``/v1`` API of docs/batch-api.md and adds a ``/_sim`` control API to move
-its clock, inject faults and force outcomes; see simulator/README.md.
+mode. It speaks the ``/v1`` API of docs/batch-api.md (or, with ``dialect="azure"`` /
+``"azure-legacy"``, Azure OpenAI's v1 or dated API; see simulator/dialects.py) and adds a
+``/_sim`` control API to move its clock, inject faults, set limits and force outcomes; see
+simulator/README.md.
 
 Conventions a test or a demo input file can rely on:
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 
+from simulator.dialects import DIALECTS
 from simulator.engine import Simulator
 from simulator.server import SimulatorServer
 
@@ -25,7 +26,7 @@ def _is_loopback(host: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m simulator",
-        description="A local simulator of the OpenAI Files + Batches API.",
+        description="A local simulator of the OpenAI (or Azure OpenAI) Files + Batches API.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=int, default=8765, help="port (0 picks a free one)")
@@ -36,13 +37,36 @@ def main(argv: list[str] | None = None) -> int:
         help="the only key accepted (default: $SIMULATOR_API_KEY, else any non-empty key)",
     )
     parser.add_argument("--state-file", default=None, help="JSON file that keeps the state")
+    parser.add_argument(
+        "--dialect",
+        default=os.environ.get("SIMULATOR_DIALECT") or "openai",
+        help=f"the API spoken: {', '.join(DIALECTS)} (default: $SIMULATOR_DIALECT, else openai)",
+    )
+    parser.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most estimated input tokens of unfinished batches per model (default: no limit)",
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be positive")
+    # Checked here rather than with choices=, which argparse skips for a default from $ENV.
+    if args.dialect not in DIALECTS:
+        parser.error(f"--dialect must be one of {', '.join(DIALECTS)}")
+    if args.enqueued_token_limit is not None and args.enqueued_token_limit < 0:
+        parser.error("--enqueued-token-limit must not be negative")
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}, not loopback", file=sys.stderr)
 
-    sim = Simulator(speed=args.speed, api_key=args.api_key, state_file=args.state_file)
+    sim = Simulator(
+        speed=args.speed,
+        api_key=args.api_key,
+        state_file=args.state_file,
+        dialect=args.dialect,
+        enqueued_token_limit=args.enqueued_token_limit,
+    )
     server = SimulatorServer(sim, host=args.host, port=args.port)
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -1,7 +1,9 @@
 """The WSGI application: routing, auth, faults and the translation of errors into HTTP.
 
-Two areas: the OpenAI-compatible ``/v1`` API (Bearer auth, fault switches, call counting) and
-the ``/_sim`` control API (no auth) that tests and the demo use to steer the simulator.
+Two areas: the OpenAI-compatible API (auth, fault switches, call counting) and the ``/_sim``
+control API (no auth) that tests and the demo use to steer the simulator. The API's paths, auth
+and spelling follow the simulator's dialect (``/v1``, ``/openai/v1`` or ``/openai`` with
+``?api-version=``, see :mod:`simulator.dialects`); the control API is the same in every one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
+from simulator import dialects
+from simulator.dialects import Dialect
 from simulator.engine import Simulator
 from simulator.errors import ApiError, bad_request, not_found
 from simulator.multipart import MultipartError, parse_multipart
@@ -116,19 +120,22 @@ class SimulatorApp:
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
-        self._api_routes = _compile(
-            [
-                ("POST", "/v1/files", "createFile", self.create_file),
-                ("GET", "/v1/files", "listFiles", self.list_files),
-                ("GET", "/v1/files/{file_id}", "retrieveFile", self.retrieve_file),
-                ("DELETE", "/v1/files/{file_id}", "deleteFile", self.delete_file),
-                ("GET", "/v1/files/{file_id}/content", "downloadFile", self.download_file),
-                ("POST", "/v1/batches", "createBatch", self.create_batch),
-                ("GET", "/v1/batches", "listBatches", self.list_batches),
-                ("GET", "/v1/batches/{batch_id}", "retrieveBatch", self.retrieve_batch),
-                ("POST", "/v1/batches/{batch_id}/cancel", "cancelBatch", self.cancel_batch),
-            ]
-        )
+        api = [
+            ("POST", "/files", "createFile", self.create_file),
+            ("GET", "/files", "listFiles", self.list_files),
+            ("GET", "/files/{file_id}", "retrieveFile", self.retrieve_file),
+            ("DELETE", "/files/{file_id}", "deleteFile", self.delete_file),
+            ("GET", "/files/{file_id}/content", "downloadFile", self.download_file),
+            ("POST", "/batches", "createBatch", self.create_batch),
+            ("GET", "/batches", "listBatches", self.list_batches),
+            ("GET", "/batches/{batch_id}", "retrieveBatch", self.retrieve_batch),
+            ("POST", "/batches/{batch_id}/cancel", "cancelBatch", self.cancel_batch),
+        ]
+        # The same operations under each dialect's prefix; the one used is the simulator's.
+        self._api_routes = {
+            name: _compile([(m, dialect.prefix + path, op, h) for m, path, op, h in api])
+            for name, dialect in dialects.DIALECTS.items()
+        }
         self._control_routes = _compile(
             [
                 ("POST", "/_sim/advance", "advance", self.control_advance),
@@ -139,6 +146,8 @@ class SimulatorApp:
                 ("POST", "/_sim/seed", "seed", self.control_seed),
                 ("POST", "/_sim/batches/{batch_id}/expire", "expire", self.control_expire),
                 ("POST", "/_sim/batches/{batch_id}/fail", "fail", self.control_fail),
+                ("GET", "/_sim/limits", "limits", self.control_get_limits),
+                ("POST", "/_sim/limits", "limits", self.control_limits),
             ]
         )
 
@@ -146,21 +155,22 @@ class SimulatorApp:
         request_id = f"req_{uuid.uuid4().hex}"
         body = RequestBody(environ)
         path = environ.get("PATH_INFO") or "/"
-        message_only = False
+        style: dict[str, bool] = {}
         try:
             if path.startswith("/_sim/"):
                 response = self._dispatch(self._control_routes, environ, body)
             else:
-                message_only = self.sim.faults.quirks.errors_message_only
+                style = {
+                    "message_only": self.sim.faults.quirks.errors_message_only,
+                    "azure": self.sim.profile.azure_payloads,
+                }
                 response = self._api(environ, body)
         except ApiError as error:
-            response = json_response(
-                error.status, error.body(message_only=message_only), error.headers
-            )
+            response = json_response(error.status, error.body(**style), error.headers)
         except Exception:
             logger.exception("simulator bug while answering %s %s", environ["REQUEST_METHOD"], path)
             error = ApiError(500, "Internal simulator error.", type="server_error")
-            response = json_response(500, error.body(message_only=message_only))
+            response = json_response(500, error.body(**style))
         finally:
             body.drain()
         phrase = HTTPStatus(response.status).phrase
@@ -178,6 +188,7 @@ class SimulatorApp:
         body: RequestBody,
         *,
         on_match: Callable[[str], None] | None = None,
+        hint: str = "",
     ) -> Response:
         method = environ["REQUEST_METHOD"].upper()
         path = environ.get("PATH_INFO") or "/"
@@ -187,15 +198,19 @@ class SimulatorApp:
                 if on_match:
                     on_match(name)
                 return handler(Request(environ, body, match.groupdict()))
-        raise not_found(f"Invalid URL ({method} {path})")
+        raise not_found(f"Invalid URL ({method} {path}){hint}")
 
     def _api(self, environ: dict[str, Any], body: RequestBody) -> Response:
+        dialect = self.sim.profile
+
         def before(operation: str) -> None:
             self.sim.record_call(operation)
             latency = self.sim.faults.latency
             if latency:
                 time.sleep(latency)
-            self._authenticate(environ)
+            if dialect.needs_api_version:
+                _check_api_version(environ)
+            self._authenticate(environ, dialect)
             fault = self.sim.take_fault()
             if fault == "rate_limit":
                 raise ApiError(
@@ -214,8 +229,15 @@ class SimulatorApp:
             if fault == "malformed":
                 raise _Malformed
 
+        # A client set up for another dialect lands on paths this one does not serve: say
+        # which API is here, so its 404 reads as "wrong dialect or base URL".
+        hint = ""
+        if dialect.name != "openai":
+            hint = f". This server speaks {dialect.title}; its paths start with {dialect.prefix}/."
         try:
-            return self._dispatch(self._api_routes, environ, body, on_match=before)
+            return self._dispatch(
+                self._api_routes[dialect.name], environ, body, on_match=before, hint=hint
+            )
         except _Malformed:
             return Response(
                 200,
@@ -226,10 +248,16 @@ class SimulatorApp:
                 ],
             )
 
-    def _authenticate(self, environ: dict[str, Any]) -> None:
-        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
+    def _authenticate(self, environ: dict[str, Any], dialect: Dialect) -> None:
+        token = _presented_key(environ, dialect)
+        if not token:
+            if dialect.api_key_header:
+                raise ApiError(
+                    401,
+                    "Access denied due to missing subscription key. Make sure to include "
+                    "subscription key when making requests to an API.",
+                    code="401",
+                )
             raise ApiError(
                 401,
                 "You didn't provide an API key. You need to provide your API key in an "
@@ -238,6 +266,14 @@ class SimulatorApp:
         expected = self.sim.api_key
         if expected and not hmac.compare_digest(token.encode(), expected.encode()):
             # Never echo the key back, not even masked.
+            if dialect.api_key_header:
+                raise ApiError(
+                    401,
+                    "Access denied due to invalid subscription key or wrong API endpoint. Make "
+                    "sure to provide a valid key for an active subscription and use a correct "
+                    "regional API endpoint for your resource.",
+                    code="401",
+                )
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     # -- /v1/files ------------------------------------------------------------------------
@@ -249,8 +285,9 @@ class SimulatorApp:
         except MultipartError as exc:
             raise bad_request(f"Invalid multipart body: {exc}.") from exc
         adopted = None
+        expiry_fields = self.sim.profile.expiry_fields
         try:
-            allowed = {"file", "purpose", "expires_after[anchor]", "expires_after[seconds]"}
+            allowed = {"file", "purpose", *(name for pair in expiry_fields for name in pair)}
             for name in [*form.fields, *form.files]:
                 if name not in allowed:
                     raise bad_request(
@@ -265,10 +302,10 @@ class SimulatorApp:
                 filename=upload.filename,
                 purpose=form.fields.get("purpose"),
                 content=upload.path,
-                expires_after=_form_expires_after(form.fields),
+                expires_after=_form_expires_after(form.fields, expiry_fields),
             )
             adopted = upload.path
-            return json_response(200, self._quirked(payload))
+            return json_response(200, self._file_out(payload))
         finally:
             form.discard(keep=adopted)
 
@@ -279,10 +316,10 @@ class SimulatorApp:
             order=request.query("order") or "desc",
             after=request.query("after"),
         )
-        return json_response(200, self._quirked(page))
+        return json_response(200, self._page_out(page, self._file_view))
 
     def retrieve_file(self, request: Request) -> Response:
-        return json_response(200, self._quirked(self.sim.get_file(request.params["file_id"])))
+        return json_response(200, self._file_out(self.sim.get_file(request.params["file_id"])))
 
     def delete_file(self, request: Request) -> Response:
         return json_response(200, self.sim.delete_file(request.params["file_id"]))
@@ -303,19 +340,38 @@ class SimulatorApp:
     # -- /v1/batches ----------------------------------------------------------------------
 
     def create_batch(self, request: Request) -> Response:
-        return json_response(200, self._quirked(self.sim.create_batch(request.body.json())))
+        return json_response(200, self._batch_out(self.sim.create_batch(request.body.json())))
 
     def list_batches(self, request: Request) -> Response:
         page = self.sim.list_batches(
             after=request.query("after"), limit=request.int_query("limit", 20)
         )
-        return json_response(200, self._quirked(page))
+        return json_response(200, self._page_out(page, self._listed_batch_view))
 
     def retrieve_batch(self, request: Request) -> Response:
-        return json_response(200, self._quirked(self.sim.get_batch(request.params["batch_id"])))
+        return json_response(200, self._batch_out(self.sim.get_batch(request.params["batch_id"])))
 
     def cancel_batch(self, request: Request) -> Response:
-        return json_response(200, self._quirked(self.sim.cancel_batch(request.params["batch_id"])))
+        return json_response(
+            200, self._batch_out(self.sim.cancel_batch(request.params["batch_id"]))
+        )
+
+    # -- how answers are spelt: the dialect first, then the quirks --------------------------
+
+    def _batch_out(self, batch: dict[str, Any]) -> Any:
+        return self._quirked(dialects.batch_view(self.sim.profile, batch))
+
+    def _file_out(self, file: dict[str, Any]) -> Any:
+        return self._quirked(self._file_view(file))
+
+    def _page_out(self, page: dict[str, Any], view: Callable[[dict[str, Any]], Any]) -> Any:
+        return self._quirked({**page, "data": [view(item) for item in page["data"]]})
+
+    def _listed_batch_view(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return dialects.batch_view(self.sim.profile, batch, listed=True)
+
+    def _file_view(self, file: dict[str, Any]) -> dict[str, Any]:
+        return dialects.file_view(self.sim.profile, file)
 
     def _quirked(self, payload: Any) -> Any:
         return _drop_nulls(payload) if self.sim.faults.quirks.omit_nulls else payload
@@ -344,6 +400,15 @@ class SimulatorApp:
 
     def control_state(self, request: Request) -> Response:
         return json_response(200, self.sim.state())
+
+    def control_get_limits(self, request: Request) -> Response:
+        return json_response(200, self.sim.limits())
+
+    def control_limits(self, request: Request) -> Response:
+        try:
+            return json_response(200, self.sim.set_limits(_object(request.body.json())))
+        except ValueError as exc:
+            raise bad_request(str(exc)) from exc
 
     def control_seed(self, request: Request) -> Response:
         data = _object(request.body.json())
@@ -386,19 +451,52 @@ def _object(data: Any) -> dict[str, Any]:
     return data
 
 
-def _form_expires_after(fields: dict[str, str]) -> dict[str, Any] | None:
-    anchor = fields.get("expires_after[anchor]")
-    seconds = fields.get("expires_after[seconds]")
-    if anchor is None and seconds is None:
-        return None
-    try:
-        return {"anchor": anchor, "seconds": int(seconds or "")}
-    except ValueError:
+def _form_expires_after(
+    fields: dict[str, str], names: tuple[tuple[str, str], ...]
+) -> dict[str, Any] | None:
+    """The upload's ``expires_after``, from the first pair of field names (the dialect's
+    spellings: ``expires_after[anchor]`` / ``expires_after.anchor``...) the form uses."""
+    for anchor_name, seconds_name in names:
+        anchor = fields.get(anchor_name)
+        seconds = fields.get(seconds_name)
+        if anchor is None and seconds is None:
+            continue
+        try:
+            return {"anchor": anchor, "seconds": int(seconds or "")}
+        except ValueError:
+            raise bad_request(
+                f"Invalid '{seconds_name}': expected an integer.",
+                param="expires_after",
+                code="invalid_value",
+            ) from None
+    return None
+
+
+def _presented_key(environ: dict[str, Any], dialect: Dialect) -> str:
+    """The key the request carries in a header the dialect accepts ("" when none)."""
+    if dialect.api_key_header:
+        key = environ.get("HTTP_API_KEY", "").strip()
+        if key:
+            return key
+    if dialect.bearer_auth:
+        scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return token.strip()
+    return ""
+
+
+def _check_api_version(environ: dict[str, Any]) -> None:
+    """Azure's dated API answers nothing without a known ``?api-version=``."""
+    values = parse_qs(environ.get("QUERY_STRING", "")).get("api-version")
+    if not values:
+        raise bad_request(dialects.MISSING_API_VERSION, code="MissingApiVersionParameter")
+    if values[-1] not in dialects.AZURE_API_VERSIONS:
         raise bad_request(
-            "Invalid 'expires_after[seconds]': expected an integer.",
-            param="expires_after",
-            code="invalid_value",
-        ) from None
+            f"Unsupported api-version '{values[-1]}'. The supported api-versions are: "
+            + ", ".join(dialects.AZURE_API_VERSIONS)
+            + ".",
+            code="BadRequest",
+        )
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -23,9 +23,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from simulator import dialects
+from simulator.answers import DEFAULT_MODEL
 from simulator.errors import bad_request, conflict, not_found
 from simulator.faults import Faults
-from simulator.inputs import ENDPOINTS, RequestLine, parse_input
+from simulator.inputs import ENDPOINTS, ParsedInput, RequestLine, parse_input
 from simulator.lifecycle import (
     CANCELLABLE,
     OUTPUT_TTL_SECONDS,
@@ -44,7 +46,6 @@ logger = logging.getLogger("simulator")
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 MAX_BATCH_FILE_BYTES = 209_715_200
 INPUT_TTL_SECONDS = 30 * 24 * 3600
-EXPIRES_AFTER_RANGE = (3600, 2_592_000)
 METADATA_MAX_PAIRS, METADATA_KEY_CHARS, METADATA_VALUE_CHARS = 16, 64, 512
 OPERATIONS = (
     "createFile",
@@ -80,6 +81,11 @@ class Simulator:
     ``clock`` returns Unix seconds (default ``time.time``); ``/_sim/advance`` adds to it.
     ``speed`` divides every phase duration, so ``speed=10`` runs batches ten times faster while
     timestamps stay on the (real) clock. ``api_key``, when set, is the only key accepted.
+
+    ``dialect`` is one of ``openai``, ``azure`` (Azure's v1 API) and ``azure-legacy`` (Azure's
+    dated API), see :mod:`simulator.dialects`. ``max_requests_per_file`` defaults to the
+    dialect's limit (50,000 or 100,000). ``enqueued_token_limit`` caps, per model, the
+    estimated input tokens of unfinished batches (None: no cap).
     """
 
     def __init__(
@@ -91,9 +97,17 @@ class Simulator:
         state_file: str | os.PathLike[str] | None = None,
         timing: Timing | None = None,
         seed: int = 0,
+        dialect: str = "openai",
+        max_requests_per_file: int | None = None,
+        enqueued_token_limit: int | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
+        self.profile = dialects.get(dialect)
+        self.max_requests_per_file = max_requests_per_file or self.profile.max_requests
+        # ``reset`` goes back to the limit the simulator was started with.
+        self._initial_token_limit = _token_limit(enqueued_token_limit)
+        self.enqueued_token_limit = self._initial_token_limit
         self.clock = clock
         self.speed = speed
         self.api_key = api_key
@@ -117,6 +131,11 @@ class Simulator:
         self._saved_at = 0.0
         if self._state_file and self._state_file.exists():
             self._load()
+
+    @property
+    def dialect(self) -> str:
+        """The dialect's name; fixed at start, as a client's base URL depends on it."""
+        return self.profile.name
 
     # -- clock, faults, bookkeeping -------------------------------------------------------
 
@@ -157,7 +176,27 @@ class Simulator:
                 "now": self.now(),
                 "speed": self.speed,
                 "faults": self.faults.to_dict(),
+                "dialect": self.dialect,
+                "enqueued_token_limit": self.enqueued_token_limit,
             }
+
+    def limits(self) -> dict[str, Any]:
+        """The enqueued-token limit and, per model, the tokens unfinished batches hold now."""
+        with self._lock:
+            return {
+                "enqueued_token_limit": self.enqueued_token_limit,
+                "enqueued_tokens": self._enqueued_tokens(),
+            }
+
+    def set_limits(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change ``enqueued_token_limit`` (null clears it); raises ValueError on a bad value."""
+        unknown = set(changes) - {"enqueued_token_limit"}
+        if unknown:
+            raise ValueError(f"unknown limit {sorted(unknown)[0]!r}")
+        with self._lock:
+            if "enqueued_token_limit" in changes:
+                self.enqueued_token_limit = _token_limit(changes["enqueued_token_limit"])
+            return self.limits()
 
     def reset(self) -> None:
         """Forget every file, batch, fault, call count and clock advance."""
@@ -170,6 +209,7 @@ class Simulator:
             self._positions.clear()
             self._calls.clear()
             self.faults = Faults()
+            self.enqueued_token_limit = self._initial_token_limit
             self._offset = 0.0
             self._dirty = True
             self._save(force=True)
@@ -199,7 +239,7 @@ class Simulator:
             raise bad_request(
                 f"Invalid value for 'purpose': '{purpose}'.", param="purpose", code="invalid_value"
             )
-        ttl = _expires_after(expires_after, param="expires_after")
+        ttl = _expires_after(expires_after, param="expires_after", bounds=self.profile.expiry_range)
         size = content.stat().st_size if isinstance(content, Path) else len(content)
         if purpose == "batch" and size > MAX_BATCH_FILE_BYTES:
             raise bad_request(
@@ -314,7 +354,7 @@ class Simulator:
 
     def create_batch(self, payload: Any) -> dict[str, Any]:
         """Validate like OpenAI does, read the input file, and start the batch's clock."""
-        request = _validated_create(payload)
+        request = _validated_create(payload, expiry_bounds=self.profile.expiry_range)
         with self._lock:
             source = self._file(request["input_file_id"], param="input_file_id")
             if source.purpose != "batch":
@@ -327,10 +367,18 @@ class Simulator:
             blob = self._built(source).blob
         assert blob is not None
         try:
-            parsed = parse_input(blob.lines(), request["endpoint"])
+            parsed = parse_input(
+                blob.lines(),
+                request["endpoint"],
+                max_requests=self.max_requests_per_file,
+                renames=self.profile.input_codes,
+                model_on_every_line=self.profile.model_on_every_line,
+            )
         except FileNotFoundError as exc:  # deleted while we were reading it
             raise not_found(f"No such File object: {source.id}", param="input_file_id") from exc
         with self._lock:
+            # Checked under the lock that adds the batch, so two creates cannot both fit.
+            errors = parsed.errors or self._over_token_limit(parsed)
             metadata = request.get("metadata")
             batch = self._new_batch(
                 endpoint=request["endpoint"],
@@ -338,10 +386,12 @@ class Simulator:
                 metadata=metadata,
                 created_at=self.now(),
                 lines=parsed.lines,
-                errors=parsed.errors,
+                errors=errors,
                 model=parsed.model,
                 output_ttl=_expires_after(
-                    request.get("output_expires_after"), param="output_expires_after"
+                    request.get("output_expires_after"),
+                    param="output_expires_after",
+                    bounds=self.profile.expiry_range,
                 ),
             )
             self._append([batch])
@@ -456,6 +506,36 @@ class Simulator:
                 "input_file_id": file_info["id"],
             }
 
+    def _over_token_limit(self, parsed: ParsedInput) -> list[dict[str, Any]]:
+        """The batch-level error of a valid input that would pass the enqueued-token limit.
+
+        OpenAI takes the batch and fails it at the end of ``validating`` (the error returned
+        here becomes its input error); Azure refuses the create itself with a 400. An input
+        that fails validation anyway is never counted: it would not run.
+        """
+        limit = self.enqueued_token_limit
+        if limit is None:
+            return []
+        model = parsed.model or DEFAULT_MODEL
+        if self._enqueued_tokens().get(model, 0) + parsed.input_tokens <= limit:
+            return []
+        message = (
+            f"Enqueued token limit reached for {model} in organization org-sim. Limit: {limit} "
+            "enqueued tokens. Please try again once some in_progress batches have been completed."
+        )
+        if self.profile.azure_payloads:
+            raise bad_request(message, code="token_limit_exceeded")
+        return [{"code": "token_limit_exceeded", "message": message, "line": None, "param": None}]
+
+    def _enqueued_tokens(self) -> dict[str, int]:
+        """Per model, the estimated input tokens of the batches that are not finished yet."""
+        totals: Counter[str] = Counter()
+        for batch in self._batches:
+            if batch.input_errors or self._settle(batch).terminal:
+                continue
+            totals[batch.model or DEFAULT_MODEL] += sum(line.prompt_tokens for line in batch.lines)
+        return dict(totals)
+
     def _new_batch(
         self,
         *,
@@ -536,7 +616,7 @@ class Simulator:
             assert snap.ended_at is not None
             ttl = batch.output_ttl or OUTPUT_TTL_SECONDS
             for kind, lines in (("output", outputs), ("error", errors)):
-                if not lines:
+                if not lines and not (kind == "error" and self.profile.always_error_file):
                     continue
                 record = FileRecord(
                     id=f"file-{_hex(24)}",
@@ -646,11 +726,12 @@ def _page(data: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
     }
 
 
-def _expires_after(value: Any, *, param: str) -> float | None:
-    """Seconds of an ``{anchor: "created_at", seconds}`` object, checked like OpenAI does."""
+def _expires_after(value: Any, *, param: str, bounds: tuple[int, int]) -> float | None:
+    """Seconds of an ``{anchor: "created_at", seconds}`` object, ``seconds`` within ``bounds``
+    (the dialect's: OpenAI 1 hour to 30 days, Azure 14 to 30 days)."""
     if value is None:
         return None
-    low, high = EXPIRES_AFTER_RANGE
+    low, high = bounds
     if (
         not isinstance(value, Mapping)
         or value.get("anchor") != "created_at"
@@ -667,7 +748,7 @@ def _expires_after(value: Any, *, param: str) -> float | None:
     return float(value["seconds"])
 
 
-def _validated_create(payload: Any) -> dict[str, Any]:
+def _validated_create(payload: Any, *, expiry_bounds: tuple[int, int]) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise bad_request("The body must be a JSON object.")
     known = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
@@ -703,8 +784,18 @@ def _validated_create(payload: Any) -> dict[str, Any]:
             code="invalid_value",
         )
     _check_metadata(payload.get("metadata"))
-    _expires_after(payload.get("output_expires_after"), param="output_expires_after")
+    _expires_after(
+        payload.get("output_expires_after"), param="output_expires_after", bounds=expiry_bounds
+    )
     return payload
+
+
+def _token_limit(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("enqueued_token_limit must be a non-negative integer or null")
+    return value
 
 
 def _check_metadata(metadata: Any) -> None:

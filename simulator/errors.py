@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+AZURE_CODES = {400: "BadRequest", 409: "Conflict", 500: "InternalServerError"}
+
 
 class ApiError(Exception):
     """An answer the OpenAI API would give as ``{"error": {message, type, param, code}}``."""
@@ -26,10 +28,18 @@ class ApiError(Exception):
         self.code = code
         self.headers = headers or {}
 
-    def body(self, *, message_only: bool = False) -> dict[str, Any]:
-        """The JSON body; ``message_only`` mimics compatible servers that send nothing else."""
+    def body(self, *, message_only: bool = False, azure: bool = False) -> dict[str, Any]:
+        """The JSON body; ``message_only`` mimics compatible servers that send nothing else,
+        ``azure`` Azure OpenAI's ``{"error": {code, message}}`` (plus ``param`` when known)."""
         if message_only:
             return {"error": {"message": self.message}}
+        if azure:
+            # Azure always sends a code: a name, or else its gateway's HTTP status as a string.
+            inner = {"code": self.code or AZURE_CODES.get(self.status, str(self.status))}
+            inner["message"] = self.message
+            if self.param is not None:
+                inner["param"] = self.param
+            return {"error": inner}
         return {
             "error": {
                 "message": self.message,

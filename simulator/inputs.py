@@ -8,7 +8,7 @@ stay in memory as Python objects.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,10 +67,18 @@ class ParsedInput:
     lines: list[RequestLine] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
+    # The dialect's names for error codes OpenAI spells otherwise (Azure: ``too_many_tasks``).
+    renames: Mapping[str, str] = field(default_factory=dict)
 
     def add_error(self, code: str, message: str, *, param: str | None, line: int | None) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
+            code = self.renames.get(code, code)
             self.errors.append({"code": code, "message": message, "param": param, "line": line})
+
+    @property
+    def input_tokens(self) -> int:
+        """The estimated input tokens of every request (what an enqueued-token limit counts)."""
+        return sum(line.prompt_tokens for line in self.lines)
 
 
 def fail_status_for(custom_id: str) -> int:
@@ -89,9 +97,20 @@ def tokens(text: str) -> int:
     return max(1, len(text) // CHARS_PER_TOKEN)
 
 
-def parse_input(raw_lines: Iterable[bytes], endpoint: str) -> ParsedInput:
-    """Check every line like OpenAI does; line numbers are 1-based and count blank lines."""
-    parsed = ParsedInput()
+def parse_input(
+    raw_lines: Iterable[bytes],
+    endpoint: str,
+    *,
+    max_requests: int = MAX_REQUESTS,
+    renames: Mapping[str, str] | None = None,
+    model_on_every_line: bool = False,
+) -> ParsedInput:
+    """Check every line like OpenAI does; line numbers are 1-based and count blank lines.
+
+    The keywords carry a dialect's rules: its request limit, its error codes, and whether a
+    line without a model differs from the others (Azure: every line names the deployment).
+    """
+    parsed = ParsedInput(renames=renames or {})
     seen: set[str] = set()
     count = 0
     for number, raw in enumerate(raw_lines, start=1):
@@ -100,9 +119,9 @@ def parse_input(raw_lines: Iterable[bytes], endpoint: str) -> ParsedInput:
         line = _check_line(raw, number, endpoint, seen, parsed)
         if line is None:
             continue
-        if parsed.model is None:
+        if parsed.model is None and (count == 0 or not model_on_every_line):
             parsed.model = line.model
-        elif line.model is not None and line.model != parsed.model:
+        elif (line.model is not None or model_on_every_line) and line.model != parsed.model:
             parsed.add_error(
                 "mismatched_model",
                 f"All requests must use the same model; expected '{parsed.model}'.",
@@ -117,10 +136,10 @@ def parse_input(raw_lines: Iterable[bytes], endpoint: str) -> ParsedInput:
         parsed.add_error(
             "empty_file", "The input file contains no requests.", param=None, line=None
         )
-    if count > MAX_REQUESTS:
+    if count > max_requests:
         parsed.add_error(
             "too_many_requests",
-            f"The input file contains more than {MAX_REQUESTS} requests.",
+            f"The input file contains more than {max_requests} requests.",
             param=None,
             line=None,
         )

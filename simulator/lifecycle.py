@@ -322,7 +322,9 @@ def build_results(batch: BatchRecord) -> tuple[bytes, bytes]:
                 "body": json.dumps(body) if snap.body_as_string else body,
             }
             (errors if line.fail_status else output).append(json.dumps(result))
-        elif snap.status in NOT_RUN:
+        elif snap.started and snap.status in NOT_RUN:
+            # Requests of a batch stopped before it started are not results (as in
+            # result_line_counts): Azure's always-present error file stays empty then.
             code, message = NOT_RUN[snap.status]
             result["error"] = {"code": code, "message": message}
             errors.append(json.dumps(result))

@@ -37,7 +37,8 @@ class SimulatorServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``sim`` is the live
     simulator, so in-process tests can move its clock or set faults directly. Options other
-    than host and port create the simulator when none is given (``speed``, ``api_key``...).
+    than host and port create the simulator when none is given (``speed``, ``api_key``,
+    ``dialect``...).
     """
 
     def __init__(
@@ -73,8 +74,10 @@ class SimulatorServer:
 
     @property
     def base_url(self) -> str:
-        """The OpenAI-style base URL, to use as ``OPENAI_BASE_URL``."""
-        return f"{self.root_url}/v1"
+        """The base URL a client of the simulator's dialect uses: ``.../v1`` (OpenAI, to use as
+        ``OPENAI_BASE_URL``), ``.../openai/v1`` (Azure's v1 API), or the bare resource endpoint
+        (Azure's dated API, whose clients append ``/openai/batches?api-version=...``)."""
+        return self.root_url + self.sim.profile.base_path
 
     def start(self) -> SimulatorServer:
         if self._thread is None:
