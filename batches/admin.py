@@ -1,20 +1,35 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.utils import unquote
-from django.db.models import QuerySet
+from django.db.models import CharField, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from . import keystore
-from .models import Batch, BatchTally, Connection, Event, SyncState
+from .admin_audit import AuditedAdmin
+from .models import (
+    Batch,
+    BatchTally,
+    Channel,
+    Connection,
+    Event,
+    Outbox,
+    SyncState,
+    WebhookDelivery,
+)
 from .services.connections import connection_test
+from .services.webhooks import webhook_secret_problem
 from .templatetags.batchweb import reltime
 
 
@@ -39,10 +54,30 @@ class BatchAdmin(admin.ModelAdmin):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ("at", "user", "action", "batch_openai_id", "detail")
-    list_filter = ("action",)
-    search_fields = ("batch_openai_id", "detail", "user__username")
-    list_select_related = ("user",)
+    """The audit trail, read-only for everyone, superusers included."""
+
+    list_display = (
+        "at",
+        "username",
+        "action",
+        "outcome",
+        "connection",
+        "batch_openai_id",
+        "detail",
+    )
+    list_filter = ("action", "outcome", "connection")
+    search_fields = ("batch_openai_id", "detail", "username", "target")
+    list_select_related = ("connection",)
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 # --- Connections ----------------------------------------------------------------------------
@@ -63,6 +98,22 @@ class ConnectionForm(forms.ModelForm):
         strip=True,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text=KEY_HELP,
+    )
+    webhook_secret = forms.CharField(
+        label="Webhook signing secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="The whsec_… secret OpenAI (or Azure) shows when you register this "
+        "connection's webhook URL. Stored encrypted; leave empty to keep the current one. "
+        "Only its last 4 characters are shown again. For the connection configured by the "
+        "environment, OPENAI_WEBHOOK_SECRET is used while none is stored.",
+    )
+    clear_webhook_secret = forms.BooleanField(
+        label="Remove the stored webhook secret",
+        required=False,
+        help_text="Deliveries are then refused (or, for the connection configured by the "
+        "environment, verified with OPENAI_WEBHOOK_SECRET).",
     )
 
     class Meta:
@@ -114,7 +165,27 @@ class ConnectionForm(forms.ModelForm):
                 "api_key",
                 "Give the API key, or the name of an environment variable that holds it.",
             )
+        self._clean_webhook_secret(cleaned)
         return cleaned
+
+    def _clean_webhook_secret(self, cleaned: dict[str, Any]) -> None:
+        secret = cleaned.get("webhook_secret") or ""
+        if secret and cleaned.get("clear_webhook_secret"):
+            self.add_error(
+                "webhook_secret", "Give a new webhook secret or remove the stored one, not both."
+            )
+        elif secret:
+            problem = webhook_secret_problem(secret)
+            if problem:
+                # The reason names the expected form, never the value.
+                self.add_error("webhook_secret", f"This cannot be right: {problem}.")
+                return
+            try:
+                self.instance.set_webhook_secret(secret)
+            except keystore.KeystoreError as error:
+                self.add_error("webhook_secret", str(error))
+        elif cleaned.get("clear_webhook_secret"):
+            self.instance.set_webhook_secret("")
 
     def save(self, commit: bool = True) -> Connection:
         connection = super().save(commit=False)
@@ -134,7 +205,7 @@ def _sync_state(connection: Connection) -> SyncState | None:
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(AuditedAdmin):
     form = ConnectionForm
     list_display = (
         "name",
@@ -151,7 +222,12 @@ class ConnectionAdmin(admin.ModelAdmin):
     search_fields = ("name", "slug", "base_url")
     prepopulated_fields = {"slug": ("name",)}
     filter_horizontal = ("groups",)
-    readonly_fields = ("key_source_display", "last_sync_display", "last_error_display")
+    readonly_fields = (
+        "key_source_display",
+        "webhook_secret_display",
+        "last_sync_display",
+        "last_error_display",
+    )
     actions = ["test_connections", "delete_selected"]
     fieldsets = (
         (None, {"fields": ("name", "slug", "enabled", "groups")}),
@@ -170,6 +246,14 @@ class ConnectionAdmin(admin.ModelAdmin):
             },
         ),
         ("Key", {"fields": ("key_source_display", "api_key", "key_env")}),
+        (
+            "Webhooks",
+            {
+                "fields": ("webhook_secret_display", "webhook_secret", "clear_webhook_secret"),
+                "description": "OpenAI's webhooks tell batchweb at once when a batch ends; the "
+                "URL to register is on the connection's page.",
+            },
+        ),
         (
             "Limits",
             {
@@ -203,6 +287,10 @@ class ConnectionAdmin(admin.ModelAdmin):
     @admin.display(description="key")
     def key_source_display(self, obj: Connection) -> str:
         return obj.key_source() if obj.pk else "—"
+
+    @admin.display(description="webhook secret")
+    def webhook_secret_display(self, obj: Connection) -> str:
+        return obj.webhook_secret_source() if obj.pk else "—"
 
     @admin.display(description="restricted to")
     def groups_display(self, obj: Connection) -> str:
@@ -276,3 +364,252 @@ def _refusal(names: list[str]) -> str:
         "connection. Disable it instead (untick “enabled”): it is then no longer synced and "
         "takes no new batches."
     )
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """What OpenAI sent, accepted or refused: a record, read-only like the audit trail."""
+
+    list_display = (
+        "received_at",
+        "connection",
+        "webhook_id",
+        "event_type",
+        "batch_openai_id",
+        "accepted",
+        "detail",
+    )
+    list_filter = ("accepted", "event_type", "connection")
+    search_fields = ("webhook_id", "batch_openai_id", "detail")
+    list_select_related = ("connection",)
+    date_hierarchy = "received_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# --- Notifications: team channels and the outbox ---------------------------------------------
+
+CHANNEL_URL_HELP = (
+    "The incoming-webhook URL (Slack: Apps → Incoming Webhooks). Anyone who has it can post, "
+    "so it is stored encrypted and only its host is shown again; leave empty to keep it."
+)
+CHANNEL_SIGNING_HELP = (
+    "Signs the JSON body (header X-Batchweb-Signature: sha256=HMAC of the body); receivers "
+    "check it with the same secret. Stored encrypted, never shown; leave empty to keep it."
+)
+
+
+class ChannelForm(forms.ModelForm):
+    """A channel with a write-only URL and secret, encrypted on save and never sent back to the
+    browser (the fields render empty, always)."""
+
+    webhook_url = forms.URLField(
+        label="Webhook URL",
+        required=False,
+        assume_scheme="https",
+        max_length=2000,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text=CHANNEL_URL_HELP,
+    )
+    secret = forms.CharField(
+        label="Signing secret",
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=CHANNEL_SIGNING_HELP,
+    )
+    remove_secret = forms.BooleanField(
+        label="Remove the signing secret", required=False, help_text="Send unsigned bodies."
+    )
+
+    class Meta:
+        model = Channel
+        fields = ("name", "kind", "enabled", "connections")
+
+    def clean_webhook_url(self) -> str:
+        url = self.cleaned_data.get("webhook_url") or ""
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise forms.ValidationError("Give an http:// or https:// URL.")
+        return url
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        url, secret = cleaned.get("webhook_url") or "", cleaned.get("secret") or ""
+        if self.instance.from_settings:
+            if url or secret:
+                self.add_error(
+                    None,
+                    "This channel reads its URL and secret from BATCHWEB_NOTIFY_WEBHOOK_URL and "
+                    "BATCHWEB_NOTIFY_WEBHOOK_SECRET: change them there.",
+                )
+            return cleaned
+        if not url and not self.instance.url_encrypted:
+            self.add_error("webhook_url", "Give the webhook URL.")
+        try:
+            if url:
+                self.instance.set_url(url)
+            if secret:
+                self.instance.set_secret(secret)
+            elif cleaned.get("remove_secret"):
+                self.instance.set_secret("")
+        except keystore.KeystoreError as error:
+            self.add_error("webhook_url" if url else "secret", str(error))
+        return cleaned
+
+
+@admin.register(Channel)
+class ChannelAdmin(AuditedAdmin):
+    form = ChannelForm
+    list_display = ("name", "kind", "url_host", "connections_display", "signed", "enabled")
+    list_filter = ("enabled", "kind")
+    search_fields = ("name", "url_host")
+    filter_horizontal = ("connections",)
+    readonly_fields = ("url_host", "secret_display", "source_display")
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "enabled", "connections")}),
+        (
+            "Where to",
+            {
+                "fields": (
+                    "source_display",
+                    "url_host",
+                    "webhook_url",
+                    "secret_display",
+                    "secret",
+                    "remove_secret",
+                )
+            },
+        ),
+    )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Channel]:
+        return super().get_queryset(request).prefetch_related("connections")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        fields = tuple(super().get_readonly_fields(request, obj))
+        # Its kind follows the settings: signed JSON when BATCHWEB_NOTIFY_WEBHOOK_SECRET is set.
+        return (*fields, "kind") if obj is not None and obj.from_settings else fields
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is not None and obj.from_settings:
+            where = ("source_display", "url_host", "secret_display")
+            return ((None, {"fields": ("name", "kind", "enabled", "connections")}),
+                    ("Where to", {"fields": where}))  # fmt: skip
+        return super().get_fieldsets(request, obj)
+
+    @admin.display(description="connections")
+    def connections_display(self, obj: Channel) -> str:
+        return ", ".join(c.name for c in obj.connections.all()) or "every connection"
+
+    @admin.display(description="signed", boolean=True)
+    def signed(self, obj: Channel) -> bool:
+        return bool(obj.secret_encrypted) or (
+            obj.from_settings and bool(settings.BATCHWEB_NOTIFY_WEBHOOK_SECRET)
+        )
+
+    @admin.display(description="signing secret")
+    def secret_display(self, obj: Channel) -> str:
+        return "set" if self.signed(obj) else "none"
+
+    @admin.display(description="URL from")
+    def source_display(self, obj: Channel) -> str:
+        if obj.from_settings:
+            return "the environment (BATCHWEB_NOTIFY_WEBHOOK_URL, BATCHWEB_NOTIFY_WEBHOOK_SECRET)"
+        return "this form (stored encrypted)"
+
+
+class OutboxChannelFilter(admin.SimpleListFilter):
+    """Notifications of one team channel (their recipient is the channel's id)."""
+
+    title = "team channel"
+    parameter_name = "team_channel"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(str(pk), name) for pk, name in Channel.objects.values_list("pk", "name")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> QuerySet[Outbox]:
+        if self.value():
+            return queryset.filter(channel=Outbox.Channel.WEBHOOK, recipient=self.value())
+        return queryset
+
+
+@admin.register(Outbox)
+class OutboxAdmin(admin.ModelAdmin):
+    """Read-only: what was sent, what waits, and what was given up ("dead"), with "Try again"."""
+
+    list_display = (
+        "created_at",
+        "channel",
+        "recipient_display",
+        "batch",
+        "subject",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "sent_at",
+        "last_error",
+    )
+    list_filter = ("state", "channel", OutboxChannelFilter)
+    search_fields = ("subject", "recipient", "key")
+    list_select_related = ("batch",)
+    date_hierarchy = "created_at"
+    actions = ["try_again"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("batches.change_outbox")
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Outbox]:
+        # The name of a webhook's channel (its recipient is the channel's id, as text).
+        names = Channel.objects.annotate(key=Cast("pk", CharField())).filter(
+            key=OuterRef("recipient")
+        )
+        return (
+            super().get_queryset(request).annotate(channel_name=Subquery(names.values("name")[:1]))
+        )
+
+    @admin.display(description="to")
+    def recipient_display(self, obj: Outbox) -> str:
+        if obj.channel == Outbox.Channel.EMAIL:
+            return obj.recipient
+        name = getattr(obj, "channel_name", None)
+        return f"{name} (team channel)" if name else "a deleted channel"
+
+    @admin.action(description="Try again", permissions=["retry"])
+    def try_again(self, request: HttpRequest, queryset: QuerySet[Outbox]) -> None:
+        """Send the selected waiting or dead notifications at the worker's next round, with
+        their attempts counted afresh. One a worker is sending now is left alone."""
+        now = timezone.now()
+        free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
+        chosen = queryset.filter(state__in=[Outbox.State.DEAD, Outbox.State.PENDING]).filter(free)
+        count = Outbox.objects.filter(pk__in=list(chosen.values_list("pk", flat=True))).update(
+            state=Outbox.State.PENDING, next_attempt_at=now, lease_until=None, attempts=0
+        )
+        if count:
+            Event.record(
+                Event.Action.ADMIN_CHANGE,
+                user=request.user,
+                target="notifications",
+                detail=f"Try again: {count} notification{'s' if count != 1 else ''}",
+            )
+        self.message_user(
+            request,
+            f"{count} notification{'s' if count != 1 else ''} will be sent at the worker's next "
+            "round (within seconds while it runs).",
+            messages.SUCCESS,
+        )

@@ -15,6 +15,19 @@ class BatchesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import signals as auth_signals
+        from django.db.models.signals import post_migrate
+
+        from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
+        from .roles import grant_admin_permissions
+        from .services import audit
+
+        post_migrate.connect(grant_admin_permissions, sender=self)
+        auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
+        auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")
+        auth_signals.user_login_failed.connect(
+            audit.audit_sign_in_failed, dispatch_uid="bw-sign-in-failed"
+        )
         checks.register(check_openai_settings, checks.Tags.compatibility)
         checks.register(check_connection_keys, checks.Tags.compatibility)
 

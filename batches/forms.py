@@ -186,3 +186,12 @@ class BatchFilterForm(forms.Form):
     model = forms.CharField(required=False, max_length=128)
     creator = forms.CharField(required=False, max_length=150)
     connection = forms.SlugField(required=False, max_length=50)
+    label = forms.CharField(required=False, max_length=512)
+
+
+class LabelForm(forms.Form):
+    label = forms.CharField(
+        required=False,
+        max_length=MAX_METADATA_VALUE,
+        help_text="Empty: the label from the batch's metadata.",
+    )

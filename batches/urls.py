@@ -7,11 +7,13 @@ batch_patterns = [
     path("", views.batch_detail, name="batch-detail"),
     path("cancel/", views.batch_cancel, name="batch-cancel"),
     path("live/", views.batch_live, name="batch-live"),
+    path("label/", views.batch_label, name="batch-label"),
     path("retry/", views.batch_retry, name="batch-retry"),
     path("results/", views.batch_results, name="batch-results"),
     path("results/<int:row_id>/", views.result_view, name="batch-result"),
     path("results.csv", views.results_export, name="batch-results-csv"),
     path("files/<str:kind>/", views.batch_download, name="batch-download"),
+    path("watch/", views.batch_watch, name="batch-watch"),
 ]
 
 urlpatterns = [
@@ -29,4 +31,7 @@ urlpatterns = [
     path("connections/<slug:slug>/test/", views.connection_test, name="connection-test"),
     path("connections/<slug:slug>/batches/<str:openai_id>/", include(batch_patterns)),
     path("activity/", views.activity, name="activity"),
+    path("activity/export.csv", views.activity_export, name="activity-export"),
+    path("profile/", views.profile, name="profile"),
+    path("webhooks/openai/<slug:slug>/", views.openai_webhook, name="openai-webhook"),
 ]

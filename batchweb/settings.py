@@ -40,7 +40,7 @@ ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "batchweb.apps.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -145,6 +145,28 @@ OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1").rstrip("/")
 OPENAI_ORG_ID = env.str("OPENAI_ORG_ID", default="")
 OPENAI_PROJECT_ID = env.str("OPENAI_PROJECT_ID", default="")
+# Verifies OpenAI's webhooks for the first connection (others keep theirs on the connection).
+OPENAI_WEBHOOK_SECRET = env.str("OPENAI_WEBHOOK_SECRET", default="")
+
+# --- Notifications --------------------------------------------------------------------------
+# Email goes through Django's email framework: EMAIL_URL in django-environ's form, e.g.
+# smtp://user:pass@mail.example.com:587 (smtp+tls://, smtp+ssl://, consolemail://).
+EMAIL_URL = env.str("EMAIL_URL", default="")
+if EMAIL_URL:
+    vars().update(env.email_url("EMAIL_URL"))
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = env.str("BATCHWEB_EMAIL_FROM", default="batchweb <batchweb@localhost>")
+# The address pages are reached on, for links in emails and chat messages.
+BATCHWEB_BASE_URL = env.str("BATCHWEB_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# A shortcut for one team channel (Slack-compatible incoming webhook, or JSON + HMAC).
+BATCHWEB_NOTIFY_WEBHOOK_URL = env.str("BATCHWEB_NOTIFY_WEBHOOK_URL", default="")
+BATCHWEB_NOTIFY_WEBHOOK_SECRET = env.str("BATCHWEB_NOTIFY_WEBHOOK_SECRET", default="")
+# Attempts before a notification is given up ("dead", shown to admins), and the waits between.
+NOTIFY_MAX_ATTEMPTS = env.int("BATCHWEB_NOTIFY_MAX_ATTEMPTS", default=8)
+NOTIFY_BACKOFF_MIN_SECONDS = env.float("BATCHWEB_NOTIFY_BACKOFF_MIN_SECONDS", default=30.0)
+NOTIFY_BACKOFF_MAX_SECONDS = env.float("BATCHWEB_NOTIFY_BACKOFF_MAX_SECONDS", default=3600.0)
+NOTIFY_LEASE_SECONDS = env.float("BATCHWEB_NOTIFY_LEASE_SECONDS", default=60.0)
 OPENAI_CONNECT_TIMEOUT = env.float("OPENAI_CONNECT_TIMEOUT", default=10.0)
 OPENAI_READ_TIMEOUT = env.float("OPENAI_READ_TIMEOUT", default=60.0)
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)

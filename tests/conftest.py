@@ -56,6 +56,22 @@ def no_network() -> Iterator[responses.RequestsMock]:
         yield rsps
 
 
+@pytest.fixture(autouse=True)
+def quiet_sign_ins(request) -> Iterator[None]:
+    """`client.force_login` sends Django's sign-in signal, which the audit trail records; most
+    tests are not about that entry. Tests marked `audit_sign_ins` keep it."""
+    if request.node.get_closest_marker("audit_sign_ins"):
+        yield
+        return
+    from django.contrib.auth.signals import user_logged_in
+
+    from batches.services.audit import audit_sign_in
+
+    user_logged_in.disconnect(dispatch_uid="bw-sign-in")
+    yield
+    user_logged_in.connect(audit_sign_in, dispatch_uid="bw-sign-in")
+
+
 @pytest.fixture
 def upstream(no_network: responses.RequestsMock) -> responses.RequestsMock:
     """The faked OpenAI API. Every request the client sends is checked against the OpenAPI file
@@ -85,6 +101,19 @@ def viewer(db) -> User:
     user = User.objects.create_user("vic", "vic@example.com", "pw-vic-123")
     user.groups.add(Group.objects.get(name="Viewers"))
     return user
+
+
+@pytest.fixture
+def operator(db) -> User:
+    user = User.objects.create_user("olga", "olga@example.com", "pw-olga-123")
+    user.groups.add(Group.objects.get(name="Operators"))
+    return user
+
+
+@pytest.fixture
+def operator_client(client, operator):
+    client.force_login(operator)
+    return client
 
 
 @pytest.fixture

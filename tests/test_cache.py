@@ -100,7 +100,7 @@ def test_it_accepts_nulls_everywhere_optional():
     assert batch.metadata is None
     assert batch.errors is None
     assert batch.progress_percent() is None
-    assert batch.label() == ""
+    assert batch.label == ""
 
 
 def test_it_accepts_nulls_inside_nested_objects():
@@ -237,7 +237,7 @@ def test_it_turns_metadata_values_into_strings():
 
     batch.refresh_from_db()
     assert batch.metadata == {"job": "x", "n": "3", "flag": "True"}
-    assert batch.label() == "x"
+    assert batch.label == "x"
 
 
 def test_it_ignores_metadata_and_errors_of_the_wrong_shape():
@@ -395,7 +395,7 @@ def test_same_status_with_equal_counts_and_new_fields_is_accepted():
     result = batch_upsert(payload=make_batch(metadata={"job": "renamed"}), now=NOW)
 
     assert result.changed and not result.stale
-    assert Batch.objects.get().label() == "renamed"
+    assert Batch.objects.get().label == "renamed"
 
 
 @pytest.mark.parametrize("first", ["completed", "failed", "expired", "cancelled"])

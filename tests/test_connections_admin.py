@@ -12,7 +12,7 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
-from batches.models import Connection, SyncState
+from batches.models import Connection, SyncState, WebhookDelivery
 from batches.services import batch_upsert
 from tests.conftest import make_batch, make_list
 
@@ -306,3 +306,90 @@ def test_the_sync_columns_read_never_for_a_connection_never_synced(admin_client,
 
     assert "never" in page  # the default connection
     assert "just now" in page  # research
+
+
+# --- The webhook secret and the deliveries ------------------------------------------------------
+
+WHSEC = "whsec_" + "c3ludGhldGljLXdlYmhvb2stc2VjcmV0"  # base64("synthetic-webhook-secret")
+
+
+def test_the_webhook_secret_is_write_only_and_stored_encrypted(admin_client, research):
+    response = admin_client.post(change_url(research), form(webhook_secret=WHSEC))
+
+    assert response.status_code == 302
+    research.refresh_from_db()
+    assert research.webhook_secret() == WHSEC
+    assert WHSEC not in research.webhook_secret_encrypted
+    assert research.webhook_secret_last4 == "cmV0"
+    page = text(admin_client.get(change_url(research)))
+    assert WHSEC not in page
+    assert 'name="webhook_secret"' in page
+    assert "stored, encrypted (ends in …cmV0)" in page
+    assert "Webhook signing secret" in page
+
+
+def test_saving_without_a_webhook_secret_keeps_the_current_one(admin_client, research):
+    research.set_webhook_secret(WHSEC)
+    research.save()
+
+    admin_client.post(change_url(research), form(name="Research lab"))
+
+    research.refresh_from_db()
+    assert research.webhook_secret() == WHSEC
+
+
+def test_the_stored_webhook_secret_can_be_removed(admin_client, research):
+    research.set_webhook_secret(WHSEC)
+    research.save()
+
+    admin_client.post(change_url(research), form(clear_webhook_secret="on"))
+
+    research.refresh_from_db()
+    assert (research.webhook_secret(), research.webhook_secret_encrypted) == ("", "")
+    assert research.webhook_secret_source() == "none set"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("c3ludGhldGljLXdlYmhvb2stc2VjcmV0", "does not start with whsec_"),
+        ("whsec_not base64 at all!", "is not base64 after whsec_"),
+    ],
+)
+def test_a_webhook_secret_that_cannot_be_right_is_refused_without_echoing_it(
+    admin_client, research, value, reason
+):
+    response = admin_client.post(change_url(research), form(webhook_secret=value))
+
+    assert response.status_code == 200
+    page = text(response)
+    assert reason in page
+    assert value not in page
+    research.refresh_from_db()
+    assert research.webhook_secret() == ""
+
+
+def test_a_new_secret_and_removing_it_together_are_refused(admin_client, research):
+    response = admin_client.post(
+        change_url(research), form(webhook_secret=WHSEC, clear_webhook_secret="on")
+    )
+
+    assert response.status_code == 200
+    assert "not both" in text(response)
+
+
+def test_webhook_deliveries_are_read_only_in_the_admin_site(admin_client, research):
+    delivery = WebhookDelivery.objects.create(
+        connection=research, webhook_id="wh_1", event_type="batch.completed", accepted=True
+    )
+    change = reverse("admin:batches_webhookdelivery_change", args=[delivery.pk])
+
+    listing = admin_client.get(reverse("admin:batches_webhookdelivery_changelist"))
+    assert listing.status_code == 200
+    assert "wh_1" in text(listing)
+    assert admin_client.get(reverse("admin:batches_webhookdelivery_add")).status_code == 403
+    assert admin_client.post(change, {"detail": "changed"}).status_code == 403
+    delete = reverse("admin:batches_webhookdelivery_delete", args=[delivery.pk])
+    assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    delivery.refresh_from_db()
+    assert delivery.detail == ""

@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from batches.models import Connection, SyncState
+from batches.models import Connection, SyncState, WebhookDelivery
 from batches.services import batch_upsert
 from tests.conftest import make_batch, make_list
 
@@ -98,7 +98,8 @@ def test_a_connection_restricted_to_another_group_is_hidden_and_404(
 ):
     assert "Finance" not in text(viewer_client.get(LIST))
     assert viewer_client.get(detail("finance")).status_code == 404
-    assert viewer_client.post(url_of_test("finance")).status_code == 404
+    # Testing takes the Admins role: refused before the connection is looked up (learns nothing).
+    assert viewer_client.post(url_of_test("finance")).status_code == 403
 
     viewer.groups.add(Group.objects.get(name="Finance"))
     assert "Finance" in text(viewer_client.get(LIST))
@@ -252,3 +253,93 @@ def test_a_failing_test_shows_the_cause_and_details_in_an_error_box(
     assert "<li>" in page  # the details
     assert "req_refused" in page
     assert SECRET not in page
+
+
+# --- Webhooks ------------------------------------------------------------------------------------
+
+WHSEC = "whsec_" + "c3ludGhldGljLXdlYmhvb2stc2VjcmV0"  # base64("synthetic-webhook-secret")
+
+
+def test_an_admin_sees_the_webhook_url_to_register_and_that_no_secret_is_set(
+    admin_client, research
+):
+    page = text(admin_client.get(detail("research")))
+
+    assert 'id="h-webhooks"' in page
+    assert "http://testserver/webhooks/openai/research/" in page
+    assert 'data-copy="http://testserver/webhooks/openai/research/"' in page
+    assert "none set" in page
+    assert "No webhook secret is set for this connection." in page
+    assert "None received yet." in page
+
+
+def test_the_secret_shows_by_its_last_four_characters_only(admin_client, research):
+    research.set_webhook_secret(WHSEC)
+    research.save()
+
+    page = text(admin_client.get(detail("research")))
+
+    assert "stored, encrypted (ends in …cmV0)" in page
+    assert WHSEC not in page
+    assert WHSEC.removeprefix("whsec_")[:-4] not in page
+    assert "No webhook secret" not in page
+
+
+def test_the_environment_connection_shows_openai_webhook_secret(admin_client, settings):
+    settings.OPENAI_WEBHOOK_SECRET = WHSEC
+
+    page = text(admin_client.get(detail("default")))
+
+    assert "environment variable OPENAI_WEBHOOK_SECRET (ends in …cmV0)" in page
+    assert WHSEC not in page
+
+
+def test_the_last_ten_deliveries_are_listed_newest_first_with_links_to_cached_batches(
+    admin_client, research
+):
+    now = timezone.now()
+    for n in range(12):
+        WebhookDelivery.objects.create(
+            connection=research,
+            webhook_id=f"wh_{n}",
+            event_type="batch.completed",
+            batch_openai_id="batch_r1" if n == 11 else f"batch_gone{n}",
+            received_at=now - dt.timedelta(minutes=12 - n),
+            accepted=n % 2 == 1,
+            detail="cached as in_progress: refresh requested" if n % 2 else "no signature matches",
+        )
+
+    page = text(admin_client.get(detail("research")))
+    section = page[page.index('id="h-webhooks"') :]
+
+    assert section.count("<tr>") == 1 + 10  # the header row and ten deliveries
+    assert "batch_gone1<" not in section  # the two oldest are not shown
+    assert section.index("batch_r1") < section.index("batch_gone10")  # newest first
+    link = reverse("batch-detail", args=["research", "batch_r1"])
+    assert f'href="{link}"' in section
+    assert "batch_gone10" in section and "/batch_gone10/" not in section  # not cached: no link
+    assert "accepted" in section and "refused" in section
+    assert "no signature matches" in section
+    assert "batch.completed" in section
+
+
+def test_deliveries_of_another_connection_are_not_listed(admin_client, research, secret_project):
+    WebhookDelivery.objects.create(
+        connection=secret_project, webhook_id="wh_x", batch_openai_id="batch_finance"
+    )
+
+    page = text(admin_client.get(detail("research")))
+
+    assert "batch_finance" not in page
+
+
+def test_a_viewer_sees_no_webhooks_section(viewer_client, research):
+    research.set_webhook_secret(WHSEC)
+    research.save()
+    WebhookDelivery.objects.create(connection=research, webhook_id="wh_1", batch_openai_id="b")
+
+    page = text(viewer_client.get(detail("research")))
+
+    assert "h-webhooks" not in page
+    assert "/webhooks/openai/" not in page
+    assert "cmV0" not in page

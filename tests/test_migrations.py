@@ -25,13 +25,23 @@ def test_no_model_change_is_missing_a_migration():
 
 
 @pytest.mark.django_db
-def test_migrating_creates_the_viewers_and_submitters_groups():
-    submitters = Group.objects.get(name="Submitters")
-    assert set(submitters.permissions.values_list("codename", flat=True)) == {
+def test_migrating_creates_the_four_roles_with_their_permissions():
+    def codenames(name: str) -> set[str]:
+        return set(Group.objects.get(name=name).permissions.values_list("codename", flat=True))
+
+    assert codenames("Viewers") == {"view_batch"}
+    assert codenames("Submitters") == {"view_batch", "submit_batch", "cancel_batch"}
+    assert codenames("Operators") == {
+        "view_batch",
         "submit_batch",
         "cancel_batch",
+        "cancel_any_batch",
+        "sync_batches",
+        "manage_labels",
     }
-    assert not Group.objects.get(name="Viewers").permissions.exists()
+    admins = codenames("Admins")
+    assert {"add_connection", "change_connection", "change_user", "add_group"} <= admins
+    assert {"change_event", "delete_event"}.isdisjoint(admins)  # the audit trail is read-only
 
 
 # --- Upgrading an installation of the release before connections -----------------------------

@@ -169,7 +169,7 @@ def test_a_changed_batch_counts_as_news(upstream, no_sleep):
     result = batches_sync(connection=default_connection())
 
     assert (result.pages, result.updated, result.created) == (2, 1, 0)
-    assert Batch.objects.get().label() == "renamed"
+    assert Batch.objects.get().label == "renamed"
 
 
 def test_a_full_sync_walks_every_page_even_without_news(upstream, no_sleep):

@@ -183,12 +183,28 @@ def test_the_cancel_button_is_hidden_from_viewers_on_a_running_batch(
     assert reverse("batch-cancel", args=["default", "batch_run1"]) not in response.content.decode()
 
 
-def test_the_cancel_button_is_shown_to_submitters_on_a_running_batch(
-    submitter_client, upstream, running
+def test_submitters_see_the_cancel_button_on_their_own_running_batch_only(
+    submitter_client, submitter, upstream, running
+):
+    upstream.get(f"{API}/batches/batch_run1", json=make_batch(id="batch_run1"))
+    cancel = reverse("batch-cancel", args=["default", "batch_run1"])
+
+    others = submitter_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
+    refused = submitter_client.post(cancel)
+    Batch.objects.filter(openai_id="batch_run1").update(created_by=submitter)
+    own = submitter_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
+
+    assert cancel not in others.content.decode()
+    assert refused.status_code == 403
+    assert cancel in own.content.decode()
+
+
+def test_operators_see_the_cancel_button_on_anyones_running_batch(
+    operator_client, upstream, running
 ):
     upstream.get(f"{API}/batches/batch_run1", json=make_batch(id="batch_run1"))
 
-    response = submitter_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
+    response = operator_client.get(reverse("batch-detail", args=["default", "batch_run1"]))
 
     assert reverse("batch-cancel", args=["default", "batch_run1"]) in response.content.decode()
 

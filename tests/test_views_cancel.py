@@ -38,8 +38,8 @@ def running(db) -> Batch:
     return batch_upsert(payload=make_batch(id="batch_run1", status="in_progress")).batch
 
 
-def test_get_shows_a_confirmation_page_and_cancels_nothing(submitter_client, upstream, running):
-    response = submitter_client.get(cancel())
+def test_get_shows_a_confirmation_page_and_cancels_nothing(operator_client, upstream, running):
+    response = operator_client.get(cancel())
 
     assert response.status_code == 200
     content = html.unescape(response.content.decode())
@@ -53,10 +53,10 @@ def test_get_shows_a_confirmation_page_and_cancels_nothing(submitter_client, ups
     assert not Event.objects.exists()
 
 
-def test_post_cancels_upstream_and_says_so(submitter_client, upstream, submitter, running):
+def test_post_cancels_upstream_and_says_so(operator_client, upstream, operator, running):
     upstream.post(CANCEL_URL, json=cancelling_payload())
 
-    response = submitter_client.post(cancel())
+    response = operator_client.post(cancel())
 
     assert response.status_code == 302
     assert response["Location"] == detail()
@@ -65,19 +65,19 @@ def test_post_cancels_upstream_and_says_so(submitter_client, upstream, submitter
     batch = Batch.objects.get()
     assert batch.status == "cancelling"
     event = Event.objects.get()
-    assert (event.action, event.user, event.batch) == (Event.Action.CANCEL, submitter, batch)
+    assert (event.action, event.user, event.batch) == (Event.Action.CANCEL, operator, batch)
     assert messages_of(response) == [
         ("success", "Cancellation requested. Requests already finished keep their results.")
     ]
 
 
 def test_after_cancelling_the_detail_page_shows_cancelling_and_the_message(
-    submitter_client, upstream, running
+    operator_client, upstream, running
 ):
     upstream.post(CANCEL_URL, json=cancelling_payload())
     upstream.get(f"{API}/batches/batch_run1", json=cancelling_payload())
 
-    response = submitter_client.post(cancel(), follow=True)
+    response = operator_client.post(cancel(), follow=True)
 
     assert response.status_code == 200
     content = response.content.decode()
@@ -88,11 +88,11 @@ def test_after_cancelling_the_detail_page_shows_cancelling_and_the_message(
 
 
 @pytest.mark.parametrize("status", ["completed", "failed", "expired", "cancelled", "cancelling"])
-def test_a_batch_that_is_no_longer_running_cannot_be_cancelled(submitter_client, upstream, status):
+def test_a_batch_that_is_no_longer_running_cannot_be_cancelled(operator_client, upstream, status):
     batch_upsert(payload=make_batch(id="batch_end", status=status))
 
-    confirm = submitter_client.get(cancel("batch_end"))
-    response = submitter_client.post(cancel("batch_end"))
+    confirm = operator_client.get(cancel("batch_end"))
+    response = operator_client.post(cancel("batch_end"))
 
     assert "can no longer be cancelled" in html.unescape(confirm.content.decode())
     assert "Yes, cancel the batch" not in confirm.content.decode()
@@ -107,7 +107,7 @@ def test_a_batch_that_is_no_longer_running_cannot_be_cancelled(submitter_client,
 
 
 def test_an_upstream_409_is_reported_and_the_batch_is_left_as_it_was(
-    submitter_client, upstream, submitter, running, no_sleep
+    operator_client, upstream, operator, running, no_sleep
 ):
     upstream.post(
         CANCEL_URL,
@@ -122,7 +122,7 @@ def test_an_upstream_409_is_reported_and_the_batch_is_left_as_it_was(
     )
     upstream.get(f"{API}/batches/batch_run1", json=make_batch(id="batch_run1"))
 
-    response = submitter_client.post(cancel(), follow=True)
+    response = operator_client.post(cancel(), follow=True)
 
     assert response.status_code == 200
     content = html.unescape(response.content.decode())
@@ -133,11 +133,11 @@ def test_an_upstream_409_is_reported_and_the_batch_is_left_as_it_was(
     assert "Traceback" not in content
     assert Batch.objects.get().status == "in_progress"
     event = Event.objects.get()
-    assert (event.action, event.user) == (Event.Action.CANCEL_FAILED, submitter)
+    assert (event.action, event.user) == (Event.Action.CANCEL_FAILED, operator)
 
 
 def test_an_upstream_500_is_reported_with_its_request_id(
-    submitter_client, upstream, running, no_sleep
+    operator_client, upstream, running, no_sleep
 ):
     upstream.post(
         CANCEL_URL,
@@ -146,7 +146,7 @@ def test_an_upstream_500_is_reported_with_its_request_id(
         headers={"x-request-id": "req_cancel500"},
     )
 
-    response = submitter_client.post(cancel())
+    response = operator_client.post(cancel())
 
     assert response.status_code == 302
     ((level, text),) = messages_of(response)
@@ -159,7 +159,7 @@ def test_an_upstream_500_is_reported_with_its_request_id(
 
 
 def test_cancel_gives_up_as_soon_as_other_page_calls_do(
-    submitter_client, upstream, running, no_sleep
+    operator_client, upstream, running, no_sleep
 ):
     """A person waits on this button: it uses the page's short budget (one retry), like the
     detail refresh and Sync now, not the worker's."""
@@ -167,7 +167,7 @@ def test_cancel_gives_up_as_soon_as_other_page_calls_do(
         CANCEL_URL, status=503, json={"error": {"message": "Overloaded", "type": "server_error"}}
     )
 
-    submitter_client.post(cancel())
+    operator_client.post(cancel())
 
     assert len(upstream.calls) == 2
     assert len(no_sleep) == 1
@@ -183,9 +183,9 @@ def test_a_viewer_cannot_cancel(viewer_client, upstream, running):
     assert Batch.objects.get().status == "in_progress"
 
 
-def test_cancelling_an_unknown_batch_is_a_404(submitter_client, upstream, db):
-    assert submitter_client.get(cancel("batch_nope")).status_code == 404
-    assert submitter_client.post(cancel("batch_nope")).status_code == 404
+def test_cancelling_an_unknown_batch_is_a_404(operator_client, upstream, db):
+    assert operator_client.get(cancel("batch_nope")).status_code == 404
+    assert operator_client.post(cancel("batch_nope")).status_code == 404
     assert len(upstream.calls) == 0
 
 
@@ -203,13 +203,13 @@ def test_cancelling_an_unknown_batch_is_a_404(submitter_client, upstream, db):
     ],
 )
 def test_the_cancel_button_shows_only_on_batches_that_can_be_cancelled(
-    submitter_client, upstream, status, shown
+    operator_client, upstream, status, shown
 ):
     payload = make_batch(id="batch_b", status=status)
     batch_upsert(payload=payload)
     upstream.get(f"{API}/batches/batch_b", json=payload)
 
-    content = submitter_client.get(detail("batch_b")).content.decode()
+    content = operator_client.get(detail("batch_b")).content.decode()
 
     assert (cancel("batch_b") in content) is shown
 

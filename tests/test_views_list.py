@@ -505,7 +505,7 @@ def test_the_list_page_stays_within_a_small_query_budget(
 SYNC = reverse("batch-sync")
 
 
-def test_sync_now_walks_upstream_and_reports_the_counts(viewer_client, upstream):
+def test_sync_now_walks_upstream_and_reports_the_counts(operator_client, upstream):
     upstream.get(
         f"{API}/batches",
         json=make_list(
@@ -518,7 +518,7 @@ def test_sync_now_walks_upstream_and_reports_the_counts(viewer_client, upstream)
     )
     upstream.get(f"{API}/batches/batch_s1", json=make_batch(id="batch_s1", status="finalizing"))
 
-    response = viewer_client.post(SYNC, {"next": LIST})
+    response = operator_client.post(SYNC, {"next": LIST})
 
     assert response.status_code == 302
     assert response["Location"] == LIST
@@ -532,11 +532,11 @@ def test_sync_now_walks_upstream_and_reports_the_counts(viewer_client, upstream)
     state = SyncState.get(default_connection())
     assert state.last_success_at is not None
     assert not state.is_failing
-    assert "Data synced" in viewer_client.get(LIST).content.decode()
+    assert "Data synced" in operator_client.get(LIST).content.decode()
 
 
 def test_sync_now_reads_a_bounded_number_of_pages_and_leaves_the_rest_to_the_worker(
-    viewer_client, upstream, settings
+    operator_client, upstream, settings
 ):
     settings.SYNC_NOW_MAX_PAGES = 2
     settings.SYNC_NOW_MAX_REFRESHES = 1
@@ -559,7 +559,7 @@ def test_sync_now_reads_a_bounded_number_of_pages_and_leaves_the_rest_to_the_wor
     upstream.get(f"{API}/batches/batch_p0_0", json=make_batch(id="batch_p0_0", metadata=None))
     upstream.get(f"{API}/batches/batch_p0_1", json=make_batch(id="batch_p0_1", metadata=None))
 
-    response = viewer_client.post(SYNC, {"next": LIST})
+    response = operator_client.post(SYNC, {"next": LIST})
 
     [message] = [str(m) for m in get_messages(response.wsgi_request)]
     assert message.startswith("Synced: 4 new, 0 changed, 1 running batch refreshed.")
@@ -570,16 +570,16 @@ def test_sync_now_reads_a_bounded_number_of_pages_and_leaves_the_rest_to_the_wor
     assert (len(listed), len(retrieved)) == (2, 1)
 
 
-def test_sync_now_returns_to_the_filtered_page_it_was_pressed_on(viewer_client, upstream):
+def test_sync_now_returns_to_the_filtered_page_it_was_pressed_on(operator_client, upstream):
     upstream.get(f"{API}/batches", json=make_list([]))
 
-    response = viewer_client.post(SYNC, {"next": "/?status=failed&q=abc"})
+    response = operator_client.post(SYNC, {"next": "/?status=failed&q=abc"})
 
     assert response["Location"] == "/?status=failed&q=abc"
 
 
 def test_a_failing_sync_now_says_so_records_the_error_and_raises_the_banner(
-    viewer_client, upstream, mixed, no_sleep
+    operator_client, upstream, mixed, no_sleep
 ):
     upstream.get(
         f"{API}/batches",
@@ -588,7 +588,7 @@ def test_a_failing_sync_now_says_so_records_the_error_and_raises_the_banner(
         headers={"x-request-id": "req_sync500"},
     )
 
-    response = viewer_client.post(SYNC, {"next": LIST})
+    response = operator_client.post(SYNC, {"next": LIST})
 
     assert response.status_code == 302
     ((message,),) = [[str(m) for m in get_messages(response.wsgi_request)]]
@@ -601,7 +601,7 @@ def test_a_failing_sync_now_says_so_records_the_error_and_raises_the_banner(
     assert "The server had an error" in state.last_error
     assert len(upstream.calls) == 2  # one retry: a person is waiting
 
-    page = viewer_client.get(LIST)
+    page = operator_client.get(LIST)
     content = page.content.decode()
     assert "Upstream is failing" in content
     assert "The server had an error" in content
@@ -621,17 +621,17 @@ def test_a_failing_sync_now_says_so_records_the_error_and_raises_the_banner(
         "",
     ],
 )
-def test_sync_now_never_redirects_to_another_site(viewer_client, upstream, target):
+def test_sync_now_never_redirects_to_another_site(operator_client, upstream, target):
     upstream.get(f"{API}/batches", json=make_list([]))
 
-    response = viewer_client.post(SYNC, {"next": target})
+    response = operator_client.post(SYNC, {"next": target})
 
     assert response.status_code == 302
     assert response["Location"] == LIST
 
 
-def test_sync_now_by_get_is_refused(viewer_client, upstream):
-    response = viewer_client.get(SYNC)
+def test_sync_now_by_get_is_refused(operator_client, upstream):
+    response = operator_client.get(SYNC)
 
     assert response.status_code == 405
     assert len(upstream.calls) == 0

@@ -1,6 +1,7 @@
 """batchweb's models: the connections it talks to, and the local cache of their batches with
 the records batchweb keeps of its own. Import from here."""
 
+from .audit import AuditLogIsAppendOnly, Event, EventQuerySet
 from .batches import (
     CANCELLABLE_STATUSES,
     RUNNING_STATUSES,
@@ -12,7 +13,6 @@ from .batches import (
     Batch,
     BatchQuerySet,
     BatchTally,
-    Event,
     ResultFile,
     ResultRow,
     Status,
@@ -33,6 +33,7 @@ from .connections import (
     default_connection,
     default_connection_id,
 )
+from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -44,20 +45,27 @@ __all__ = [
     "TOKEN_KEY",
     "USER_KEY",
     "Access",
+    "AuditLogIsAppendOnly",
     "AuthStyle",
     "Batch",
     "BatchQuerySet",
     "BatchTally",
+    "Channel",
     "Connection",
     "ConnectionKeyError",
     "ConnectionQuerySet",
     "Dialect",
     "Event",
+    "EventQuerySet",
+    "NotificationPreference",
+    "Outbox",
     "ResultFile",
     "ResultRow",
     "Status",
     "Submission",
     "SyncState",
+    "Watch",
+    "WebhookDelivery",
     "access_for",
     "default_connection",
     "default_connection_id",

@@ -133,6 +133,10 @@ class Batch(models.Model):
     total_tokens = models.BigIntegerField(null=True, blank=True)
 
     metadata = models.JSONField(null=True, blank=True)
+    # The batch's label (job or project): from metadata `job` (or `label`, `name`) as upstream
+    # sends it, until an operator changes it here (`label_edited`).
+    label = models.CharField(max_length=512, blank=True, default="")
+    label_edited = models.BooleanField(default=False)
     errors = models.JSONField(null=True, blank=True)
     raw = models.JSONField(default=dict)
     # Lower-cased ids, file ids and metadata, for a search box that works on every database.
@@ -173,8 +177,11 @@ class Batch(models.Model):
         ordering = ("-created_at", "-id")
         verbose_name_plural = "batches"
         permissions = [
-            ("submit_batch", "Can create batches upstream"),
-            ("cancel_batch", "Can cancel batches upstream"),
+            ("submit_batch", "Can create and retry batches, and cancel their own"),
+            ("cancel_batch", "Can cancel their own batches upstream"),
+            ("cancel_any_batch", "Can cancel anyone's batch upstream"),
+            ("sync_batches", "Can press Sync now"),
+            ("manage_labels", "Can change the label of any batch"),
         ]
         constraints = [
             models.UniqueConstraint(fields=["connection", "openai_id"], name="one_batch_per_id")
@@ -192,6 +199,7 @@ class Batch(models.Model):
             models.Index(fields=["model", "-created_at", "-id"], name="batch_model_newest"),
             models.Index(fields=["endpoint", "-created_at", "-id"], name="batch_endpoint_newest"),
             models.Index(fields=["created_by", "-created_at", "-id"], name="batch_creator_newest"),
+            models.Index(fields=["label", "-created_at", "-id"], name="batch_label_newest"),
             models.Index(fields=["next_refresh_at"], name="batch_refresh_due"),
         ]
 
@@ -254,9 +262,9 @@ class Batch(models.Model):
             return "warning"
         return self.status
 
-    def label(self) -> str:
+    def metadata_label(self) -> str:
         meta = self.metadata or {}
-        return str(meta.get("job") or meta.get("label") or meta.get("name") or "")
+        return str(meta.get("job") or meta.get("label") or meta.get("name") or "")[:512]
 
     def user_metadata(self) -> dict[str, str]:
         """Metadata without the keys batchweb stamps for its own bookkeeping."""
@@ -356,6 +364,8 @@ class Batch(models.Model):
             else None
         )
         self.errors = payload.get("errors") if isinstance(payload.get("errors"), dict) else None
+        if not self.label_edited:
+            self.label = self.metadata_label()
         self.raw = payload
         self.synced_at = now
         if self.metadata and self.metadata.get(TOKEN_KEY) and not self.submission_token:
@@ -394,6 +404,8 @@ class Batch(models.Model):
             self.input_filename,
             self.model,
         ]
+        if self.label_edited and self.label:  # otherwise it is in the metadata below
+            parts.append(self.label)
         for key, value in (self.metadata or {}).items():
             parts.append(f"{key}={value}")
         return "\n".join(p for p in parts if p).lower()
@@ -504,59 +516,6 @@ class SyncState(models.Model):
     @property
     def is_failing(self) -> bool:
         return self.failing_since is not None
-
-
-class Event(models.Model):
-    """An entry of the activity log: who did what to which batch, and how it went."""
-
-    class Action(models.TextChoices):
-        CREATE = "create", "created"
-        CREATE_FAILED = "create_failed", "failed to create"
-        CANCEL = "cancel", "cancelled"
-        CANCEL_FAILED = "cancel_failed", "failed to cancel"
-        UPLOAD = "upload", "uploaded"
-        RETRY = "retry", "retried failures of"
-        SYNC = "sync", "synced"
-        DOWNLOAD = "download", "downloaded"
-
-    at = models.DateTimeField(default=timezone.now, db_index=True)
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
-    )
-    batch = models.ForeignKey(
-        Batch, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
-    )
-    batch_openai_id = models.CharField(max_length=128, blank=True)
-    connection = models.ForeignKey(
-        Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    action = models.CharField(max_length=32, choices=Action.choices)
-    detail = models.TextField(blank=True)
-
-    class Meta:
-        ordering = ("-at", "-id")
-
-    def __str__(self) -> str:
-        return f"{self.at:%Y-%m-%d %H:%M} {self.user} {self.action} {self.batch_openai_id}"
-
-    @classmethod
-    def record(
-        cls,
-        action: str,
-        *,
-        user: Any = None,
-        batch: Batch | None = None,
-        connection: Connection | None = None,
-        detail: str = "",
-    ) -> Event:
-        return cls.objects.create(
-            action=action,
-            user=user if getattr(user, "is_authenticated", False) else None,
-            batch=batch,
-            batch_openai_id=batch.openai_id if batch else "",
-            connection=batch.connection if batch else connection,
-            detail=detail[:2000],
-        )
 
 
 class Submission(models.Model):

@@ -104,6 +104,10 @@ class Connection(models.Model):
     )
     key_encrypted = models.TextField(blank=True, editable=False)
     key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+    # The signing secret of OpenAI's webhooks for this connection (whsec_…), stored like the key.
+    # The connection configured by the environment reads OPENAI_WEBHOOK_SECRET when unset.
+    webhook_secret_encrypted = models.TextField(blank=True, editable=False)
+    webhook_secret_last4 = models.CharField(max_length=4, blank=True, editable=False)
 
     max_requests_per_file = models.PositiveIntegerField(
         null=True,
@@ -200,6 +204,35 @@ class Connection(models.Model):
         self.key_encrypted = keystore.encrypt(plain)
         self.key_last4 = plain[-4:]
         self.key_env = ""
+
+    def set_webhook_secret(self, plain: str) -> None:
+        plain = plain.strip()
+        self.webhook_secret_encrypted = keystore.encrypt(plain) if plain else ""
+        self.webhook_secret_last4 = plain[-4:] if plain else ""
+
+    def webhook_secret(self) -> str:
+        """The signing secret of webhooks for this connection ("" when none is set). Raises
+        ConnectionKeyError when a stored one cannot be decrypted."""
+        if self.webhook_secret_encrypted:
+            try:
+                return keystore.decrypt(self.webhook_secret_encrypted)
+            except keystore.KeystoreError as error:
+                raise ConnectionKeyError(f"Connection “{self.name}”: {error}") from None
+        if self.from_settings:
+            return settings.OPENAI_WEBHOOK_SECRET
+        return ""
+
+    def webhook_secret_source(self) -> str:
+        """Where the webhook secret comes from, in words that show its last 4 characters at
+        most."""
+        if self.webhook_secret_encrypted:
+            return f"stored, encrypted (ends in …{self.webhook_secret_last4})"
+        if self.from_settings and settings.OPENAI_WEBHOOK_SECRET:
+            return (
+                "environment variable OPENAI_WEBHOOK_SECRET "
+                f"(ends in …{settings.OPENAI_WEBHOOK_SECRET[-4:]})"
+            )
+        return "none set"
 
     # --- Limits ----------------------------------------------------------------------------
 
@@ -318,4 +351,7 @@ def default_connection() -> Connection:
 
 
 def default_connection_id() -> int:
-    return default_connection().pk
+    """The default of every `connection` field. Reads the id alone: migrations call it while
+    the table may still lack columns that later migrations add."""
+    pk = Connection.objects.filter(slug=DEFAULT_SLUG).values_list("pk", flat=True).first()
+    return pk if pk is not None else default_connection().pk

@@ -11,6 +11,7 @@ from .batches import (
     UpsertResult,
     batch_cancel,
     batch_create,
+    batch_label,
     batch_refresh,
     batch_upsert,
     new_submission_token,
@@ -22,6 +23,13 @@ from .connections import (
     connection_test,
     connections_for,
     get_client,
+)
+from .notifications import (
+    DeliveryResult,
+    notification_preferences_save,
+    notifications_deliver,
+    notifications_enqueue,
+    watch_set,
 )
 from .sync import (
     PassResult,
@@ -35,6 +43,7 @@ from .sync import (
 __all__ = [
     "ConnectionNotReady",
     "ConnectionTestResult",
+    "DeliveryResult",
     "InputFacts",
     "PassResult",
     "ServiceError",
@@ -42,6 +51,7 @@ __all__ = [
     "UpsertResult",
     "batch_cancel",
     "batch_create",
+    "batch_label",
     "batch_refresh",
     "batch_upsert",
     "batches_sync",
@@ -50,7 +60,11 @@ __all__ = [
     "connections_for",
     "get_client",
     "new_submission_token",
+    "notification_preferences_save",
+    "notifications_deliver",
+    "notifications_enqueue",
     "record_upstream_failure",
     "refresh_running_batches",
     "sync_pass",
+    "watch_set",
 ]

@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import (
+    TERMINAL_STATUSES,
     TOKEN_KEY,
     USER_KEY,
     Batch,
@@ -26,6 +27,7 @@ from ..models import (
 )
 from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
 from .connections import get_client
+from .notifications import notifications_enqueue
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ def batch_upsert(
             return UpsertResult(batch=batch, stale=True)
         changed = batch.raw != payload
         before = batch.tally_key()
+        before_status = batch.status
         token = batch.submission_token
         batch.apply_payload(payload, now=now)
         if batch.submission_token != token:
@@ -105,6 +108,10 @@ def batch_upsert(
             _link_creator(batch)
         batch.save()
         BatchTally.move(before, batch.tally_key())
+        if batch.is_terminal and before_status not in TERMINAL_STATUSES:
+            # In the same transaction as the ending: stored together, or not at all. A batch
+            # first seen finished (the branch above) is history, and tells nobody.
+            notifications_enqueue(batch=batch, before_status=before_status)
         return UpsertResult(batch=batch, changed=changed)
 
 
@@ -231,6 +238,7 @@ def batch_create(
                 user=user,
                 connection=connection,
                 detail=str(error) + explanation,
+                error=error,
             )
             if explanation:  # a person's next step, not an upstream fault
                 raise ServiceError(str(error) + explanation) from error
@@ -318,8 +326,29 @@ def batch_cancel(*, batch: Batch, user: Any, client: OpenAIClient | None = None)
     try:
         payload = client.cancel_batch(batch.openai_id)
     except OpenAIError as error:
-        Event.record(Event.Action.CANCEL_FAILED, user=user, batch=batch, detail=str(error))
+        Event.record(Event.Action.CANCEL_FAILED, user=user, batch=batch, error=error)
         raise
     batch = batch_upsert(payload=payload, connection=batch.connection).batch
     Event.record(Event.Action.CANCEL, user=user, batch=batch)
     return batch
+
+
+def batch_label(*, batch: Batch, user: Any, label: str) -> Batch:
+    """Give a batch a label here (upstream metadata cannot be changed after creation): it
+    replaces the one from metadata in the list, search, exports and notifications, and later
+    syncs keep it. An empty label goes back to the one from metadata."""
+    label = " ".join(label.split())[:512]  # one line: no control characters or runs of spaces
+    with transaction.atomic():
+        locked = Batch.objects.select_for_update().get(pk=batch.pk)
+        before = locked.label
+        locked.label_edited = bool(label)
+        locked.label = label or locked.metadata_label()
+        locked.search_text = locked.build_search_text()
+        locked.save(update_fields=["label", "label_edited", "search_text"])
+    Event.record(
+        Event.Action.LABEL,
+        user=user,
+        batch=locked,
+        detail=f"“{before}” → “{locked.label}”" if before else f"→ “{locked.label}”",
+    )
+    return locked

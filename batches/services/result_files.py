@@ -566,7 +566,7 @@ def results_csv(*, batch: Batch) -> Iterator[str]:
             status = "succeeded" if row.ok else ("never ran" if row.never_ran else "failed")
             yield writer.writerow(
                 [
-                    _csv_safe(row.custom_id), status, row.status_code or "", _csv_safe(text),
+                    csv_safe(row.custom_id), status, row.status_code or "", csv_safe(text),
                     row.input_tokens or "", row.output_tokens or "", row.total_tokens or "",
                 ]
             )  # fmt: skip
@@ -586,7 +586,7 @@ def _full_answer(streams: dict[str, BinaryIO], copies: dict[str, Path], row: Res
         return ""
 
 
-def _csv_safe(value: Any) -> str:
+def csv_safe(value: Any) -> str:
     """Keep spreadsheets from running a cell as a formula (CSV injection)."""
     text = "" if value is None else str(value)
     if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
@@ -607,13 +607,13 @@ def batches_csv(batches: Any) -> Iterator[str]:
             [
                 # Ids, model and endpoint come from upstream (the model from the input file),
                 # so they can start with "=" just as the label can.
-                _csv_safe(batch.openai_id), batch.display_status(), _csv_safe(batch.endpoint),
-                _csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
+                csv_safe(batch.openai_id), batch.display_status(), csv_safe(batch.endpoint),
+                csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
                 _num(batch.request_total), _num(batch.request_completed),
                 _num(batch.request_failed), _num(batch.input_tokens), _num(batch.output_tokens),
-                _csv_safe(batch.creator_name()), _csv_safe(batch.label()),
-                _csv_safe(batch.input_file_id), _csv_safe(batch.output_file_id),
-                _csv_safe(batch.error_file_id), _csv_safe(batch.connection.name),
+                csv_safe(batch.creator_name()), csv_safe(batch.label),
+                csv_safe(batch.input_file_id), csv_safe(batch.output_file_id),
+                csv_safe(batch.error_file_id), csv_safe(batch.connection.name),
             ]
         )  # fmt: skip
 

@@ -233,12 +233,25 @@ def _upload(submission: Submission, client: OpenAIClient, user: Any) -> str:
             "The checked file is no longer on the server (it is kept for 24 hours). "
             "Choose the file again."
         )
-    with path.open("rb") as stream:
-        uploaded = client.upload_file(fileobj=stream, filename=submission.filename, purpose="batch")
+    try:
+        with path.open("rb") as stream:
+            uploaded = client.upload_file(
+                fileobj=stream, filename=submission.filename, purpose="batch"
+            )
+    except OpenAIError as error:
+        Event.record(
+            Event.Action.UPLOAD_FAILED,
+            user=user,
+            connection=submission.connection,
+            target=submission.filename,
+            error=error,
+        )
+        raise
     Event.record(
         Event.Action.UPLOAD,
         user=user,
         connection=submission.connection,
+        target=submission.filename,
         detail=f"{submission.filename} as {uploaded['id']} ({path.stat().st_size} bytes)",
     )
     return str(uploaded["id"])

@@ -3,11 +3,12 @@
 Views catch only the client's and services' error families; anything else is a bug and a 500.
 """
 
+from .activity import activity, activity_export
 from .batches import (
-    activity,
     batch_cancel,
     batch_detail,
     batch_export,
+    batch_label,
     batch_legacy_redirect,
     batch_list,
     batch_live,
@@ -16,24 +17,32 @@ from .batches import (
 )
 from .connections import connection_detail, connection_list, connection_test
 from .create import batch_create, submission_confirm
+from .notifications import batch_watch
+from .profile import profile
 from .results import batch_download, batch_results, batch_retry, result_view, results_export
+from .webhooks import openai_webhook
 
 __all__ = [
     "activity",
+    "activity_export",
     "batch_cancel",
     "batch_create",
     "batch_detail",
     "batch_download",
     "batch_export",
+    "batch_label",
     "batch_legacy_redirect",
     "batch_list",
     "batch_live",
     "batch_results",
     "batch_retry",
     "batch_rows_live",
+    "batch_watch",
     "connection_detail",
     "connection_list",
     "connection_test",
+    "openai_webhook",
+    "profile",
     "result_view",
     "results_export",
     "submission_confirm",

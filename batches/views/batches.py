@@ -7,9 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required, permission_required
-from django.core.paginator import Paginator
-from django.db.models import Q, Sum
+from django.core.exceptions import PermissionDenied
+from django.db.models import Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -17,8 +16,8 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .. import services
-from ..forms import BatchFilterForm
+from .. import roles, services
+from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
     RUNNING_STATUSES,
@@ -33,10 +32,12 @@ from ..models import (
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
+from .access import rule
 from .lookups import batch_for
 
 PAGE_SIZE = 50
-ACTIVITY_PAGE_SIZE = 100
+# The label filter offers at most this many labels (the search box finds the rest).
+LABEL_CHOICES = 200
 
 STATUS_TABS = [
     ("", "All", None),
@@ -50,7 +51,7 @@ STATUS_TABS = [
 ]
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
     filters = _filters(request)
@@ -85,6 +86,8 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         .order_by("username").values_list("username", flat=True),
         "connections": scope.connections,
         "show_connection": len(scope.connections) > 1,
+        "labels": scope.batches().exclude(label="").order_by("label")
+        .values_list("label", flat=True).distinct()[:LABEL_CHOICES],
         "filtered": bool(params),
         "live_ids": _live_ids(live),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
@@ -97,7 +100,7 @@ def _live_ids(batches: list[Batch]) -> str:
     return ",".join(f"{b.pk}:{b.status}" for b in batches)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_rows_live(request: HttpRequest) -> HttpResponse:
     """Fresh copies of the list's running rows, from the cache, swapped in place by htmx. Rows
@@ -122,7 +125,7 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
     return render(request, "batches/includes/rows_live.html", context)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """The progress and timeline of a running batch, from the cache, for htmx to swap in."""
@@ -141,7 +144,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     return response
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_export(request: HttpRequest) -> StreamingHttpResponse:
     """The list as CSV, with the same filters as the page, streamed row by row."""
@@ -198,6 +201,8 @@ def _filtered(filters: dict[str, str], scope: _Scope) -> BatchQuerySet:
         rows = rows.filter(endpoint=filters["endpoint"])
     if filters.get("model"):
         rows = rows.filter(model=filters["model"])
+    if filters.get("label"):
+        rows = rows.filter(label=filters["label"])
     if filters.get("creator"):
         # By id, so the (created_by, created_at) index serves the page.
         creator = get_user_model().objects.filter(username=filters["creator"]).first()
@@ -272,7 +277,7 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
     return "?" + urlencode({**params, **cursor})
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
@@ -291,14 +296,14 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         "summary": summary,
         "refresh_error": refresh_error,
         "events": batch.events.select_related("user")[:50],
-        "can_cancel": batch.can_cancel and request.user.has_perm("batches.cancel_batch"),
+        "can_cancel": batch.can_cancel and roles.may_cancel(request.user, batch),
         "can_retry": may_submit and batch.is_terminal and bool(batch.input_file_id)
         and _has_unsucceeded(batch, summary),
     }  # fmt: skip
     return render(request, "batches/detail.html", context)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_legacy_redirect(request: HttpRequest, openai_id: str, rest: str = "") -> HttpResponse:
     """Links made before connections (/batches/<id>/...) still work: to the one batch with
@@ -324,11 +329,12 @@ def _has_unsucceeded(batch: Batch, summary: ResultSummary | None) -> bool:
     return (batch.request_completed or 0) < batch.request_total
 
 
-@login_required
-@permission_required("batches.cancel_batch", raise_exception=True)
+@rule(roles.CANCEL_OWN, roles.CANCEL_ANY)
 @require_http_methods(["GET", "POST"])
 def batch_cancel(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
+    if not roles.may_cancel(request.user, batch):
+        raise PermissionDenied("Submitters cancel the batches they created; Operators any batch.")
     if request.method == "GET":
         return render(request, "batches/cancel_confirm.html", {"batch": batch})
     try:
@@ -348,7 +354,20 @@ def batch_cancel(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
     return redirect(batch)
 
 
-@login_required
+@rule(roles.LABELS)
+@require_POST
+def batch_label(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    batch = batch_for(request.user, slug, openai_id)
+    form = LabelForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "The label was not changed: " + " ".join(form.errors["label"]))
+        return redirect(batch)
+    batch = services.batch_label(batch=batch, user=request.user, label=form.cleaned_data["label"])
+    messages.success(request, f"Label set to “{batch.label}”." if batch.label else "Label removed.")
+    return redirect(batch)
+
+
+@rule(roles.SYNC)
 @require_POST
 def sync_now(request: HttpRequest) -> HttpResponse:
     """Sync the connections the person may see (or the one named), each bounded: a person is
@@ -371,7 +390,16 @@ def sync_now(request: HttpRequest) -> HttpResponse:
             messages.error(
                 request, f"{prefix}Sync failed; the list shows what was cached before. {error}"
             )
+            Event.record(
+                Event.Action.SYNC_FAILED, user=request.user, connection=connection, error=error
+            )
             continue
+        Event.record(
+            Event.Action.SYNC,
+            user=request.user,
+            connection=connection,
+            detail=f"{result.created} new, {result.updated} changed, {result.refreshed} refreshed",
+        )
         text = (
             f"{prefix}Synced: {result.created} new, {result.updated} changed, "
             f"{result.refreshed} running {'batch' if result.refreshed == 1 else 'batches'} "
@@ -384,23 +412,3 @@ def sync_now(request: HttpRequest) -> HttpResponse:
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = reverse("batch-list")
     return redirect(target)
-
-
-@login_required
-@require_GET
-def activity(request: HttpRequest) -> HttpResponse:
-    scope = _Scope(request.user, {})
-    events = Event.objects.select_related("user", "batch", "batch__connection", "connection")
-    if not scope.everything:  # what happened on connections the person may not see stays hidden
-        events = events.filter(Q(connection__isnull=True) | Q(connection_id__in=scope.ids))
-    user = request.GET.get("user", "")
-    if user:
-        events = events.filter(user__username=user)
-    page = Paginator(events, ACTIVITY_PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {
-        "events": page.object_list,
-        "page": page,
-        "user_filter": user,
-        "show_connection": len(scope.connections) > 1,
-    }
-    return render(request, "batches/activity.html", context)

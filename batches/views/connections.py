@@ -7,15 +7,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from ..models import BatchTally, Connection, SyncState
+from .. import roles
+from ..models import Batch, BatchTally, Connection, SyncState
 from ..services import connections as connection_services
+from ..services import webhooks as webhook_services
+from .access import rule
 
 MANAGE_PERMISSION = "batches.change_connection"
 
@@ -87,7 +89,7 @@ def _can_manage(user: Any) -> bool:
     return user.has_perm(MANAGE_PERMISSION)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def connection_list(request: HttpRequest) -> HttpResponse:
     rows = _rows(connection_services.connections_for(request.user))
@@ -98,20 +100,17 @@ def connection_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def connection_detail(request: HttpRequest, slug: str) -> HttpResponse:
     connection = connection_services.connection_for(request.user, slug)
     return _detail(request, connection)
 
 
-@login_required
+@rule(roles.MANAGE_CONNECTIONS)
 @require_POST
 def connection_test(request: HttpRequest, slug: str) -> HttpResponse:
-    # 404 before 403: a person who may not see the connection learns nothing of it.
     connection = connection_services.connection_for(request.user, slug)
-    if not _can_manage(request.user):
-        raise PermissionDenied("Only admins may test connections.")
     result = connection_services.connection_test(connection=connection)
     return _detail(request, connection, result=result)
 
@@ -141,5 +140,29 @@ def _detail(
                 "expiry_max_seconds": high * 3600,
                 "deployments": sorted((connection.deployments or {}).items()),
             },
+            webhook=_webhook_facts(request, connection),
         )
     return render(request, "batches/connections/detail.html", context)
+
+
+WEBHOOK_DELIVERIES_SHOWN = 10
+
+
+def _webhook_facts(request: HttpRequest, connection: Connection) -> dict[str, Any]:
+    """The URL to register with OpenAI, where the secret comes from (its last 4 characters at
+    most), why deliveries would be refused outright, and the latest deliveries, each with
+    whether its batch is cached here (to link it)."""
+    deliveries = list(connection.webhook_deliveries.all()[:WEBHOOK_DELIVERIES_SHOWN])
+    named = {d.batch_openai_id for d in deliveries if d.batch_openai_id}
+    cached = set(
+        Batch.objects.filter(connection=connection, openai_id__in=named).values_list(
+            "openai_id", flat=True
+        )
+    )
+    problem = webhook_services.webhook_endpoint_problem(connection)
+    return {
+        "url": request.build_absolute_uri(reverse("openai-webhook", args=[connection.slug])),
+        "secret_source": connection.webhook_secret_source(),
+        "problem": problem.reason if problem else "",
+        "deliveries": [(d, d.batch_openai_id in cached) for d in deliveries],
+    }

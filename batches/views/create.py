@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.files.uploadedfile import UploadedFile
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
-from .. import services
+from .. import roles, services
 from ..forms import BatchCreateForm
 from ..jsonl_check import ENDPOINTS
 from ..models import Connection, Submission
@@ -22,6 +21,7 @@ from ..services.submissions import (
     submission_for_file_id,
     submission_submit,
 )
+from .access import rule
 
 SHOWN_PROBLEMS = 50
 
@@ -32,8 +32,7 @@ def _error_status(error: Exception) -> int:
     return 400 if isinstance(error, InvalidRequest | NotFound | services.ServiceError) else 502
 
 
-@login_required
-@permission_required("batches.submit_batch", raise_exception=True)
+@rule(roles.SUBMIT)
 @require_http_methods(["GET", "POST"])
 def batch_create(request: HttpRequest) -> HttpResponse:
     connections = services.connections_for(request.user, usable=True)
@@ -82,8 +81,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
     return redirect("submission-confirm", token=submission.token)
 
 
-@login_required
-@permission_required("batches.submit_batch", raise_exception=True)
+@rule(roles.SUBMIT)
 @require_http_methods(["GET", "POST"])
 def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
     """The summary of a checked file, and the button that uploads it and creates the batch."""

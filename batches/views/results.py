@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Page, Paginator
 from django.db.models import Count, Q, QuerySet, Window
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import services
+from .. import roles, services
 from ..models import Batch, Event, ResultFile, ResultRow
 from ..openai_client import OpenAIError
 from ..services.result_files import (
@@ -24,6 +23,7 @@ from ..services.result_files import (
     results_touch,
 )
 from ..services.submissions import AlreadySubmitted
+from .access import rule
 from .lookups import batch_for
 
 RESULTS_PAGE_SIZE = 50
@@ -34,7 +34,7 @@ MAX_PAGE = 10**7
 CONTENT_TYPE = "application/jsonl; charset=utf-8"
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_download(request: HttpRequest, slug: str, openai_id: str, kind: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
@@ -46,6 +46,14 @@ def batch_download(request: HttpRequest, slug: str, openai_id: str, kind: str) -
         )
     except (OpenAIError, services.ServiceError) as error:
         messages.error(request, f"The {kind} file could not be downloaded. {error}")
+        Event.record(
+            Event.Action.DOWNLOAD,
+            user=request.user,
+            batch=batch,
+            target=f"{kind} file",
+            detail=str(error),
+            error=error,
+        )
         return redirect(batch)
     response = StreamingHttpResponse(download.chunks, content_type=CONTENT_TYPE)
     response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
@@ -77,7 +85,7 @@ def _ingested(request: HttpRequest, batch: Batch) -> bool:
     return True
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def batch_results(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
@@ -129,7 +137,7 @@ def _search_page(rows: QuerySet[ResultRow], number: str | None) -> Page:
     return Page(found, wanted, paginator)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def result_view(request: HttpRequest, slug: str, openai_id: str, row_id: int) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
@@ -139,7 +147,7 @@ def result_view(request: HttpRequest, slug: str, openai_id: str, row_id: int) ->
     return render(request, "batches/result.html", context)
 
 
-@login_required
+@rule(roles.VIEW)
 @require_GET
 def results_export(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
@@ -150,8 +158,7 @@ def results_export(request: HttpRequest, slug: str, openai_id: str) -> HttpRespo
     return response
 
 
-@login_required
-@permission_required("batches.submit_batch", raise_exception=True)
+@rule(roles.SUBMIT)
 @require_POST
 def batch_retry(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """Stage the requests that did not succeed as a new input file; the person confirms it on

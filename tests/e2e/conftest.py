@@ -2,7 +2,7 @@
 
 Per session: two simulators of the OpenAI API (in this process), a fresh SQLite database in a
 temporary directory, gunicorn serving batchweb, the sync worker (`sync_batches --loop`), four
-accounts (admin alice, submitter sam, viewer vic, and eve, a submitter in the group "EU team")
+accounts (admin alice, operator sam, viewer vic, and eve, an operator in the group "EU team")
 and one headless Chromium. Per test: a new browser context (1280x900), so cookies never leak
 from one test to the next.
 
@@ -91,11 +91,11 @@ USERS_SCRIPT = """
 from django.contrib.auth.models import Group, User
 alice = User.objects.create_superuser("alice", "alice@example.com", {alice!r})
 sam = User.objects.create_user("sam", "sam@example.com", {sam!r})
-sam.groups.add(Group.objects.get(name="Submitters"))
+sam.groups.add(Group.objects.get(name="Operators"))
 vic = User.objects.create_user("vic", "vic@example.com", {vic!r})
 vic.groups.add(Group.objects.get(name="Viewers"))
 eve = User.objects.create_user("eve", "eve@example.com", {eve!r})
-eve.groups.add(Group.objects.get(name="Submitters"), Group.objects.create(name={group!r}))
+eve.groups.add(Group.objects.get(name="Operators"), Group.objects.create(name={group!r}))
 
 # A signed-in session for each, so tests that are not about signing in skip the form (and the
 # deliberately slow password hash).

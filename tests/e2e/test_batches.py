@@ -41,7 +41,7 @@ def sync_and_open(page, openai_id: str) -> None:
     """Sync from the list page, then open the batch from its row."""
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
-    page.locator(f"tr[data-batch-id='{openai_id}']").get_by_role("link").click()
+    page.locator(f"tr[data-batch-id='{openai_id}']").get_by_role("link").first.click()
     expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/$"))
 
 
@@ -112,7 +112,7 @@ def test_a_batch_created_from_the_form_runs_to_completed(page_as, sim, shot):
     expect(row).to_contain_text("e2e nightly eval")
     expect(row.locator("td[data-label='Created by']")).to_have_text("sam")
     expect(row.locator(".badge")).to_have_text("completed")
-    row.get_by_role("link").click()
+    row.get_by_role("link").first.click()
     expect(page).to_have_url(re.compile(rf"/connections/default/batches/{openai_id}/$"))
     expect(badge(page)).to_have_text("completed")
 

@@ -65,7 +65,17 @@ def test_one_list_shows_the_batches_of_both_connections(page_as, seeded, shot):
     expect(rows(page)).to_have_count(4)
     header = page.locator("table.batches thead th")
     expect(header).to_have_text(
-        ["Batch", "Connection", "Status", "Progress", "Model", "Endpoint", "Created by", "Created"]
+        [
+            "Batch",
+            "Connection",
+            "Label",
+            "Status",
+            "Progress",
+            "Model",
+            "Endpoint",
+            "Created by",
+            "Created",
+        ]
     )
     for name, ids in seeded.items():
         for openai_id in ids:

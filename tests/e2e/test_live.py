@@ -30,7 +30,7 @@ def start_batch(sim, lines: int) -> str:
 
 def test_a_running_row_on_the_list_updates_in_place(page_as, sim, shot):
     openai_id = start_batch(sim, lines=4)
-    page = page_as("vic")
+    page = page_as("sam")  # an operator: presses Sync now
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
     row = page.locator(f"tr[data-batch-id='{openai_id}']")
@@ -48,7 +48,7 @@ def test_a_running_row_on_the_list_updates_in_place(page_as, sim, shot):
 
 def test_a_running_batch_page_shows_progress_and_reloads_once_finished(page_as, sim, shot):
     openai_id = start_batch(sim, lines=30)
-    page = page_as("vic")
+    page = page_as("sam")  # an operator: presses Sync now
     page.goto("/")
     page.get_by_role("button", name="Sync now").click()
     page.goto(f"/connections/default/batches/{openai_id}/")

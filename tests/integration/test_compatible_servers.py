@@ -47,7 +47,7 @@ def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_re
     batches = list(Batch.objects.all())
     assert len(batches) == 5
     assert all(b.openai_id.startswith("batch-") for b in batches)
-    assert mine.openai_id.startswith("batch-") and mine.label() == "q"
+    assert mine.openai_id.startswith("batch-") and mine.label == "q"
     fresh = Batch.objects.get(pk=mine.pk)
     assert "output_file_id" not in fresh.raw and fresh.output_file_id == ""  # omitted, not null
     failed = Batch.objects.filter(status=Status.FAILED).first()

@@ -105,13 +105,13 @@ def test_the_detail_page_refreshes_a_running_batch_from_the_simulator(sim, submi
     assert finished.context["batch"].output_file_id in finished.text
 
 
-def test_a_running_batch_is_cancelled_from_its_page_and_ends_cancelled(sim, submitter_client):
+def test_a_running_batch_is_cancelled_from_its_page_and_ends_cancelled(sim, operator_client):
     batch = cached_running_batch(sim, requests=20)
     cancel_url = reverse("batch-cancel", args=["default", batch.openai_id])
     detail_url = reverse("batch-detail", args=["default", batch.openai_id])
-    assert submitter_client.get(cancel_url).status_code == 200
+    assert operator_client.get(cancel_url).status_code == 200
 
-    response = submitter_client.post(cancel_url)
+    response = operator_client.post(cancel_url)
 
     assert response.status_code == 302 and response.url == detail_url
     [message] = [str(m) for m in get_messages(response.wsgi_request)]
@@ -121,32 +121,32 @@ def test_a_running_batch_is_cancelled_from_its_page_and_ends_cancelled(sim, subm
     assert Event.objects.filter(action=Event.Action.CANCEL, batch=batch).exists()
 
     sim.advance(4)
-    page = submitter_client.get(detail_url)
+    page = operator_client.get(detail_url)
 
     assert page.context["batch"].status == Status.CANCELLED
     assert not page.context["can_cancel"]
 
 
-def test_the_sync_now_button_fills_the_list_from_the_simulator(sim, submitter_client):
+def test_the_sync_now_button_fills_the_list_from_the_simulator(sim, operator_client):
     seeded = sim.seed_batches(count=7, status="completed")
 
-    response = submitter_client.post(reverse("batch-sync"), {"next": reverse("batch-list")})
+    response = operator_client.post(reverse("batch-sync"), {"next": reverse("batch-list")})
 
     assert response.status_code == 302
     assert [str(m) for m in get_messages(response.wsgi_request)] == [
         "Synced: 7 new, 0 changed, 0 running batches refreshed."
     ]
     assert Batch.objects.count() == 7
-    listing = submitter_client.get(reverse("batch-list"))
+    listing = operator_client.get(reverse("batch-list"))
     assert seeded["first_id"] in listing.text and seeded["last_id"] in listing.text
 
 
-def test_the_sync_now_button_during_an_outage_says_so_and_keeps_the_cache(sim, submitter_client):
+def test_the_sync_now_button_during_an_outage_says_so_and_keeps_the_cache(sim, operator_client):
     sim.seed_batches(count=3, status="completed")
     services.batches_sync(connection=default_connection())
     sim.set_faults({"server_error": 100})
 
-    response = submitter_client.post(reverse("batch-sync"), follow=True)
+    response = operator_client.post(reverse("batch-sync"), follow=True)
 
     assert response.status_code == 200
     assert "Sync failed; the list shows what was cached before" in response.text

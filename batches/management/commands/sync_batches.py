@@ -4,6 +4,10 @@ Each pass is `services.sync_pass()` for one connection (see `batches/services/sy
 writes one line. Each connection has its own loop (a thread of its own when there are several),
 so one upstream's outage, backoff or slowness never delays another's refreshes. Several workers
 may share one PostgreSQL database, on one host or several; on SQLite run one worker.
+
+Every few seconds the worker also sends the notifications that are due
+(`services.notifications_deliver`), from the command's own thread: whatever the connections'
+loops are doing, and never stopping them when a mail server or receiver fails.
 """
 
 from __future__ import annotations
@@ -35,9 +39,13 @@ CLIENT_MAX_WAIT = 10.0
 # The client logs every call; the worker's log is one line a pass unless asked (-v 2).
 CLIENT_LOGGER = "batches.openai_client"
 
+logger = logging.getLogger(__name__)
+
 
 # How often a worker with several connections looks for connections added, enabled or disabled.
 ROSTER_SECONDS = 30.0
+# How often the worker sends the notifications that are due (batches that ended, retries).
+NOTIFY_EVERY_SECONDS = 5.0
 
 
 class Command(BaseCommand):
@@ -104,6 +112,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"Sync of {connection.slug} failed: {error}")
             else:
                 self.stdout.write(f"Synced {connection.slug}: {result}")
+        self.deliver_notifications()
         if failures:
             raise CommandError("Sync failed for " + "; ".join(failures))
 
@@ -118,12 +127,16 @@ class Command(BaseCommand):
         if not verbose:
             client_logger.setLevel(logging.WARNING)
         options = {"interval": interval, "full": full, "max_passes": max_passes}
+        self.next_notify_at = 0.0
         try:
             roster = self.roster()
             if len(roster) <= 1 and (max_passes or self.slugs):
                 # One connection, bounded: no thread needed (and tests see their transaction).
+                # The loop sends the notifications between its passes.
                 if roster:
-                    ConnectionLoop(self, roster[0], **options).run()
+                    ConnectionLoop(self, roster[0], notify=True, **options).run()
+                else:
+                    self.deliver_notifications()
             else:
                 self._supervise(options)
         finally:
@@ -148,12 +161,46 @@ class Command(BaseCommand):
                     loops[pk].start()
             if options["max_passes"] and not any(lp.thread.is_alive() for lp in loops.values()):
                 break
-            self.stopping.wait(ROSTER_SECONDS if not options["max_passes"] else 0.2)
+            # This thread is idle between roster checks: it sends the notifications, every few
+            # seconds, whatever the connections' threads are doing or waiting for.
+            roster_at = time.monotonic() + (ROSTER_SECONDS if not options["max_passes"] else 0.2)
+            while not self.stopping.is_set() and time.monotonic() < roster_at:
+                self.maybe_deliver_notifications()
+                wait = min(roster_at, self.next_notify_at) - time.monotonic()
+                self.stopping.wait(max(0.05, wait))
             _fresh_connection()
         for loop in loops.values():
             loop.stop.set()
         for loop in loops.values():
             loop.thread.join(timeout=60)
+
+    def maybe_deliver_notifications(self) -> None:
+        """Send due notifications when NOTIFY_EVERY_SECONDS have passed since the last time."""
+        if time.monotonic() < self.next_notify_at:
+            return
+        self.deliver_notifications()
+        self.next_notify_at = time.monotonic() + NOTIFY_EVERY_SECONDS
+
+    def deliver_notifications(self) -> None:
+        """One round of `notifications_deliver`. Never raises: a failing mail server or
+        database, or a bug in a sender, must not stop the sync."""
+        try:
+            _fresh_connection()
+            result = services.notifications_deliver(stop=self.stopping.is_set)
+        except DatabaseFailure as error:
+            with self.output_lock:
+                self.stderr.write(
+                    f"notifications failed: database error ({type(error).__name__}: {error})"
+                )
+            _drop_connections()
+        except Exception:
+            logger.exception("notifications failed")
+            with self.output_lock:
+                self.stderr.write("notifications failed: unexpected error (see the log)")
+        else:
+            if result.claimed:
+                with self.output_lock:
+                    self.stdout.write(f"notifications: {result}")
 
     def report(self, connection: Connection, result: services.PassResult) -> None:
         with self.output_lock:
@@ -163,6 +210,8 @@ class Command(BaseCommand):
                 self.stdout.write(f"sync {connection.slug}: {result}")
 
     output_lock = threading.Lock()
+    # When the loop next sends notifications (monotonic seconds; 0: at once).
+    next_notify_at = 0.0
 
     def _install_signal_handlers(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -192,8 +241,11 @@ class ConnectionLoop:
         interval: float,
         full: bool,
         max_passes: int,
+        notify: bool = False,
     ) -> None:
         self.command = command
+        # Whether this loop also sends notifications (when it runs in the command's thread).
+        self.notify = notify
         self.connection = connection
         self.interval = interval
         self.full = full
@@ -252,11 +304,15 @@ class ConnectionLoop:
                 self.command.report(self.connection, result)
                 wait = max(self.interval, result.backoff_seconds)
             passes += 1
+            if self.notify:
+                self.command.maybe_deliver_notifications()
             if self.max_passes and passes >= self.max_passes:
                 break
             # Wake for either stop: the command's (SIGTERM) or this connection's.
             deadline = time.monotonic() + wait
             while not self.stopped() and time.monotonic() < deadline:
+                if self.notify:
+                    self.command.maybe_deliver_notifications()
                 self.command.stopping.wait(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _client(self) -> OpenAIClient:

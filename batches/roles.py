@@ -1,0 +1,57 @@
+"""The four roles, as groups, and what each may do. The groups and their permissions are made by
+migration 0007; each view states the permission it needs (see views/access.py).
+
+| role | permissions |
+|---|---|
+| Viewers | view_batch: read, download, export |
+| Submitters | also submit_batch (create, retry) and cancel_batch (their own batches) |
+| Operators | also cancel_any_batch, sync_batches (Sync now), manage_labels |
+| Admins | every permission of batchweb and of people and groups, and the admin site |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+VIEWERS = "Viewers"
+SUBMITTERS = "Submitters"
+OPERATORS = "Operators"
+ADMINS = "Admins"
+
+VIEW = "batches.view_batch"
+SUBMIT = "batches.submit_batch"
+CANCEL_OWN = "batches.cancel_batch"
+CANCEL_ANY = "batches.cancel_any_batch"
+SYNC = "batches.sync_batches"
+LABELS = "batches.manage_labels"
+MANAGE_CONNECTIONS = "batches.change_connection"
+
+# Nobody may change or delete the audit trail, admins included.
+AUDIT_WRITES = ("add_event", "change_event", "delete_event")
+
+
+def is_admin(user: Any) -> bool:
+    if not getattr(user, "is_authenticated", False) or not user.is_active:
+        return False
+    return user.is_superuser or user.groups.filter(name=ADMINS).exists()
+
+
+def may_cancel(user: Any, batch: Any) -> bool:
+    """Operators cancel any batch; Submitters the ones they created."""
+    if user.has_perm(CANCEL_ANY):
+        return True
+    return user.has_perm(CANCEL_OWN) and batch.created_by_id == user.pk
+
+
+def grant_admin_permissions(**kwargs: Any) -> None:
+    """After every migrate: the Admins group holds every permission of batchweb and of people
+    and groups (those of new models exist only once migrate has made them), except writing the
+    audit trail."""
+    from django.contrib.auth.models import Group, Permission
+
+    admins, _ = Group.objects.get_or_create(name=ADMINS)
+    admins.permissions.set(
+        Permission.objects.filter(content_type__app_label__in=("batches", "auth")).exclude(
+            codename__in=AUDIT_WRITES
+        )
+    )

@@ -1,0 +1,108 @@
+"""The audit trail: reading it (the Activity page and its CSV), and the entries for what
+happens outside the batch services: signing in and out (Django's auth signals are the one way
+to hear of these)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Q
+from django.http import HttpRequest
+
+from ..models import Access, Event, EventQuerySet
+from .result_files import csv_safe
+
+
+@dataclass(frozen=True)
+class EventFilters:
+    """What the Activity page is narrowed to; empty values mean no condition."""
+
+    username: str = ""
+    action: str = ""
+    connection: str = ""  # a slug
+    batch: str = ""  # a batch id
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+
+def events_for(*, access: Access, filters: EventFilters) -> EventQuerySet:
+    """The entries a person may see (none about connections hidden from them), filtered,
+    newest first."""
+    events = Event.objects.visible_to(access).select_related("batch__connection", "connection")
+    if filters.username:
+        events = events.filter(username=filters.username)
+    if filters.action:
+        events = events.filter(action=filters.action)
+    if filters.connection:
+        events = events.filter(connection__slug=filters.connection)
+    if filters.batch:
+        events = events.filter(batch_openai_id=filters.batch)
+    if filters.since:
+        events = events.filter(at__gte=filters.since)
+    if filters.until:
+        events = events.filter(at__lt=filters.until)
+    return events.order_by("-at", "-id")
+
+
+def events_page(
+    events: EventQuerySet, *, before: tuple[dt.datetime, int] | None, size: int
+) -> tuple[list[Event], bool]:
+    """One page of entries older than the cursor (time, id), and whether there are more: a
+    cursor, not an offset, so page 1,000 costs what page 1 does."""
+    if before is not None:
+        at, pk = before
+        events = events.filter(Q(at__lt=at) | Q(at=at, id__lt=pk))
+    rows = list(events[: size + 1])
+    return rows[:size], len(rows) > size
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def events_csv(events: EventQuerySet) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(
+        ["at", "who", "action", "outcome", "connection", "batch_id", "target", "detail",
+         "request_id"]
+    )  # fmt: skip
+    for e in events.iterator(chunk_size=2000):
+        yield writer.writerow(
+            [
+                e.at.astimezone(dt.UTC).isoformat(), csv_safe(e.username or "batchweb"),
+                e.get_action_display(), e.outcome,
+                csv_safe(e.connection.name if e.connection else ""), csv_safe(e.batch_openai_id),
+                csv_safe(e.target), csv_safe(e.detail), csv_safe(e.request_id),
+            ]
+        )  # fmt: skip
+
+
+def _client_address(request: HttpRequest | None) -> str:
+    if request is None:
+        return ""
+    return str(request.META.get("REMOTE_ADDR") or "")[:64]
+
+
+def audit_sign_in(*, sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    Event.record(Event.Action.SIGN_IN, user=user, detail=f"from {_client_address(request)}")
+
+
+def audit_sign_out(*, sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    if user is not None:
+        Event.record(Event.Action.SIGN_OUT, user=user, detail=f"from {_client_address(request)}")
+
+
+def audit_sign_in_failed(
+    *, sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
+) -> None:
+    # The credentials arrive with the password already masked by Django; only the name is kept.
+    Event.record(
+        Event.Action.SIGN_IN_FAILED,
+        username=str(credentials.get("username") or "")[:150],
+        detail=f"from {_client_address(request)}",
+    )

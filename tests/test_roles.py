@@ -1,0 +1,203 @@
+"""Every URL of the project against every role: the server refuses what a role may not do,
+whatever a page showed. The URLs come from a walk of the URLconf, so a new one is covered
+without editing this file; each view's rule is read from its `@rule(...)` decorator."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver
+
+from batches.models import Batch, Connection, Submission, default_connection
+from batches.services import batch_upsert
+from tests.conftest import make_batch
+
+pytestmark = pytest.mark.django_db
+
+# URLs with no sign-in: the sign-in page itself, the signed webhook, static files.
+PUBLIC = {"login", "openai-webhook"}
+# Django's own (the admin site has its own permission checks, tested in the admin tests).
+SKIPPED_PREFIXES = ("admin/",)
+ROLES = ["nobody", "Viewers", "Submitters", "Operators", "Admins"]
+SAMPLE = {
+    "slug": "default",
+    "openai_id": "batch_roles",
+    "token": "tok-roles",
+    "row_id": "1",
+    "kind": "output",
+    "rest": "results/",
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    url: str
+    view: Any
+
+    @property
+    def permissions(self) -> tuple[str, ...]:
+        return getattr(self.view, "permissions", ())
+
+    @property
+    def changes(self) -> bool:
+        return self.name in CHANGING
+
+
+# Views that change something here or upstream when POSTed to.
+CHANGING = {
+    "batch-create",
+    "submission-confirm",
+    "batch-sync",
+    "batch-cancel",
+    "batch-retry",
+    "batch-label",
+    "batch-watch",
+    "connection-test",
+    "profile",
+    "logout",
+}
+
+
+def routes() -> list[Route]:
+    found: list[Route] = []
+
+    def walk(patterns: list, prefix: str) -> None:
+        for p in patterns:
+            route = prefix + str(p.pattern)
+            if route.startswith(SKIPPED_PREFIXES):
+                continue
+            if isinstance(p, URLResolver):
+                walk(p.url_patterns, route)
+            elif isinstance(p, URLPattern):
+                url = "/" + re.sub(r"<(?:\w+:)?(\w+)>", lambda m: SAMPLE[m.group(1)], route)
+                found.append(Route(p.name or route, url, p.callback))
+
+    walk(get_resolver().url_patterns, "")
+    return found
+
+
+ROUTES = routes()
+
+
+def test_the_walk_finds_every_page():
+    names = {r.name for r in ROUTES}
+    assert {"batch-list", "batch-detail", "batch-cancel", "activity", "openai-webhook"} <= names
+    assert len(ROUTES) >= 25
+
+
+def test_every_signed_in_view_states_its_rule():
+    for route in ROUTES:
+        if route.name in PUBLIC or route.name == "logout":
+            continue
+        assert hasattr(route.view, "permissions"), f"{route.name} has no @rule"
+
+
+@pytest.fixture
+def world(db) -> dict[str, Any]:
+    """A running batch made by the submitter, and a person per role."""
+    people = {}
+    for role in ROLES:
+        user = User.objects.create_user(f"u-{role.lower()}", password="pw-roles-123")
+        if role != "nobody":
+            user.groups.add(Group.objects.get(name=role))
+        people[role] = user
+    batch = batch_upsert(payload=make_batch(id="batch_roles", status="completed")).batch
+    Batch.objects.filter(pk=batch.pk).update(created_by=people["Submitters"])
+    Submission.objects.create(token="tok-roles", user=people["Submitters"])
+    return people
+
+
+def allowed(user: User, route: Route) -> bool:
+    if route.name == "submission-confirm":  # a submission is its author's alone
+        return user.username == "u-submitters"
+    return not route.permissions or any(user.has_perm(p) for p in route.permissions)
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.name not in PUBLIC], ids=str)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_anonymous_visitors_are_sent_to_sign_in(client, world, route, method):
+    response = getattr(client, method)(route.url)
+
+    assert response.status_code in (302, 405), (route.name, response.status_code)
+    if response.status_code == 302:
+        assert response["Location"].startswith("/accounts/login/"), route.name
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    "route", [r for r in ROUTES if r.name not in PUBLIC and r.name != "logout"], ids=str
+)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_each_role_is_refused_exactly_what_it_may_not_do(
+    client, world, upstream, route, role, method
+):
+    user = world[role]
+    client.force_login(user)
+
+    response = getattr(client, method)(route.url)
+
+    if allowed(user, route):
+        assert response.status_code != 403, (route.name, role, method)
+    else:
+        assert response.status_code in (403, 405), (route.name, role, method, response.status_code)
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r.changes and r.name != "logout"], ids=str)
+def test_a_change_without_a_csrf_token_is_refused(world, upstream, route):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world["Admins"])
+
+    response = client.post(route.url)
+
+    assert response.status_code == 403, route.name
+
+
+@pytest.mark.parametrize(
+    "route",
+    [r for r in ROUTES if r.url.startswith("/connections/default/batches/")],
+    ids=str,
+)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_a_member_outside_the_connection_s_groups_gets_404(client, world, upstream, route, method):
+    research = Group.objects.create(name="Research")
+    Connection.objects.filter(pk=default_connection().pk).first().groups.add(research)
+    client.force_login(world["Operators"])
+
+    response = getattr(client, method)(route.url)
+
+    assert response.status_code in (404, 405), (route.name, method, response.status_code)
+
+
+def test_a_submitter_cancels_their_own_batch_but_not_another_s(client, world, upstream):
+    other = batch_upsert(payload=make_batch(id="batch_other", status="in_progress")).batch
+    client.force_login(world["Submitters"])
+
+    refused = client.post(f"/connections/default/batches/{other.openai_id}/cancel/")
+
+    assert refused.status_code == 403
+    assert "Operators any batch" in refused.content.decode()
+
+
+def test_only_admins_reach_the_admin_site(client, world):
+    for role, expected in [("Operators", 302), ("Admins", 200)]:
+        client.force_login(world[role])
+        assert client.get("/admin/").status_code == expected, role
+    client.force_login(world["Admins"])
+    assert client.get("/admin/batches/connection/").status_code == 200
+    assert client.get("/admin/auth/user/").status_code == 200
+
+
+def test_pages_show_only_the_buttons_a_role_may_use(client, world, upstream):
+    listing = {}
+    for role in ["Viewers", "Operators"]:
+        client.force_login(world[role])
+        listing[role] = client.get("/").content.decode()
+
+    assert "Sync now" not in listing["Viewers"] and "New batch</a>" not in listing["Viewers"]
+    assert "Sync now" in listing["Operators"] and "New batch" in listing["Operators"]
