@@ -52,8 +52,21 @@ class BatchAdmin(admin.ModelAdmin):
         BatchTally.rebuild()
 
 
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records nobody may add, change or delete here, superusers included."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(ReadOnlyAdmin):
     """The audit trail, read-only for everyone, superusers included."""
 
     list_display = (
@@ -69,15 +82,6 @@ class EventAdmin(admin.ModelAdmin):
     search_fields = ("batch_openai_id", "detail", "username", "target")
     list_select_related = ("connection",)
     date_hierarchy = "at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Connections ----------------------------------------------------------------------------
@@ -367,7 +371,7 @@ def _refusal(names: list[str]) -> str:
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
     """What OpenAI sent, accepted or refused: a record, read-only like the audit trail."""
 
     list_display = (
@@ -383,15 +387,6 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     search_fields = ("webhook_id", "batch_openai_id", "detail")
     list_select_related = ("connection",)
     date_hierarchy = "received_at"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Notifications: team channels and the outbox ---------------------------------------------
@@ -541,7 +536,7 @@ class OutboxChannelFilter(admin.SimpleListFilter):
 
 
 @admin.register(Outbox)
-class OutboxAdmin(admin.ModelAdmin):
+class OutboxAdmin(ReadOnlyAdmin):
     """Read-only: what was sent, what waits, and what was given up ("dead"), with "Try again"."""
 
     list_display = (
@@ -561,15 +556,6 @@ class OutboxAdmin(admin.ModelAdmin):
     list_select_related = ("batch",)
     date_hierarchy = "created_at"
     actions = ["try_again"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("batches.change_outbox")

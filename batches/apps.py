@@ -19,10 +19,11 @@ class BatchesConfig(AppConfig):
         from django.db.models.signals import post_migrate
 
         from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
-        from .roles import grant_admin_permissions
+        from .roles import ensure_roles
         from .services import audit
 
-        post_migrate.connect(grant_admin_permissions, sender=self)
+        post_migrate.connect(ensure_roles, sender=self)
+        post_migrate.connect(ensure_default_connection, sender=self)
         auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
         auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")
         auth_signals.user_login_failed.connect(
@@ -30,6 +31,14 @@ class BatchesConfig(AppConfig):
         )
         checks.register(check_openai_settings, checks.Tags.compatibility)
         checks.register(check_connection_keys, checks.Tags.compatibility)
+
+
+def ensure_default_connection(**kwargs) -> None:
+    """After every migrate (and flush of a test database): the connection the OPENAI_*
+    settings describe exists (migration 0004 makes it; this puts it back if it was removed)."""
+    from .models import default_connection
+
+    default_connection()
 
 
 def check_openai_settings(app_configs=None, **kwargs) -> list[checks.CheckMessage]:

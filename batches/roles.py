@@ -43,12 +43,34 @@ def may_cancel(user: Any, batch: Any) -> bool:
     return user.has_perm(CANCEL_OWN) and batch.created_by_id == user.pk
 
 
-def grant_admin_permissions(**kwargs: Any) -> None:
-    """After every migrate: the Admins group holds every permission of batchweb and of people
-    and groups (those of new models exist only once migrate has made them), except writing the
-    audit trail."""
+# The permissions (codenames on Batch) each role's group holds; Admins hold every permission
+# of batchweb and of people and groups.
+ROLE_PERMISSIONS = {
+    VIEWERS: ["view_batch"],
+    SUBMITTERS: ["view_batch", "submit_batch", "cancel_batch"],
+    OPERATORS: [
+        "view_batch",
+        "submit_batch",
+        "cancel_batch",
+        "cancel_any_batch",
+        "sync_batches",
+        "manage_labels",
+    ],
+}
+
+
+def ensure_roles(**kwargs: Any) -> None:
+    """After every migrate (and every flush of a test database): the four groups exist with
+    their permissions. Migration 0007 makes them too; this keeps Admins complete, since the
+    permissions of models made in the same migrate run exist only after it."""
     from django.contrib.auth.models import Group, Permission
 
+    for name, codenames in ROLE_PERMISSIONS.items():
+        group, created = Group.objects.get_or_create(name=name)
+        if created:
+            group.permissions.set(
+                Permission.objects.filter(content_type__app_label="batches", codename__in=codenames)
+            )
     admins, _ = Group.objects.get_or_create(name=ADMINS)
     admins.permissions.set(
         Permission.objects.filter(content_type__app_label__in=("batches", "auth")).exclude(

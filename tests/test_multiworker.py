@@ -32,7 +32,7 @@ from urllib.parse import parse_qs
 
 import pytest
 import requests
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.db import connection
 
 from batches.models import STATUS_RANK, Batch
@@ -238,7 +238,8 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
     running = sim.seed_batches(count=50, status="in_progress", requests=1000)
     sim.seed_batches(count=150, status="completed")
     (tmp_path / "multiworker_settings.py").write_text(WORKER_SETTINGS)
-    User.objects.create_user("pat", password="pw-pat-123")
+    pat = User.objects.create_user("pat", password="pw-pat-123")
+    pat.groups.add(Group.objects.get(name="Operators"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     web = start_web(server, tmp_path, port)

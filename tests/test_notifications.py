@@ -85,7 +85,7 @@ def encryption_key(settings) -> str:
 @pytest.fixture
 def now() -> dt.datetime:
     """A moment just after the test's rows were written (they are due from their creation)."""
-    return (timezone.now() + dt.timedelta(seconds=1)).replace(microsecond=0)
+    return (timezone.now() + dt.timedelta(seconds=10)).replace(microsecond=0)
 
 
 def start(batch_id: str = "batch_n1", *, connection: Connection | None = None, **extra) -> Batch:

@@ -40,7 +40,7 @@ def create_roles(apps, schema_editor):
             Permission.objects.filter(content_type=batch_type, codename__in=codenames)
         )
     # Admins: every permission of batchweb and auth. Those of models made in this same migrate
-    # run exist only after it, so batches.roles.grant_admin_permissions (after every migrate)
+    # run exist only after it, so batches.roles.ensure_roles (after every migrate)
     # fills the group in.
     Group.objects.get_or_create(name="Admins")
 

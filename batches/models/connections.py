@@ -344,8 +344,13 @@ def access_for(user: Any) -> Access:
 def default_connection() -> Connection:
     """The connection configured by OPENAI_* settings, which batches of earlier releases
     belong to (created by a migration; made again here if someone deleted it)."""
+    found = Connection.objects.filter(slug=DEFAULT_SLUG).first()
+    if found is not None:
+        return found
+    taken = Connection.objects.filter(name="OpenAI").exists()  # names are unique too
+    name = "OpenAI (environment)" if taken else "OpenAI"
     connection, _ = Connection.objects.get_or_create(
-        slug=DEFAULT_SLUG, defaults={"name": "OpenAI", "from_settings": True}
+        slug=DEFAULT_SLUG, defaults={"name": name, "from_settings": True}
     )
     return connection
 
