@@ -34,6 +34,7 @@ from .connections import (
     default_connection_id,
 )
 from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
+from .progress import ProgressSnapshot
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -59,6 +60,7 @@ __all__ = [
     "EventQuerySet",
     "NotificationPreference",
     "Outbox",
+    "ProgressSnapshot",
     "ResultFile",
     "ResultRow",
     "Status",

@@ -27,6 +27,7 @@ from ..models import (
 )
 from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
 from .connections import get_client
+from .estimates import progress_snapshot_record
 from .notifications import notifications_enqueue
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ def batch_upsert(
                 with transaction.atomic():
                     batch.save()
                     BatchTally.move(None, batch.tally_key())
+                    # Finish-time estimates: the first point of a running batch's history.
+                    progress_snapshot_record(
+                        batch=batch, before_status=None, before_counts=None, now=now
+                    )
             except IntegrityError:
                 if not mine.exists():
                     raise  # not the race below: retrying would recurse forever
@@ -100,6 +105,7 @@ def batch_upsert(
         changed = batch.raw != payload
         before = batch.tally_key()
         before_status = batch.status
+        before_counts = (batch.request_completed, batch.request_failed, batch.request_total)
         token = batch.submission_token
         batch.apply_payload(payload, now=now)
         if batch.submission_token != token:
@@ -108,6 +114,10 @@ def batch_upsert(
             _link_creator(batch)
         batch.save()
         BatchTally.move(before, batch.tally_key())
+        # Finish-time estimates: a snapshot when the counts or status of a running batch moved.
+        progress_snapshot_record(
+            batch=batch, before_status=before_status, before_counts=before_counts, now=now
+        )
         if batch.is_terminal and before_status not in TERMINAL_STATUSES:
             # In the same transaction as the ending: stored together, or not at all. A batch
             # first seen finished (the branch above) is history, and tells nobody.

@@ -14,6 +14,10 @@ Two steps, so that a notification is written exactly when the status changes and
    so. A worker that dies mid-send leaves its rows leased; they are due again when the lease
    runs out, so nothing is lost (a message may then go out twice, never zero times).
 
+`notifications_at_risk()`, from the worker's housekeeping, writes one more kind of row: an
+email, once per batch and address, to the creator and watchers who asked to hear about running
+batches that may not finish before their deadline (the estimate of services/estimates.py).
+
 Senders are plain functions with keyword arguments, so moving them to Django's task framework
 is a small step. Webhook URLs and secrets are secrets: they are never logged or stored in an
 error message, only a channel's name and host are.
@@ -43,7 +47,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
 from django.db import connection as db
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -59,6 +63,7 @@ from ..models import (
     Watch,
 )
 from ..templatetags.batchweb import duration
+from .estimates import etas_attach
 
 logger = logging.getLogger(__name__)
 
@@ -415,6 +420,124 @@ def notifications_enqueue(*, batch: Batch, before_status: str | None) -> int:
             batch.status,
             len(rows),
         )
+    return len(rows)
+
+
+# --- Batches at risk of expiring --------------------------------------------------------------
+
+AT_RISK_EVENT = "at_risk"
+# Running batches estimated per query of snapshots (see estimates.etas_attach).
+AT_RISK_CHUNK = 200
+
+
+def _at_risk_key(batch: Batch, address: str) -> str:
+    key = f"{batch.pk}:{AT_RISK_EVENT}:email:{address.lower()}"
+    if len(key) > 255:
+        key = f"{batch.pk}:{AT_RISK_EVENT}:email:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+    return key
+
+
+def at_risk_subject(batch: Batch) -> str:
+    """ "Batch nightly-eval may not finish before its deadline (OpenAI)"."""
+    connection = one_line(batch.connection.name, 60)
+    return f"Batch {batch_name(batch)} may not finish before its deadline ({connection})"[:255]
+
+
+def at_risk_email_text(batch: Batch, *, eta: Any, reason: str) -> str:
+    """The plain-text body of the at-risk email: the estimate in words, and the facts."""
+    facts = [("Batch", one_line(batch.openai_id))]
+    if batch.label:
+        facts.append(("Label", one_line(batch.label, 200)))
+    facts += [
+        ("Connection", one_line(batch.connection.name, 100)),
+        ("Status", batch.display_status()),
+        ("Requests", _counts_line(batch)),
+        ("Deadline", _when(eta.deadline)),
+    ]
+    if batch.creator_name():
+        facts.append(("Created by", one_line(batch.creator_name(), 150)))
+    width = max(len(name) for name, _ in facts) + 2
+    lines = [f"Batch {batch_name(batch)} may not finish before its deadline.", "", eta.text(), ""]
+    lines += [f"{name + ':':<{width}}{value}" for name, value in facts]
+    lines += [
+        "",
+        "This is an estimate from the progress batchweb has seen; requests not done by the "
+        "deadline are not run.",
+        "",
+        f"Open it: {batch_link(batch)}",
+        "",
+        "-- ",
+        f"You receive this because {REASONS.get(reason, reason)} and asked to hear about "
+        "batches at risk. Choose what you receive: "
+        f"{settings.BATCHWEB_BASE_URL}{reverse('profile')}",
+    ]
+    return "\n".join(lines)
+
+
+def notifications_at_risk(*, now: dt.datetime | None = None, connection: Any = None) -> int:
+    """Email the creator and the watchers of each running batch that the estimate says may not
+    finish before its deadline, when they asked for that (`NotificationPreference.at_risk`).
+    Once per batch and address (a unique outbox key); called by the worker's housekeeping.
+    Returns how many rows were meant."""
+    now = now or timezone.now()
+    running = Batch.objects.filter(running=True, status=Status.IN_PROGRESS)
+    if connection is not None:
+        running = running.filter(connection=connection)
+    told_before = Outbox.objects.filter(event=AT_RISK_EVENT, batch_id=OuterRef("pk"))
+    running = (
+        running.exclude(Exists(told_before))
+        .select_related("connection", "created_by")
+        .defer("raw", "result_summary")
+        .order_by("id")
+    )
+    batches = list(running)
+    risky: list[Batch] = []
+    for start in range(0, len(batches), AT_RISK_CHUNK):
+        chunk = batches[start : start + AT_RISK_CHUNK]
+        etas_attach(batches=chunk, now=now)
+        risky += [b for b in chunk if b.eta is not None and b.eta.at_risk]
+    if not risky:
+        return 0
+    watches = Watch.objects.filter(batch__in=risky).select_related("user").order_by("created_at")
+    watchers: dict[int, list[Any]] = {}
+    for watch in watches:
+        watchers.setdefault(watch.batch_id, []).append(watch.user)
+    people = {u.pk for users in watchers.values() for u in users}
+    people |= {b.created_by_id for b in risky if b.created_by_id}
+    wanting = set(
+        NotificationPreference.objects.filter(user_id__in=people, at_risk=True).values_list(
+            "user_id", flat=True
+        )
+    )
+    rows: dict[str, Outbox] = {}
+    for batch in risky:
+        told: set[int] = set()
+        candidates = [(batch.created_by, "creator")] if batch.created_by_id else []
+        candidates += [(user, "watcher") for user in watchers.get(batch.pk, [])]
+        for user, reason in candidates:
+            address = _usable_address(user)
+            if user.pk in told or user.pk not in wanting or not address:
+                continue
+            if not _may_be_told(user, batch):
+                continue
+            told.add(user.pk)
+            key = _at_risk_key(batch, address)
+            rows.setdefault(
+                key,
+                Outbox(
+                    key=key,
+                    channel=Outbox.Channel.EMAIL,
+                    recipient=address,
+                    user=user,
+                    batch=batch,
+                    event=AT_RISK_EVENT,
+                    subject=at_risk_subject(batch),
+                    body=at_risk_email_text(batch, eta=batch.eta, reason=reason),
+                ),
+            )
+    if rows:
+        Outbox.objects.bulk_create(rows.values(), ignore_conflicts=True)
+        logger.info("%d batches at risk: %d notifications queued", len(risky), len(rows))
     return len(rows)
 
 

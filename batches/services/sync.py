@@ -47,6 +47,8 @@ from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
 from .batches import batch_upsert, batches_insert_new
 from .connections import get_client
+from .estimates import progress_snapshots_thin
+from .notifications import notifications_at_risk
 from .result_files import results_cleanup, results_due, summaries_due
 from .submissions import submissions_cleanup
 
@@ -537,8 +539,9 @@ def housekeeping_due(connection: Connection) -> bool:
 def housekeeping(
     *, connection: Connection, client: OpenAIClient, now: dt.datetime, result: PassResult
 ) -> None:
-    """The worker's small chores after the refreshes: summarize what finished lately, and remove
-    local files nobody needs any more (result copies past retention, unconfirmed uploads)."""
+    """The worker's small chores after the refreshes: summarize what finished lately, remove
+    local files nobody needs any more (result copies past retention, unconfirmed uploads), thin
+    the progress history of finished batches, and warn of running batches at risk of expiring."""
     since = now - dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
     result.summarized = summaries_due(
         connection=connection, client=client, limit=3, finished_since=since
@@ -546,6 +549,9 @@ def housekeeping(
     results_due(connection=connection, client=client, finished_since=since)
     results_cleanup(now=now)
     submissions_cleanup(now=now)
+    # Finish-time estimates: bound the snapshot history, and warn of batches at risk.
+    progress_snapshots_thin(now=now, finished_since=since)
+    notifications_at_risk(now=now, connection=connection)
 
 
 def _walk_for_pass(

@@ -70,6 +70,7 @@ def batch_list(request: HttpRequest) -> HttpResponse:
     page, newer, older = _keyset_page(request, rows)
     params = {k: v for k, v in filters.items() if v}
     live = [b for b in page if not b.is_terminal]
+    services.etas_attach(batches=live)  # finish-time estimates: one query for the whole page
     choices = scope.tallies().filter(count__gt=0)
     creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
     context = {
@@ -115,6 +116,7 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
     announcements = [
         f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
     ]
+    services.etas_attach(batches=batches)  # finish-time estimates: one query for all rows
     context = {
         "batches": batches,
         "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
@@ -132,6 +134,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
     seen = request.GET.get("seen", "")
     changed = bool(seen) and seen != batch.status
+    batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
     context = {
         "batch": batch,
         "poll_seconds": settings.LIVE_POLL_SECONDS,
@@ -289,6 +292,7 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         except OpenAIError as error:
             refresh_error = str(error)
     summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
+    batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
     may_submit = request.user.has_perm("batches.submit_batch")
     context = {
         "batch": batch,

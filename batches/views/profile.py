@@ -33,8 +33,8 @@ class ProfileForm(forms.Form):
     at_risk = forms.BooleanField(
         label="Batches at risk of expiring",
         required=False,
-        help_text="Email me when a batch I created or watch may not finish within its window. "
-        "(batchweb does not send these warnings yet: your choice is kept for when it does.)",
+        help_text="Email me once when a batch I created or watch may not finish within its "
+        "window (an estimate from its progress so far).",
     )
 
     SWITCHES = ("my_batches", "watched", "at_risk")
