@@ -11,6 +11,11 @@ fresh installation) and "Azure EU" (slug azure-eu, the second simulator, in the 
 the simulator has one, its key in AZURE_EU_API_KEY). Only the group "EU team" may use the second,
 so sam and vic see the one-connection pages; alice (a superuser) and eve see both.
 
+Email: an SMTP server (aiosmtpd) on 127.0.0.1 in this process keeps every message it receives
+(the `mailbox` fixture); gunicorn and the worker send to it (EMAIL_URL), with links made from
+the site's URL (BATCHWEB_BASE_URL). Everyone has an address (sam@example.com, ...), so batches
+created through batchweb email their creators when they end: the server accepts them all.
+
 Without Chromium the tests are skipped with the reason; with BATCHWEB_REQUIRE_E2E=1 (CI) they
 fail instead. BATCHWEB_CHROMIUM overrides the browser's path (e.g. /nonexistent to try that).
 Server and worker logs and screenshots go to test-artifacts/.
@@ -18,16 +23,21 @@ Server and worker logs and screenshots go to test-artifacts/.
 
 from __future__ import annotations
 
+import email
+import email.message
+import email.policy
 import importlib.metadata
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -62,6 +72,7 @@ CHROMIUM_ARGS = [
 ]
 NO_CHROMIUM = "Chromium is not installed (apt-get install chromium)"
 NO_PLAYWRIGHT = "Playwright is not installed (pip install -e '.[dev]')"
+NO_AIOSMTPD = "aiosmtpd is not installed (pip install -e '.[dev]')"
 
 API_KEY = "sk-e2e"
 PASSWORDS = {
@@ -129,6 +140,8 @@ def missing_reason() -> str | None:
         return NO_CHROMIUM
     if importlib.util.find_spec("playwright") is None:
         return NO_PLAYWRIGHT
+    if importlib.util.find_spec("aiosmtpd") is None:
+        return NO_AIOSMTPD
     return None
 
 
@@ -270,18 +283,134 @@ def sim_eu() -> Iterator[Simulator]:
         yield Simulator(server, api_key=EU_API_KEY)
 
 
+# --- Email ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mail:
+    """One message as the SMTP server received it."""
+
+    sender: str  # MAIL FROM
+    recipients: tuple[str, ...]  # RCPT TO
+    message: email.message.EmailMessage
+
+    @property
+    def subject(self) -> str:
+        return str(self.message["Subject"] or "")
+
+    @property
+    def body(self) -> str:
+        """The plain-text body, its lines ended by "\\n" (SMTP carries "\\r\\n")."""
+        part = self.message.get_body(preferencelist=("plain",))
+        text = part.get_content() if part is not None else ""
+        return text.replace("\r\n", "\n")
+
+    def __str__(self) -> str:
+        return f"to {', '.join(self.recipients)}: {self.subject!r}"
+
+
+class Mailbox:
+    """The SMTP server's handler: keeps every message, in the order received. The server runs
+    in its own thread; the tests read and wait from theirs."""
+
+    def __init__(self) -> None:
+        self._mails: list[Mail] = []
+        self._changed = threading.Condition()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """aiosmtpd calls this once a message is received in full."""
+        raw = envelope.original_content or envelope.content
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogateescape")
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        mail = Mail(str(envelope.mail_from), tuple(envelope.rcpt_tos), message)
+        with self._changed:
+            self._mails.append(mail)
+            self._changed.notify_all()
+        return "250 Message accepted for delivery"
+
+    def all(self) -> list[Mail]:
+        with self._changed:
+            return list(self._mails)
+
+    def to(self, address: str) -> list[Mail]:
+        """The messages sent to ADDRESS so far."""
+        return [m for m in self.all() if address.lower() in (r.lower() for r in m.recipients)]
+
+    def wait_for(self, match: Callable[[Mail], bool], *, timeout: float, what: str) -> Mail:
+        """The first message (received already or within TIMEOUT seconds) that MATCHes; else
+        fail, listing what did arrive."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for mail in self._mails:
+                    if match(mail):
+                        return mail
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    received = "\n".join(f"  {m}" for m in self._mails) or "  nothing"
+                    pytest.fail(f"no email {what} within {timeout:.0f} s; received:\n{received}")
+                self._changed.wait(left)
+
+
+@dataclass
+class SmtpServer:
+    url: str  # EMAIL_URL, e.g. smtp://127.0.0.1:40123
+    mailbox: Mailbox
+
+
+@pytest.fixture(scope="session")
+def smtp_server() -> Iterator[SmtpServer]:
+    """A real SMTP server on loopback for the whole session (no TLS, no sign-in)."""
+    if missing_reason() == NO_AIOSMTPD:
+        if e2e_required():
+            pytest.fail(f"BATCHWEB_REQUIRE_E2E=1 but the browser tests cannot run: {NO_AIOSMTPD}")
+        pytest.skip(f"{NO_AIOSMTPD}; browser tests skipped")
+    from aiosmtpd.controller import Controller
+
+    # aiosmtpd logs every SMTP command at INFO: a failed test's report would be mostly that.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield SmtpServer(url=f"smtp://127.0.0.1:{controller.port}", mailbox=mailbox)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def mailbox(smtp_server: SmtpServer) -> Mailbox:
+    """Every email batchweb sent during the session (not only this test's)."""
+    return smtp_server.mailbox
+
+
+# --- batchweb ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def site_url() -> str:
+    """Where gunicorn will listen (chosen before it starts: the emails' links need it)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
 @pytest.fixture(scope="session")
 def server_env(
-    sim: Simulator, sim_eu: Simulator, tmp_path_factory: pytest.TempPathFactory
+    sim: Simulator,
+    sim_eu: Simulator,
+    smtp_server: SmtpServer,
+    site_url: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
     """The environment of every batchweb process: always a fresh SQLite file, whatever the
-    outer DATABASE_URL says, and the simulators as upstreams (the second one's key in the
-    variable its connection names)."""
+    outer DATABASE_URL says, the simulators as upstreams (the second one's key in the
+    variable its connection names), and the session's SMTP server for email, whatever the
+    outer EMAIL_URL says."""
     tmp = tmp_path_factory.mktemp("e2e")
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DJANGO_", "OPENAI_", "BATCHWEB_", "DATABASE_"))
+        if not k.startswith(("DJANGO_", "OPENAI_", "BATCHWEB_", "DATABASE_", "EMAIL_"))
     }
     env.update(
         {
@@ -303,6 +432,8 @@ def server_env(
             "BATCHWEB_UPLOAD_DIR": str(tmp),
             "BATCHWEB_DATA_DIR": str(tmp / "data"),
             "BATCHWEB_LIVE_POLL_SECONDS": "1",
+            "BATCHWEB_BASE_URL": site_url,
+            "EMAIL_URL": smtp_server.url,
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
         }
@@ -324,12 +455,12 @@ def connection_add_args(sim_eu: Simulator) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def web_server(server_env: dict[str, str], sim_eu: Simulator) -> Iterator[Site]:
+def web_server(server_env: dict[str, str], sim_eu: Simulator, site_url: str) -> Iterator[Site]:
     """gunicorn and the sync worker on a migrated database with four accounts and two
     connections."""
     LOGS.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = site_url
+    port = int(url.rsplit(":", 1)[1])
     web_log = LOGS / "gunicorn.log"
     worker_log = LOGS / "sync_worker.log"
     helpers: list[subprocess.Popen] = []
