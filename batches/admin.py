@@ -25,6 +25,7 @@ from .models import (
     Connection,
     Event,
     Outbox,
+    PriceOverride,
     SyncState,
     WebhookDelivery,
 )
@@ -599,3 +600,28 @@ class OutboxAdmin(ReadOnlyAdmin):
             "round (within seconds while it runs).",
             messages.SUCCESS,
         )
+
+
+@admin.register(PriceOverride)
+class PriceOverrideAdmin(AuditedAdmin):
+    """Batch prices an admin sets per model; they win over the `genai-prices` package. After a
+    change, `manage.py costs_recompute` updates the stored costs of finished batches."""
+
+    list_display = (
+        "model",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "output_per_mtok",
+        "note",
+        "updated_at",
+    )
+    search_fields = ("model", "note")
+    readonly_fields = ("updated_at",)
+    fields = (
+        "model",
+        "input_per_mtok",
+        "cached_input_per_mtok",
+        "output_per_mtok",
+        "note",
+        "updated_at",
+    )

@@ -52,6 +52,8 @@ REQUIRED_BODY_FIELD: dict[str, str] = {
 # so that an oversized file or a gigantic single line cannot exhaust memory.
 _DRAIN_PIECE = 1 << 20
 _CHARS_PER_TOKEN = 4
+# Where a request body caps its output: chat completions (old and new name), responses.
+MAX_OUTPUT_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
 _SHOWN_VALUE_CHARS = 60
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 # How many deployment names a message lists before it says "and N more".
@@ -87,6 +89,10 @@ class CheckReport:
     model: str | None = None
     embedding_inputs: int = 0
     estimated_input_tokens: int = 0
+    # The most output the requests may produce: the sum of each line's max_tokens (or
+    # max_completion_tokens, max_output_tokens), and how many lines give none.
+    max_output_tokens: int = 0
+    lines_without_max: int = 0
     file_problems: list[str] = field(default_factory=list)
 
     @property
@@ -313,8 +319,24 @@ class _Checker:
             self._problem(line_no, f"body must be a JSON object, not {_kind(body)}")
             return
         self._check_model(line_no, body)
+        self._count_max_output(body)
         if line_endpoint is not None:
             self._check_body_for(line_no, line_endpoint, body)
+
+    def _count_max_output(self, body: dict[str, Any]) -> None:
+        """Add up the output limits, for the highest cost the file can reach. A line that gives
+        more than one counts its largest: the bound must not be too low."""
+        limits = [
+            value
+            for name in MAX_OUTPUT_FIELDS
+            if isinstance(value := body.get(name), int)
+            and not isinstance(value, bool)
+            and value > 0
+        ]
+        if limits:
+            self.report.max_output_tokens += max(limits)
+        else:
+            self.report.lines_without_max += 1
 
     def _check_custom_id(self, line_no: int, request: dict[str, Any]) -> None:
         custom_id = request.get("custom_id")

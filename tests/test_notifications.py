@@ -383,7 +383,9 @@ def test_the_email_says_what_happened_in_words(submitter):
     assert "Duration:   2 h 14 min" in body
     assert "Ended:      2025-11-24 18:14 UTC" in body
     assert "Created by: sam" in body
-    assert "Cost" not in body  # unknown: said nowhere, never made up
+    # 1,200 input and 800 output tokens of gpt-4o-mini at its batch rates ($0.075, $0.30 per
+    # million); an unknown cost is said nowhere (tests/test_costs.py)
+    assert "Cost:       $0.00033 estimated (saved $0.00033 against list price)" in body
     assert "Open it: https://batchweb.example.test/connections/default/batches/batch_n1/" in body
     assert "https://batchweb.example.test/profile/" in body
 
@@ -474,6 +476,7 @@ def test_the_slack_body_links_to_the_batch_in_slack_s_form(submitter, encryption
     assert lines[0] == "*Batch nightly-eval completed with 3 failures* (OpenAI)"
     assert lines[1] == (
         "97 succeeded, 3 failed, 100 in all · took 2 h 14 min · ended 2025-11-24 18:14 UTC"
+        " · cost $0.00033 estimated (saved $0.00033 against list price)"
     )
     assert lines[-1] == (
         "<https://batchweb.example.test/connections/default/batches/batch_n1/"
@@ -501,6 +504,7 @@ def test_the_json_body_describes_the_batch(submitter, encryption_key):
         "created_at": "2025-11-24T16:00:00+00:00",
         "ended_at": "2025-11-24T18:14:00+00:00",
         "url": "https://batchweb.example.test/connections/default/batches/batch_n1/",
+        "cost": "$0.00033 estimated (saved $0.00033 against list price)",
     }
 
 

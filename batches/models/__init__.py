@@ -33,6 +33,7 @@ from .connections import (
     default_connection,
     default_connection_id,
 )
+from .costs import PriceOverride
 from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
 from .progress import ProgressSnapshot
 
@@ -60,6 +61,7 @@ __all__ = [
     "EventQuerySet",
     "NotificationPreference",
     "Outbox",
+    "PriceOverride",
     "ProgressSnapshot",
     "ResultFile",
     "ResultRow",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from .connections import Connection, access_for, default_connection_id
+from .costs import dollars
 
 
 class Status(models.TextChoices):
@@ -171,6 +173,14 @@ class Batch(models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries"
     )
 
+    # What the batch cost, estimated once it ended (services/costs.py), so no page computes it.
+    cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    list_cost_usd = models.DecimalField(max_digits=14, decimal_places=6, null=True, blank=True)
+    # Why a figure is missing or rough, in a few words ("usage unknown").
+    cost_note = models.CharField(max_length=255, blank=True)
+    cost_source = models.CharField(max_length=100, blank=True)
+    cost_computed_at = models.DateTimeField(null=True, blank=True)
+
     objects = BatchQuerySet.as_manager()
 
     class Meta:
@@ -216,6 +226,28 @@ class Batch(models.Model):
         return reverse(name, args=[self.connection.slug, self.openai_id, *args])
 
     # --- State ------------------------------------------------------------------------------
+
+    def cost_text(self) -> str:
+        """The stored cost in words, always called an estimate; "" until it is computed."""
+        if self.cost_usd is None:
+            return self.cost_note.split(";")[0] if self.cost_computed_at else ""
+        text = f"{dollars(self.cost_usd)} estimated"
+        saved = self.cost_saved
+        if saved is not None and saved > 0:
+            text += f" (saved {dollars(saved)} against list price)"
+        return text
+
+    def cost_short(self) -> str:
+        """The stored cost for the list: "$1.23", or a word of why not."""
+        if self.cost_usd is None:
+            return self.cost_note.split(";")[0] if self.cost_computed_at else ""
+        return dollars(self.cost_usd)
+
+    @property
+    def cost_saved(self) -> Decimal | None:
+        if self.cost_usd is None or self.list_cost_usd is None:
+            return None
+        return self.list_cost_usd - self.cost_usd
 
     @property
     def is_terminal(self) -> bool:

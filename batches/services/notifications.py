@@ -62,7 +62,9 @@ from ..models import (
     Status,
     Watch,
 )
+from ..models.costs import dollars
 from ..templatetags.batchweb import duration
+from .costs import batch_cost
 from .estimates import etas_attach
 
 logger = logging.getLogger(__name__)
@@ -114,12 +116,20 @@ def _slack_escape(text: str) -> str:
 
 
 def batch_cost_text(batch: Batch) -> str | None:
-    """The cost of a batch in words ("$4.20"), or None while it is unknown.
+    """The cost of a batch in words ("$4.20 estimated (saved $4.20 against list price)"), or
+    None while no figure is known; every message (email, Slack, JSON) includes it when known.
 
-    Hook: batchweb does not know prices yet, so this says nothing. Once it does, return the
-    text here; every message (email, Slack, JSON) includes it when it is not None.
-    """
-    return None
+    The stored cost when the worker has computed it; a batch that just ended may not have it
+    yet, so it is computed here (not stored: the worker does that)."""
+    if batch.cost_computed_at is None and batch.is_terminal:
+        cost = batch_cost(batch=batch)
+        if cost is None or cost.usd is None:
+            return None
+        text = f"{dollars(cost.usd)} estimated"
+        if cost.saved is not None and cost.saved > 0:
+            text += f" (saved {dollars(cost.saved)} against list price)"
+        return text
+    return batch.cost_text() if batch.cost_usd is not None else None
 
 
 def ending_phrase(batch: Batch) -> str:

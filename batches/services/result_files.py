@@ -37,6 +37,7 @@ from ..results import (
 )
 from .batches import ServiceError
 from .connections import get_client
+from .costs import batch_cost_store
 from .submissions import (
     AlreadySubmitted,
     check_limits,
@@ -365,6 +366,9 @@ def results_ingest(*, batch: Batch, client: OpenAIClient | None = None) -> int:
         count += len(rows)
         Batch.objects.filter(pk=batch.pk).update(results_ingested_at=timezone.now())
     batch.results_ingested_at = timezone.now()
+    if batch.input_tokens is None and batch.output_tokens is None:
+        # A server that reports usage only per request: the rows now give the cost.
+        batch_cost_store(batch=batch)
     return count
 
 

@@ -139,6 +139,8 @@ def report_facts(report: CheckReport) -> dict[str, Any]:
         "endpoint": report.endpoint or "",
         "estimated_input_tokens": report.estimated_input_tokens,
         "embedding_inputs": report.embedding_inputs,
+        "max_output_tokens": report.max_output_tokens,
+        "lines_without_max": report.lines_without_max,
     }
 
 

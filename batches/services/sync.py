@@ -47,6 +47,7 @@ from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
 from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
 from .batches import batch_upsert, batches_insert_new
 from .connections import get_client
+from .costs import costs_due
 from .estimates import progress_snapshots_thin
 from .notifications import notifications_at_risk
 from .result_files import results_cleanup, results_due, summaries_due
@@ -549,6 +550,9 @@ def housekeeping(
     results_due(connection=connection, client=client, finished_since=since)
     results_cleanup(now=now)
     submissions_cleanup(now=now)
+    # Costs: computed once per finished batch, here rather than on a page view. No HTTP, a few
+    # queries each: 20 a pass catches up with a first sync's backlog in reasonable time.
+    costs_due(connection=connection, limit=20, now=now)
     # Finish-time estimates: bound the snapshot history, and warn of batches at risk.
     progress_snapshots_thin(now=now, finished_since=since)
     notifications_at_risk(now=now, connection=connection)

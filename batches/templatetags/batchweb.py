@@ -105,3 +105,11 @@ def query_with(context: Any, **changes: Any) -> str:
             params[key] = value
     encoded = params.urlencode()
     return f"?{encoded}" if encoded else "?"
+
+
+@register.filter
+def usd(value: Any) -> str:
+    """A dollar figure for people: "$1.23", "under $0.01"."""
+    from ..models.costs import dollars
+
+    return dollars(value)

@@ -15,6 +15,7 @@ from ..forms import BatchCreateForm
 from ..jsonl_check import ENDPOINTS
 from ..models import Connection, Submission
 from ..openai_client import InvalidRequest, NotFound, OpenAIError
+from ..services.costs import CostRange, submission_cost_range
 from ..services.submissions import (
     AlreadySubmitted,
     submission_check_file,
@@ -95,7 +96,8 @@ def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
     if submission.state == Submission.State.DONE and submission.batch_id:
         return redirect(submission.batch)
     if request.method == "GET":
-        return render(request, "batches/confirm.html", {"submission": submission})
+        context = {"submission": submission, "cost": _cost_range(submission)}
+        return render(request, "batches/confirm.html", context)
     return _submit(request, submission)
 
 
@@ -111,7 +113,7 @@ def _submit(
         if form is not None:
             form.add_error(None, message)
             return _form_page(request, form, status=_error_status(error))
-        context = {"submission": submission, "error": message}
+        context = {"submission": submission, "error": message, "cost": _cost_range(submission)}
         return render(request, "batches/confirm.html", context, status=_error_status(error))
     messages.success(request, f"Batch {batch.openai_id} created.")
     return redirect(batch)
@@ -150,3 +152,10 @@ def _form_page(
         "problems": report.problems[:SHOWN_PROBLEMS] if report else [],
     }
     return render(request, "batches/create.html", context, status=status)
+
+
+def _cost_range(submission: Submission) -> CostRange | None:
+    """The estimate of a checked file; none for a file uploaded elsewhere (nothing was read)."""
+    if not submission.facts:
+        return None
+    return submission_cost_range(submission=submission)

@@ -71,6 +71,7 @@ def test_one_list_shows_the_batches_of_both_connections(page_as, seeded, shot):
             "Label",
             "Status",
             "Progress",
+            "Cost",
             "Model",
             "Endpoint",
             "Created by",
