@@ -219,9 +219,9 @@ class Eta:
         """A few words for the list's progress cell."""
         if self.state == "on_track" and self.expected:
             return f"≈ {self._in(self.expected)} left"
+        # "too early to say" stays on the batch's page: on every young row of the list it is noise.
         return {
             "at_risk": "at risk",
-            "too_early": "too early to say",
             "stalled": "stalled",
             "validating": "starts soon",
             "finishing": "finishing",
