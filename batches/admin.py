@@ -93,23 +93,25 @@ KEY_HELP = (
 )
 
 
+def write_only(label: str, help_text: str) -> forms.CharField:
+    """A field for a secret: never rendered back to the browser, left empty to keep it."""
+    return forms.CharField(
+        label=label,
+        required=False,
+        strip=True,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text=help_text,
+    )
+
+
 class ConnectionForm(forms.ModelForm):
     """The model's fields plus a write-only key: it is encrypted on save and never sent back to
     the browser (the field renders empty, always)."""
 
-    api_key = forms.CharField(
-        label="API key",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=KEY_HELP,
-    )
-    webhook_secret = forms.CharField(
-        label="Webhook signing secret",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="The whsec_… secret OpenAI (or Azure) shows when you register this "
+    api_key = write_only("API key", KEY_HELP)
+    webhook_secret = write_only(
+        "Webhook signing secret",
+        "The whsec_… secret OpenAI (or Azure) shows when you register this "
         "connection's webhook URL. Stored encrypted; leave empty to keep the current one. "
         "Only its last 4 characters are shown again. For the connection configured by the "
         "environment, OPENAI_WEBHOOK_SECRET is used while none is stored.",
@@ -414,13 +416,7 @@ class ChannelForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
         help_text=CHANNEL_URL_HELP,
     )
-    secret = forms.CharField(
-        label="Signing secret",
-        required=False,
-        strip=True,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text=CHANNEL_SIGNING_HELP,
-    )
+    secret = write_only("Signing secret", CHANNEL_SIGNING_HELP)
     remove_secret = forms.BooleanField(
         label="Remove the signing secret", required=False, help_text="Send unsigned bodies."
     )
