@@ -44,22 +44,6 @@ class ConnectionKeyError(Exception):
     """A connection's key cannot be had; the message says why and what to change."""
 
 
-class ConnectionQuerySet(models.QuerySet["Connection"]):
-    def visible_to(self, user: Any) -> ConnectionQuerySet:
-        """The connections a person may see and use: those restricted to none of the groups,
-        and those restricted to a group the person is in. Superusers see every one."""
-        if not getattr(user, "is_authenticated", False):
-            return self.none()
-        if user.is_superuser:
-            return self
-        return self.filter(
-            models.Q(groups__isnull=True) | models.Q(groups__in=user.groups.all())
-        ).distinct()
-
-    def usable(self) -> ConnectionQuerySet:
-        return self.filter(enabled=True)
-
-
 class Connection(models.Model):
     name = models.CharField(max_length=100, unique=True)
     slug = models.SlugField(
@@ -143,8 +127,6 @@ class Connection(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-
-    objects = ConnectionQuerySet.as_manager()
 
     class Meta:
         ordering = ("name",)

@@ -14,7 +14,7 @@ from django.db.models import Q
 from django.http import HttpRequest
 
 from ..models import Access, Event, EventQuerySet
-from .result_files import csv_safe
+from .result_files import Echo, csv_safe
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,8 @@ def events_page(
     return rows[:size], len(rows) > size
 
 
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
 def events_csv(events: EventQuerySet) -> Iterator[str]:
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     yield writer.writerow(
         ["at", "who", "action", "outcome", "connection", "batch_id", "target", "detail",
          "request_id"]

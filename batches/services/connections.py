@@ -78,7 +78,11 @@ def get_client(*, connection: Connection | None = None, interactive: bool = Fals
 def connections_for(user: Any, *, usable: bool = False) -> list[Connection]:
     """The connections a person may see (or, with `usable`, create batches on: enabled and with
     a key), in name order."""
-    rows = [c for c in access_for(user).connections if not _dormant(c)]
+    rows = getattr(user, "_batchweb_connections", None)
+    if rows is None:  # kept for the request: the page and the freshness line both ask
+        rows = [c for c in access_for(user).connections if not _dormant(c)]
+        if getattr(user, "is_authenticated", False):
+            user._batchweb_connections = rows
     if usable:
         rows = [c for c in rows if c.enabled and c.has_key()]
     return rows
@@ -98,7 +102,7 @@ def _dormant(connection: Connection) -> bool:
 def connection_for(user: Any, slug: str) -> Connection:
     """One connection by slug, or 404 for a person who may not see it (as for one that does
     not exist, so a slug reveals nothing)."""
-    connection = Connection.objects.visible_to(user).filter(slug=slug).first()
+    connection = next((c for c in access_for(user).connections if c.slug == slug), None)
     if connection is None:
         raise Http404("No such connection.")
     return connection

@@ -545,7 +545,7 @@ def batch_retry_stage(
 # --- CSV ------------------------------------------------------------------------------------
 
 
-class _Echo:
+class Echo:
     """A file-like object whose write() returns the line, for streaming csv.writer output."""
 
     def write(self, value: str) -> str:
@@ -554,7 +554,7 @@ class _Echo:
 
 def results_csv(*, batch: Batch) -> Iterator[str]:
     """Every result of an ingested batch as CSV rows, in input order, with the full answer."""
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     yield writer.writerow(
         ["custom_id", "status", "http_status", "answer_or_error", "input_tokens",
          "output_tokens", "total_tokens"]
@@ -599,7 +599,7 @@ def csv_safe(value: Any) -> str:
 
 
 def batches_csv(batches: Any) -> Iterator[str]:
-    writer = csv.writer(_Echo())
+    writer = csv.writer(Echo())
     yield writer.writerow(
         ["batch_id", "status", "endpoint", "model", "created_at", "completed_at",
          "requests_total", "requests_completed", "requests_failed", "input_tokens",
