@@ -35,6 +35,7 @@ from .connections import (
 from .costs import PriceOverride
 from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
 from .progress import ProgressSnapshot
+from .spend import SpendDay
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -63,6 +64,7 @@ __all__ = [
     "ProgressSnapshot",
     "ResultFile",
     "ResultRow",
+    "SpendDay",
     "Status",
     "Submission",
     "SyncState",

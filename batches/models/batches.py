@@ -56,6 +56,27 @@ TIMESTAMP_FIELDS = (
     "cancelled_at",
 )
 
+# What the spend roll-ups (models/spend.py) read: changing one makes a batch's day due again.
+SPEND_FIELDS = frozenset(
+    {
+        "connection",
+        "connection_id",
+        "created_at",
+        "status",
+        "running",
+        "model",
+        "created_by",
+        "created_by_id",
+        "label",
+        "cost_usd",
+        "list_cost_usd",
+        "cost_computed_at",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+    }
+)
+
 # Metadata keys batchweb stamps on the batches it creates.
 TOKEN_KEY = "batchweb_token"  # noqa: S105 - a metadata key, not a secret
 USER_KEY = "batchweb_user"
@@ -86,6 +107,13 @@ class BatchQuerySet(models.QuerySet["Batch"]):
     def status_counts(self) -> dict[str, int]:
         rows = self.order_by().values("status").annotate(n=Count("id"))
         return {row["status"]: row["n"] for row in rows}
+
+    def update(self, **kwargs: Any) -> int:
+        """As QuerySet.update, and a change to what the spend roll-ups sum marks the batches'
+        days to be rolled up again."""
+        if SPEND_FIELDS.intersection(kwargs) and "spend_rolled" not in kwargs:
+            kwargs["spend_rolled"] = False
+        return super().update(**kwargs)
 
     def due_for_refresh(self, now: dt.datetime) -> BatchQuerySet:
         return (
@@ -180,6 +208,9 @@ class Batch(models.Model):
     cost_note = models.CharField(max_length=255, blank=True)
     cost_source = models.CharField(max_length=100, blank=True)
     cost_computed_at = models.DateTimeField(null=True, blank=True)
+    # False until the day's spend roll-up (models/spend.py) counts this batch as it is now:
+    # every save, and every update of a field the roll-ups sum, sets it back to False.
+    spend_rolled = models.BooleanField(default=False)
 
     objects = BatchQuerySet.as_manager()
 
@@ -211,10 +242,23 @@ class Batch(models.Model):
             models.Index(fields=["created_by", "-created_at", "-id"], name="batch_creator_newest"),
             models.Index(fields=["label", "-created_at", "-id"], name="batch_label_newest"),
             models.Index(fields=["next_refresh_at"], name="batch_refresh_due"),
+            models.Index(
+                fields=["created_at"], name="batch_spend_due", condition=Q(spend_rolled=False)
+            ),
         ]
 
     def __str__(self) -> str:
         return self.openai_id
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A save may change what the spend roll-ups sum: the batch's day is due again.
+        update_fields = kwargs.get("update_fields")
+        if update_fields is None:
+            self.spend_rolled = False
+        elif SPEND_FIELDS.intersection(update_fields):
+            self.spend_rolled = False
+            kwargs["update_fields"] = {*update_fields, "spend_rolled"}
+        super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
         return self.url("batch-detail")
