@@ -16,14 +16,16 @@ class BatchesConfig(AppConfig):
 
     def ready(self) -> None:
         from django.contrib.auth import signals as auth_signals
-        from django.db.models.signals import post_migrate
+        from django.db.models.signals import post_delete, post_migrate
 
         from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
+        from .models import Batch
         from .roles import ensure_roles
-        from .services import audit
+        from .services import audit, spend
 
         post_migrate.connect(ensure_roles, sender=self)
         post_migrate.connect(ensure_default_connection, sender=self)
+        post_delete.connect(spend.batch_deleted, sender=Batch, dispatch_uid="bw-spend-deleted")
         auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
         auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")
         auth_signals.user_login_failed.connect(

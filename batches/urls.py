@@ -32,6 +32,8 @@ urlpatterns = [
     path("connections/<slug:slug>/batches/<str:openai_id>/", include(batch_patterns)),
     path("activity/", views.activity, name="activity"),
     path("activity/export.csv", views.activity_export, name="activity-export"),
+    path("spend/", views.spend, name="spend"),
+    path("spend/export.csv", views.spend_export, name="spend-export"),
     path("profile/", views.profile, name="profile"),
     path("webhooks/openai/<slug:slug>/", views.openai_webhook, name="openai-webhook"),
 ]

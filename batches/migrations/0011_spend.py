@@ -1,4 +1,4 @@
-"""Daily spend roll-ups, and the flag that marks a batch to be rolled up again."""
+"""Spend roll-ups per day and month, and the flag that marks a batch to be rolled up again."""
 
 import django.db.models.deletion
 from django.conf import settings
@@ -14,10 +14,11 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='SpendDay',
+            name='SpendRollup',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
+                ('period', models.CharField(choices=[('day', 'Day'), ('month', 'Month')], max_length=5)),
+                ('start', models.DateField(help_text='The day, or the first day of the month.')),
                 ('dimension', models.CharField(choices=[('total', 'Total'), ('model', 'Model'), ('person', 'Person'), ('label', 'Label')], max_length=8)),
                 ('key', models.CharField(blank=True, max_length=512)),
                 ('batches', models.PositiveIntegerField(default=0)),
@@ -42,20 +43,20 @@ class Migration(migrations.Migration):
             index=models.Index(condition=models.Q(('spend_rolled', False)), fields=['created_at'], name='batch_spend_due'),
         ),
         migrations.AddField(
-            model_name='spendday',
+            model_name='spendrollup',
             name='connection',
             field=models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to='batches.connection'),
         ),
         migrations.AddIndex(
-            model_name='spendday',
-            index=models.Index(fields=['dimension', 'day'], name='spend_dimension_day'),
+            model_name='spendrollup',
+            index=models.Index(fields=['period', 'dimension', 'start'], name='spend_period_start'),
         ),
         migrations.AddIndex(
-            model_name='spendday',
-            index=models.Index(condition=models.Q(('stale', True)), fields=['day'], name='spend_stale_days'),
+            model_name='spendrollup',
+            index=models.Index(condition=models.Q(('stale', True)), fields=['start'], name='spend_stale'),
         ),
         migrations.AddConstraint(
-            model_name='spendday',
-            constraint=models.UniqueConstraint(fields=('connection', 'day', 'dimension', 'key'), name='one_spend_row_per_key'),
+            model_name='spendrollup',
+            constraint=models.UniqueConstraint(fields=('connection', 'period', 'start', 'dimension', 'key'), name='one_spend_rollup_per_key'),
         ),
     ]

@@ -35,7 +35,7 @@ from .connections import (
 from .costs import PriceOverride
 from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
 from .progress import ProgressSnapshot
-from .spend import SpendDay
+from .spend import SpendRollup
 
 __all__ = [
     "CANCELLABLE_STATUSES",
@@ -64,7 +64,7 @@ __all__ = [
     "ProgressSnapshot",
     "ResultFile",
     "ResultRow",
-    "SpendDay",
+    "SpendRollup",
     "Status",
     "Submission",
     "SyncState",

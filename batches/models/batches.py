@@ -208,7 +208,7 @@ class Batch(models.Model):
     cost_note = models.CharField(max_length=255, blank=True)
     cost_source = models.CharField(max_length=100, blank=True)
     cost_computed_at = models.DateTimeField(null=True, blank=True)
-    # False until the day's spend roll-up (models/spend.py) counts this batch as it is now:
+    # False until the day's spend roll-ups (models/spend.py) counts this batch as it is now:
     # every save, and every update of a field the roll-ups sum, sets it back to False.
     spend_rolled = models.BooleanField(default=False)
 

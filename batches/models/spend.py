@@ -1,5 +1,5 @@
-"""Daily roll-ups of spend and tokens, so the spend page reads a few thousand small rows rather
-than every cached batch. Built by services/spend.py; pages never write them."""
+"""Roll-ups of spend and tokens per day and per month, so the spend page reads a few thousand
+small rows rather than every cached batch. Built by services/spend.py; pages never write them."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from django.db import models
 from .connections import Connection
 
 
-class SpendDay(models.Model):
-    """The batches of one connection created on one (UTC) day, summed under one key of one
-    dimension: the whole day, a model, a person (their user id; "" for batches made elsewhere)
-    or a label. A day's rows are replaced together; `stale` marks a day whose batches were
-    deleted since, which pages then count from the batches themselves."""
+class SpendRollup(models.Model):
+    """The batches of one connection created in one period (a UTC day, or a calendar month),
+    summed under one key of one dimension: all of them, a model, a person (their user id; ""
+    for batches made elsewhere) or a label. A period's rows are replaced together; `stale`
+    marks a period whose batches were deleted since, which pages then count afresh."""
+
+    class Period(models.TextChoices):
+        DAY = "day"
+        MONTH = "month"
 
     class Dimension(models.TextChoices):
         TOTAL = "total"
@@ -21,7 +25,8 @@ class SpendDay(models.Model):
         LABEL = "label"
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="+")
-    day = models.DateField()
+    period = models.CharField(max_length=5, choices=Period.choices)
+    start = models.DateField(help_text="The day, or the first day of the month.")
     dimension = models.CharField(max_length=8, choices=Dimension.choices)
     key = models.CharField(max_length=512, blank=True)
 
@@ -42,15 +47,14 @@ class SpendDay(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["connection", "day", "dimension", "key"], name="one_spend_row_per_key"
+                fields=["connection", "period", "start", "dimension", "key"],
+                name="one_spend_rollup_per_key",
             )
         ]
         indexes = [
-            models.Index(fields=["dimension", "day"], name="spend_dimension_day"),
-            models.Index(
-                fields=["day"], name="spend_stale_days", condition=models.Q(stale=True)
-            ),
+            models.Index(fields=["period", "dimension", "start"], name="spend_period_start"),
+            models.Index(fields=["start"], name="spend_stale", condition=models.Q(stale=True)),
         ]
 
     def __str__(self) -> str:
-        return f"{self.connection_id}/{self.day}/{self.dimension}/{self.key}"
+        return f"{self.connection_id}/{self.period}/{self.start}/{self.dimension}/{self.key}"

@@ -113,3 +113,33 @@ def usd(value: Any) -> str:
     from ..models.costs import dollars
 
     return dollars(value)
+
+
+@register.filter
+def dollars_or_zero(value: Any) -> str:
+    """As `usd`, and "$0.00" for nothing (a sum over no priced batches)."""
+    from ..models.costs import dollars
+
+    return dollars(value) or "$0.00"
+
+
+@register.filter
+def intcomma_plain(value: Any) -> str:
+    """12,345,678: thousands separated by commas, whatever the locale settings."""
+    try:
+        return f"{int(value):,}"
+    except (TypeError, ValueError):
+        return ""
+
+
+@register.filter
+def tokens(value: Any) -> str:
+    """A token count in short: 950, 12.3k, 4.56M, 1.2B."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return ""
+    for size, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if number >= size:
+            return f"{number / size:.3g}{unit}"
+    return f"{number:g}"

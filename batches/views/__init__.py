@@ -20,6 +20,7 @@ from .create import batch_create, submission_confirm
 from .notifications import batch_watch
 from .profile import profile
 from .results import batch_download, batch_results, batch_retry, result_view, results_export
+from .spend import spend, spend_export
 from .webhooks import openai_webhook
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "profile",
     "result_view",
     "results_export",
+    "spend",
+    "spend_export",
     "submission_confirm",
     "sync_now",
 ]
