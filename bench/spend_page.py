@@ -194,13 +194,14 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=10, help="batchweb connections")
     parser.add_argument("--concurrency", type=int, default=1, help="wrk connections")
     parser.add_argument("--duration", type=int, default=8, help="seconds per page")
-    parser.add_argument("--seed-only", action="store_true")
+    parser.add_argument("--seed-only", action="store_true", help="fill, keep, and stop")
+    parser.add_argument("--reuse", type=Path, help="a data directory --seed-only filled")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
 
-    work = Path(tempfile.mkdtemp(prefix="bench-spend-"))
+    work = args.reuse or Path(tempfile.mkdtemp(prefix="bench-spend-"))
     env = dict(os.environ)
     env.update(
         {
@@ -215,24 +216,30 @@ def main() -> int:
         }
     )
     env.setdefault("DATABASE_URL", f"sqlite:///{work / 'db.sqlite3'}")
-    print(f"Filling {args.size:,} batches on {args.connections} connections…", flush=True)
-    started = time.monotonic()
-    out = subprocess.run(
-        [sys.executable, __file__, "--child-seed", str(args.size), str(args.connections)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    if out.returncode:
-        print(out.stdout, out.stderr, file=sys.stderr)
-        return 1
-    facts = json.loads(out.stdout.strip().splitlines()[-1])
-    print(
-        f"  filled in {time.monotonic() - started:.0f} s ({facts['database']}); roll-ups: "
-        f"{facts['rollup_days']} days, {facts['rollup_rows']:,} rows, "
-        f"{facts['rollup_seconds']} s"
-    )
+    if args.reuse:
+        facts = json.loads((work / "facts.json").read_text())
+        print(f"Reusing {facts['size']:,} batches in {work}")
+    else:
+        print(f"Filling {args.size:,} batches on {args.connections} connections…", flush=True)
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, __file__, "--child-seed", str(args.size), str(args.connections)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+        )
+        if out.returncode:
+            print(out.stdout, out.stderr, file=sys.stderr)
+            return 1
+        facts = json.loads(out.stdout.strip().splitlines()[-1])
+        facts.update(size=args.size, connections=args.connections)
+        (work / "facts.json").write_text(json.dumps(facts))
+        print(
+            f"  filled in {time.monotonic() - started:.0f} s ({facts['database']}); roll-ups: "
+            f"{facts['rollup_days']} days, {facts['rollup_rows']:,} rows, "
+            f"{facts['rollup_seconds']} s"
+        )
     if args.seed_only:
         print(f"  data directory: {work}")
         return 0
@@ -257,9 +264,9 @@ def main() -> int:
     try:
         for _ in range(100):
             try:
-                requests.get(base + "/accounts/login/", timeout=2)
+                requests.get(base + "/accounts/login/", timeout=10)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         today = dt.datetime.now(dt.UTC).date()
         values = {
@@ -282,7 +289,8 @@ def main() -> int:
             results[name] = wrk(url, cookie, connections=args.concurrency, duration=args.duration)
         list_rps = results["list page"]["rps"]
         print(
-            f"\n{args.size:,} batches, {args.connections} connections, wrk -c{args.concurrency} "
+            f"\n{facts['size']:,} batches, {facts['connections']} connections, "
+            f"wrk -c{args.concurrency} "
             f"-d{args.duration}s, gunicorn 2 workers x 4 threads, {facts['database']}\n"
         )
         print("| page | req/s | p50 ms | p99 ms | server time vs list page |")
@@ -301,7 +309,7 @@ def main() -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=20)
-        if "sqlite" in env["DATABASE_URL"]:
+        if "sqlite" in env["DATABASE_URL"] and not args.reuse and not args.seed_only:
             shutil.rmtree(work, ignore_errors=True)
 
 

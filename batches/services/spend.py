@@ -14,6 +14,7 @@ services/costs.py; a finished batch without one counts as "cost unknown", never 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,8 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
-from django.db.models import Count, DateField, F, Q, QuerySet, Sum
-from django.db.models.functions import TruncDate, TruncMonth, TruncWeek
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDate
 
 from ..models import Batch, Connection, SpendRollup
 from .costs import ABSURD_TOKENS
@@ -151,15 +152,21 @@ def spend_due(
     return sorted(pairs, key=lambda pair: (pair[1], pair[0]))[:limit]
 
 
-def spend_rollup(*, connection: Connection | None = None, limit: int = 400) -> int:
+def spend_rollup(
+    *, connection: Connection | None = None, limit: int = 400, seconds: float | None = None
+) -> int:
     """Roll up the days that are due (and their months); for the worker. Returns how many
-    days were rolled up. Safe beside another process doing the same: one of them wins a day,
-    the other leaves it for the next pass."""
+    days were rolled up; stops after `seconds` if given (a first sync of a year of history is
+    thousands of days: the chore takes them a few seconds at a time). Safe beside another
+    process doing the same: one of them wins a day, the other leaves it for the next pass."""
+    deadline = None if seconds is None else time.monotonic() + seconds
     months: dict[tuple[int, dt.date], list[dt.date]] = defaultdict(list)
     for connection_id, day in spend_due(connection=connection, limit=limit):
         months[(connection_id, _month_start(day))].append(day)
     done = 0
     for (connection_id, month), days in months.items():
+        if deadline is not None and time.monotonic() > deadline:
+            break
         try:
             with transaction.atomic():
                 for day in days:
@@ -291,32 +298,20 @@ def spend_report(*, query: SpendQuery) -> SpendReport:
 
 
 def _dirty_days(query: SpendQuery) -> set[dt.date]:
-    """Days in range whose roll-ups are behind the batches, on any connection asked for."""
+    """Days in range whose roll-ups are behind the batches. On every connection, not only
+    those asked for: the partial indexes answer that at once, and a day counted from the
+    batches when it need not be is only slower, never wrong."""
+    start, end = _midnight(query.start), _midnight(query.end) + DAY
     waiting = (
-        Batch.objects.filter(
-            spend_rolled=False,
-            connection_id__in=query.connection_ids,
-            created_at__gte=_midnight(query.start),
-            created_at__lt=_midnight(query.end) + DAY,
-        )
+        Batch.objects.filter(spend_rolled=False, created_at__gte=start, created_at__lt=end)
         .order_by()
-        .annotate(day=TruncDate("created_at"))
-        .values_list("day", flat=True)
-        .distinct()
+        .values_list("created_at", flat=True)
     )
-    stale = (
-        SpendRollup.objects.filter(
-            stale=True,
-            period=Period.DAY,
-            connection_id__in=query.connection_ids,
-            start__gte=query.start,
-            start__lte=query.end,
-        )
-        .order_by()
-        .values_list("start", flat=True)
-        .distinct()
-    )
-    return set(waiting) | set(stale)
+    days = {when.astimezone(dt.UTC).date() for when in waiting.iterator(chunk_size=2000)}
+    stale = SpendRollup.objects.filter(
+        stale=True, start__gte=query.start, start__lte=query.end
+    ).order_by()
+    return days | set(stale.values_list("start", flat=True).distinct())
 
 
 def _day_ranges(days: Iterable[dt.date]) -> list[tuple[dt.date, dt.date]]:
@@ -357,7 +352,9 @@ def _bucket_next(start: dt.date, grain: str) -> dt.date:
 
 
 def _over_time(query: SpendQuery, dirty: set[dt.date]) -> list[tuple[dt.date, dt.date, Figures]]:
-    """(first day, last day, figures) of every bucket in range, empty ones included."""
+    """(first day, last day, figures) of every bucket in range, empty ones included. The
+    database sums per day (or per month, for months the range holds whole); those few hundred
+    rows at most are then put in their week or month."""
     grain = query.grain
     buckets: dict[dt.date, Figures] = {}
     start = _bucket_start(query.start, grain)
@@ -365,29 +362,23 @@ def _over_time(query: SpendQuery, dirty: set[dt.date]) -> list[tuple[dt.date, dt
         buckets[start] = Figures()
         start = _bucket_next(start, grain)
 
-    trunc = {"week": TruncWeek, "month": TruncMonth}.get(grain)
+    if grain == "month":
+        covered = _rolled_rows(query, dirty)
+    else:
+        covered = Q(period=Period.DAY, start__gte=query.start, start__lte=query.end)
+        if dirty:
+            covered &= ~Q(start__in=dirty)
     rolled = SpendRollup.objects.filter(
-        period=Period.DAY,
-        dimension=Dimension.TOTAL,
-        connection_id__in=query.connection_ids,
-        start__gte=query.start,
-        start__lte=query.end,
+        covered, dimension=Dimension.TOTAL, connection_id__in=query.connection_ids
     ).order_by()
-    if dirty:
-        rolled = rolled.exclude(start__in=dirty)
-    rolled = rolled.annotate(bucket=trunc("start") if trunc else F("start"))
-    for row in rolled.values("bucket").annotate(**_rollup_sums()):
-        buckets[_as_date(row["bucket"])].add(row)
+    for row in rolled.values("start").annotate(**_rollup_sums()):
+        buckets[_bucket_start(_as_date(row["start"]), grain)].add(row)
 
     live = _live_batches(query, dirty)
     if live is not None:
-        live = live.annotate(
-            bucket=trunc("created_at", output_field=DateField())
-            if trunc
-            else TruncDate("created_at")
-        )
-        for row in live.values("bucket").annotate(**_batch_sums()):
-            buckets[_bucket_start(_as_date(row["bucket"]), grain)].add(row)
+        live = live.annotate(day=TruncDate("created_at"))
+        for row in live.values("day").annotate(**_batch_sums()):
+            buckets[_bucket_start(_as_date(row["day"]), grain)].add(row)
 
     rows = []
     for start, figures in buckets.items():
