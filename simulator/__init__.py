@@ -4,7 +4,8 @@ Used by the test suite (over real HTTP on loopback), by benchmarks, and by the d
 mode. It speaks the ``/v1`` API of docs/batch-api.md (or, with ``dialect="azure"`` /
 ``"azure-legacy"``, Azure OpenAI's v1 or dated API; see simulator/dialects.py) and adds a
 ``/_sim`` control API to move its clock, inject faults, set limits and force outcomes; see
-simulator/README.md.
+simulator/README.md. ``Simulator(history_days=30)`` starts with a month of a small team's
+batches ending now, for the dashboard's demo (see simulator/history.py).
 
 Conventions a test or a demo input file can rely on:
 

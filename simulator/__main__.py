@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="most estimated input tokens of unfinished batches per model (default: no limit)",
     )
+    parser.add_argument(
+        "--history-days",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start with N days (up to 30) of a team's finished batches, ending now (demo mode)",
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be positive")
@@ -57,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--dialect must be one of {', '.join(DIALECTS)}")
     if args.enqueued_token_limit is not None and args.enqueued_token_limit < 0:
         parser.error("--enqueued-token-limit must not be negative")
+    if not 0 <= args.history_days <= 30:
+        parser.error("--history-days must be from 0 to 30")
     if not _is_loopback(args.host):
         print(f"warning: listening on {args.host}, not loopback", file=sys.stderr)
 
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         state_file=args.state_file,
         dialect=args.dialect,
         enqueued_token_limit=args.enqueued_token_limit,
+        history_days=args.history_days,
     )
     server = SimulatorServer(sim, host=args.host, port=args.port)
     stopping = threading.Event()

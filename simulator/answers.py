@@ -34,7 +34,8 @@ def success_body(
 
 
 def error_body(line: RequestLine) -> dict[str, Any]:
-    """The error body of a request that fails on purpose (custom_id containing ``fail``)."""
+    """The error body of a request that fails on purpose (custom_id containing ``fail``, or a
+    failure the seeded history chose)."""
     if line.fail_status >= 500:
         return {
             "error": {
@@ -44,6 +45,22 @@ def error_body(line: RequestLine) -> dict[str, Any]:
                 "type": "server_error",
                 "param": None,
                 "code": None,
+            }
+        }
+    if "fail" not in line.custom_id:
+        # A failure of the seeded history (simulator/history.py): what a real one often is.
+        embedding = (line.model or "").startswith("text-embedding")
+        context, param = (8192, "input") if embedding else (128_000, "messages")
+        return {
+            "error": {
+                "message": (
+                    f"This model's maximum context length is {context} tokens. However, your "
+                    f"{param} resulted in {context + line.prompt_tokens} tokens. Please reduce "
+                    f"the length of the {param}."
+                ),
+                "type": "invalid_request_error",
+                "param": param,
+                "code": "context_length_exceeded",
             }
         }
     return {
@@ -79,8 +96,11 @@ def _chat(line: RequestLine, model: str, created: int, rng: random.Random) -> di
             "prompt_tokens": line.prompt_tokens,
             "completion_tokens": line.completion_tokens,
             "total_tokens": line.prompt_tokens + line.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": line.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": line.reasoning_tokens,
+                "audio_tokens": 0,
+            },
         },
         "service_tier": "default",
         "system_fingerprint": "fp_simulator",
@@ -88,6 +108,12 @@ def _chat(line: RequestLine, model: str, created: int, rng: random.Random) -> di
 
 
 def _responses(line: RequestLine, model: str, created: int, rng: random.Random) -> dict[str, Any]:
+    # A reasoning model's answer starts with its (unpublished) reasoning, as an item of its own.
+    reasoning = (
+        [{"type": "reasoning", "id": f"rs_{_hex(rng)}", "summary": []}]
+        if line.reasoning_tokens
+        else []
+    )
     return {
         "id": f"resp_{_hex(rng)}",
         "object": "response",
@@ -97,6 +123,7 @@ def _responses(line: RequestLine, model: str, created: int, rng: random.Random) 
         "incomplete_details": None,
         "model": model,
         "output": [
+            *reasoning,
             {
                 "type": "message",
                 "id": f"msg_{_hex(rng)}",
@@ -105,13 +132,13 @@ def _responses(line: RequestLine, model: str, created: int, rng: random.Random) 
                 "content": [
                     {"type": "output_text", "text": reply_text(line.text), "annotations": []}
                 ],
-            }
+            },
         ],
         "usage": {
             "input_tokens": line.prompt_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": line.cached_tokens},
             "output_tokens": line.completion_tokens,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": line.reasoning_tokens},
             "total_tokens": line.prompt_tokens + line.completion_tokens,
         },
     }

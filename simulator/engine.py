@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from simulator import dialects
+from simulator import dialects, history
 from simulator.answers import DEFAULT_MODEL
 from simulator.errors import bad_request, conflict, not_found
 from simulator.faults import Faults
@@ -86,6 +86,10 @@ class Simulator:
     dated API), see :mod:`simulator.dialects`. ``max_requests_per_file`` defaults to the
     dialect's limit (50,000 or 100,000). ``enqueued_token_limit`` caps, per model, the
     estimated input tokens of unfinished batches (None: no cap).
+
+    ``history_days`` (0 to 30; default 0, none) starts the simulator with that many days of a
+    team's batches ending now, drawn from ``seed`` (see :mod:`simulator.history`). With a state
+    file the history is drawn once, on the first start, and kept like any other batch.
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class Simulator:
         dialect: str = "openai",
         max_requests_per_file: int | None = None,
         enqueued_token_limit: int | None = None,
+        history_days: int = 0,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive")
@@ -129,8 +134,14 @@ class Simulator:
             self.storage_dir = Path(tempfile.mkdtemp(prefix="batchsim-"))
         self._dirty = False
         self._saved_at = 0.0
+        self.history_days = history.check_days(history_days)
+        # When the history was drawn (simulated time), or None: kept in the state file, so a
+        # restart does not draw it again.
+        self._history_at: float | None = None
         if self._state_file and self._state_file.exists():
             self._load()
+        if self.history_days and self._history_at is None:
+            self._seed_history()
 
     @property
     def dialect(self) -> str:
@@ -199,7 +210,8 @@ class Simulator:
             return self.limits()
 
     def reset(self) -> None:
-        """Forget every file, batch, fault, call count and clock advance."""
+        """Forget every file, batch, fault, call count and clock advance; a simulator started
+        with history draws it again, ending now."""
         with self._lock:
             for record in self._files.values():
                 if record.blob is not None:
@@ -211,6 +223,9 @@ class Simulator:
             self.faults = Faults()
             self.enqueued_token_limit = self._initial_token_limit
             self._offset = 0.0
+            self._history_at = None
+            if self.history_days:
+                self._seed_history()
             self._dirty = True
             self._save(force=True)
 
@@ -336,10 +351,15 @@ class Simulator:
         return record
 
     def _built(self, record: FileRecord) -> FileRecord:
-        """Generate a batch result file's bytes the first time anybody needs them."""
+        """Generate a batch result file's (or a history batch's input file's) bytes the first
+        time anybody needs them."""
         if record.blob is None:
             assert record.source is not None
             batch = self._batches[self._positions[record.source[0]]]
+            if record.source[1] == "input":
+                content = history.input_content(batch)
+                record.blob = Blob.store(content, self.storage_dir, record.id)
+                return record
             output, errors = build_results(batch)
             assert batch.final is not None
             for file_id, data in (
@@ -608,8 +628,11 @@ class Simulator:
             raise not_found(f"No batch found with id '{batch_id}'.", param="batch_id")
         return self._batches[position]
 
-    def _settle(self, batch: BatchRecord) -> Snapshot:
-        """Observe the batch; the first time it is seen terminal, freeze it and file results."""
+    def _settle(
+        self, batch: BatchRecord, *, file_id: Callable[[str, str], str] | None = None
+    ) -> Snapshot:
+        """Observe the batch; the first time it is seen terminal, freeze it and file results
+        (``file_id(batch id, kind)`` names them; by default a random id)."""
         snap = observe(batch, self.now())
         if batch.final is None and snap.terminal:
             outputs, errors = batch.result_line_counts(snap)
@@ -619,7 +642,7 @@ class Simulator:
                 if not lines and not (kind == "error" and self.profile.always_error_file):
                     continue
                 record = FileRecord(
-                    id=f"file-{_hex(24)}",
+                    id=file_id(batch.id, kind) if file_id else f"file-{_hex(24)}",
                     filename=f"{batch.id}_{kind}.jsonl",
                     purpose="batch_output",
                     created_at=snap.ended_at,
@@ -650,6 +673,24 @@ class Simulator:
             if payload["status"] == "finalizing":
                 payload["status"] = "in_progress"
         return payload
+
+    def _seed_history(self) -> None:
+        """Add the planned history (see :mod:`simulator.history`), ending now. Finished batches
+        are settled at once, with result file ids that depend only on the batch."""
+        with self._lock:
+            now = self.now()
+            planned = history.build(days=self.history_days, seed=self.seed, now=now)
+            for batch in planned.batches:
+                self._seq += 1
+                batch.seq = self._seq
+                batch.seed = self.seed
+            for record in planned.files:
+                self._files[record.id] = record
+            self._append(sorted(planned.batches, key=lambda b: (b.created_at, b.seq)))
+            for batch in planned.batches:
+                self._settle(batch, file_id=history.result_file_id)
+            self._history_at = now
+            self._changed()
 
     # -- persistence ----------------------------------------------------------------------
 
@@ -683,6 +724,7 @@ class Simulator:
             "version": 1,
             "offset": self._offset,
             "seq": self._seq,
+            "history_at": self._history_at,
             "line_sets": shared,
             "files": files,
             "batches": batches,
@@ -698,6 +740,7 @@ class Simulator:
         state = json.loads(self._state_file.read_text())
         self._offset = state["offset"]
         self._seq = state["seq"]
+        self._history_at = state.get("history_at")  # absent from files of older versions
         line_sets = [[RequestLine.from_list(x) for x in lines] for lines in state["line_sets"]]
         for item in state["files"]:
             blob_name = item.pop("blob")

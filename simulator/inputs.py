@@ -35,7 +35,9 @@ class RequestLine:
     """One request of an input file, reduced to what its simulated answer needs.
 
     ``fail_status`` is 0 for a request that succeeds, else the HTTP status it fails with
-    (the ``fail`` custom_id convention, see the package docstring).
+    (the ``fail`` custom_id convention, see the package docstring). ``cached_tokens`` (part of
+    ``prompt_tokens``) and ``reasoning_tokens`` (part of ``completion_tokens``) are 0 for an
+    uploaded file; only the seeded history (simulator/history.py) sets them.
     """
 
     custom_id: str
@@ -45,6 +47,8 @@ class RequestLine:
     completion_tokens: int
     n_inputs: int
     fail_status: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def to_list(self) -> list[Any]:
         return [
@@ -55,11 +59,13 @@ class RequestLine:
             self.completion_tokens,
             self.n_inputs,
             self.fail_status,
+            self.cached_tokens,
+            self.reasoning_tokens,
         ]
 
     @classmethod
     def from_list(cls, items: list[Any]) -> RequestLine:
-        return cls(*items)
+        return cls(*items)  # a state file written before the last two fields: they default
 
 
 @dataclass

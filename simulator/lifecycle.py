@@ -102,6 +102,8 @@ class Progress:
     failed: list[int]
     input_tokens: list[int]
     output_tokens: list[int]
+    cached_tokens: list[int]
+    reasoning_tokens: list[int]
 
 
 @dataclass(eq=False)
@@ -146,14 +148,16 @@ class BatchRecord:
         if self._progress is None:
             order = list(range(len(self.lines)))
             random.Random(f"{self.seed}:{self.id}").shuffle(order)
-            failed, tokens_in, tokens_out = [0], [0], [0]
+            failed, tokens_in, tokens_out, cached, reasoning = [0], [0], [0], [0], [0]
             for index in order:
                 line = self.lines[index]
                 ok = not line.fail_status
                 failed.append(failed[-1] + (not ok))
                 tokens_in.append(tokens_in[-1] + (line.prompt_tokens if ok else 0))
                 tokens_out.append(tokens_out[-1] + (line.completion_tokens if ok else 0))
-            self._progress = Progress(order, failed, tokens_in, tokens_out)
+                cached.append(cached[-1] + (line.cached_tokens if ok else 0))
+                reasoning.append(reasoning[-1] + (line.reasoning_tokens if ok else 0))
+            self._progress = Progress(order, failed, tokens_in, tokens_out, cached, reasoning)
         return self._progress
 
     def processed_by(self, moment: float) -> int:
@@ -257,9 +261,11 @@ def render(batch: BatchRecord, snap: Snapshot, *, display_id: str) -> dict[str, 
         tokens_out = progress.output_tokens[snap.processed]
         usage = {
             "input_tokens": tokens_in,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": progress.cached_tokens[snap.processed]},
             "output_tokens": tokens_out,
-            "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens_details": {
+                "reasoning_tokens": progress.reasoning_tokens[snap.processed]
+            },
             "total_tokens": tokens_in + tokens_out,
         }
     stamps = {k: (None if v is None else int(v)) for k, v in snap.timestamps.items()}

@@ -2,7 +2,9 @@
 
 It prepares the database and static files, then runs the web server (gunicorn) and the sync
 worker as child processes, as the Procfile does in production. With no OPENAI_API_KEY it starts
-batchweb's simulator of the OpenAI API too (demo mode) and prints a demo sign-in.
+batchweb's simulator of the OpenAI API too (demo mode) and prints a demo sign-in. The demo's
+simulator starts with a month of a small team's batches (simulator/history.py), made by a few
+local people who cannot sign in, so the spend page, filters and estimates have something to show.
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from batches.models import AuthStyle, Connection, Dialect
+from batches.roles import SUBMITTERS
+from simulator.history import PEOPLE as DEMO_PEOPLE
 
 DEMO_USERNAME = "demo"
 DEMO_KEY = "sk-demo-simulator"
 DEMO_KEY_ENV = "BATCHWEB_DEMO_KEY"
+# Days of sample history the demo's simulator starts with (drawn once per state file).
+DEMO_HISTORY_DAYS = 30
 
 
 class Command(BaseCommand):
@@ -59,6 +66,7 @@ class Command(BaseCommand):
         children: list[subprocess.Popen] = []
         try:
             if demo:
+                _demo_people()
                 base_url = self._start_simulator(options, children)
                 _demo_connection(base_url)
                 env.update(
@@ -123,6 +131,8 @@ class Command(BaseCommand):
                     DEMO_KEY,
                     "--state-file",
                     str(state),
+                    "--history-days",
+                    str(DEMO_HISTORY_DAYS),
                 ],
                 dict(os.environ),
             )
@@ -150,6 +160,7 @@ class Command(BaseCommand):
                 "",
                 "DEMO MODE: no OPENAI_API_KEY is set, so batchweb talks to its built-in simulator.",
                 f"  Sign in as  {DEMO_USERNAME}  with password  {password}  (new each start)",
+                f"  The Demo connection has a month of sample batches by {_people_text()}.",
                 "  Try: New batch -> upload static/samples/sample-chat.jsonl -> watch it run.",
                 "  To use OpenAI: put OPENAI_API_KEY=sk-... in .env and run `make run` again.",
             ]
@@ -178,6 +189,29 @@ class Command(BaseCommand):
                     )
             time.sleep(0.5)
         self.stdout.write("Stopping…")
+
+
+def _demo_people() -> list[Any]:
+    """The people the demo's sample history names (metadata `batchweb_user`): local accounts
+    without a usable password, Submitters, so the sync attributes the batches to them. Accounts
+    that exist already are left as they are."""
+    User = get_user_model()
+    submitters, _ = Group.objects.get_or_create(name=SUBMITTERS)
+    people = []
+    for username in DEMO_PEOPLE:
+        user, created = User.objects.get_or_create(
+            username=username, defaults={"first_name": username.capitalize()}
+        )
+        if created:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+            user.groups.add(submitters)
+        people.append(user)
+    return people
+
+
+def _people_text() -> str:
+    return ", ".join(DEMO_PEOPLE[:-1]) + " and " + DEMO_PEOPLE[-1]
 
 
 def _demo_connection(base_url: str) -> Connection:
