@@ -76,6 +76,7 @@ class Row:
     width: float
     point: Point
     text_y: float
+    value_x: float
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,13 @@ class BarChart:
     bar_height: float
     empty: bool
 
-    @property
-    def value_x_pad(self) -> float:
-        return 6.0
 
-
-def nice_step(top: float, ticks: int = 4) -> float:
-    """A round step (1, 2 or 5 times a power of ten) giving about `ticks` lines up to `top`."""
+def nice_step(top: float, ticks: int = 4, *, whole: bool = False) -> float:
+    """A round step (1, 2 or 5 times a power of ten) giving about `ticks` lines up to `top`;
+    `whole`: at least 1 (counts of things)."""
     if top <= 0:
+        return 1.0
+    if whole and top < ticks:
         return 1.0
     rough = top / ticks
     power = 10 ** math.floor(math.log10(rough))
@@ -109,7 +109,8 @@ def columns(
     points: list[Point],
     *,
     tops: list[Point] | None = None,
-    tick_text: Callable[[float], str] = str,
+    tick_text: Callable[[float, float], str] = lambda value, step: f"{value:g}",
+    whole: bool = False,
     width: int = 720,
     height: int = 240,
     labels: int = 8,
@@ -121,10 +122,10 @@ def columns(
         float(p.value) + (float(tops[i].value) if tops else 0.0) for i, p in enumerate(points)
     ]
     peak = max(totals, default=0.0)
-    step = nice_step(peak)
+    step = nice_step(peak, whole=whole)
     scale_top = step * max(1, math.ceil(peak / step)) if peak > 0 else step
     ticks = [
-        Tick(y=bottom - (bottom - top) * (i * step) / scale_top, text=tick_text(i * step))
+        Tick(y=bottom - (bottom - top) * (i * step) / scale_top, text=tick_text(i * step, step))
         for i in range(round(scale_top / step) + 1)
     ]
     slot = (right - left) / max(len(points), 1)
@@ -182,6 +183,7 @@ def bars(points: list[Point], *, width: int = 480, row_height: int = 24) -> BarC
                 width=round(max(length, 0.0), 2),
                 point=point,
                 text_y=y + row_height * 0.62,
+                value_x=round(bar_left + max(length, 0.0) + 6, 2),
             )
         )
     return BarChart(

@@ -197,6 +197,7 @@ def test_nice_steps_and_column_geometry():
     assert heights[0] == 0 and heights[2] == pytest.approx(2 * heights[1])
     assert all(bar.y + bar.height == pytest.approx(chart.plot_bottom) for bar in chart.bars)
     assert chart.ticks[-1].text == "10" and chart.ticks[0].text == "0"
+    assert charts.nice_step(3, whole=True) == 1  # no half tokens
     empty = charts.columns([charts.Point(label="a", title="", value=0, text="")])
     assert empty.empty
     rows = charts.bars(points[::-1]).rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -233,12 +234,16 @@ def _bucket_words(first: dt.date, last: dt.date, grain: str) -> tuple[str, str]:
     return f"{first:%-d %b}", f"{first:%a %-d %b %Y}"
 
 
-def _money_tick(value: float) -> str:
+def _money_tick(value: float, step: float) -> str:
+    """$0, $0.00002, $2.50, $1,500: as many decimals as the step needs, no more."""
     if value == 0:
         return "$0"
-    if value >= 1000:
-        return f"${value / 1000:g}k"
-    return f"${value:g}"
+    decimals = max(0, -math.floor(math.log10(step))) if step < 1 else 0
+    return f"${value:,.{decimals}f}"
+
+
+def _tokens_tick(value: float, step: float) -> str:
+    return tokens_text(value)
 
 
 @dataclass
@@ -283,7 +288,9 @@ def _time_charts(report: SpendReport) -> dict[str, Any]:
     return {
         "rows": rows,
         "spend": charts.columns(spend_points, tick_text=_money_tick),
-        "tokens": charts.columns(input_points, tops=output_points, tick_text=tokens_text),
+        "tokens": charts.columns(
+            input_points, tops=output_points, tick_text=_tokens_tick, whole=True
+        ),
     }
 
 

@@ -76,8 +76,8 @@ def test_charts_are_labelled_and_match_their_tables(priced, page_as, shot, schem
 def test_the_range_form_works_by_keyboard(priced, page_as):
     page = page_as("vic")
     page.goto("/spend/")
-    page.get_by_label("Range").focus()
-    page.get_by_label("Range").select_option("90d")
+    page.get_by_label("Range", exact=True).focus()
+    page.get_by_label("Range", exact=True).select_option("90d")
     page.get_by_label("By", exact=True).select_option("week")
     page.get_by_role("button", name="Show").press("Enter")
     page.wait_for_load_state()
