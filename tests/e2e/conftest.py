@@ -559,7 +559,9 @@ class Problems:
 
 def _new_page(browser: Any, base_url: str, problems: Problems, **options: Any) -> Any:
     context = browser.new_context(
-        base_url=base_url, viewport=options.pop("viewport", {"width": 1280, "height": 900})
+        base_url=base_url,
+        viewport=options.pop("viewport", {"width": 1280, "height": 900}),
+        color_scheme=options.pop("color_scheme", None),  # "dark": prefers-color-scheme
     )
     context.set_default_timeout(DEFAULT_TIMEOUT_MS)
     page = context.new_page()
