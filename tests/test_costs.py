@@ -497,3 +497,32 @@ def test_an_override_refuses_a_negative_or_non_numeric_price_in_clean(db, value)
         override.clean()
 
     assert list(refused.value.message_dict) == ["input_per_mtok"]
+
+
+def test_usage_reported_again_differently_is_priced_again(db):
+    """A server may send a finished batch's usage late, or correct it: the stored cost follows
+    on the worker's next chores, and an unchanged payload leaves it alone."""
+    first = usage(1_000_000, 0)
+    batch = ended("batch_late", usage=first)
+    assert costs_due(connection=default_connection()) == 1
+    batch.refresh_from_db()
+    assert batch.cost_usd == GPT_4O[0]
+    assert costs_due(connection=default_connection()) == 0  # once, not per look
+
+    payload = {**batch.raw, "usage": first}
+    batch_upsert(payload=payload)
+    assert costs_due(connection=default_connection()) == 0
+
+    batch_upsert(payload={**batch.raw, "usage": usage(1_000_000, 1_000_000)})
+    batch.refresh_from_db()
+    assert batch.cost_computed_at is None and batch.cost_usd == GPT_4O[0]  # shown until redone
+    assert costs_due(connection=default_connection()) == 1
+    batch.refresh_from_db()
+    assert batch.cost_usd == GPT_4O[0] + GPT_4O[2]
+
+
+def test_a_model_the_server_leaves_out_later_is_kept(db):
+    batch = ended("batch_model", usage=usage(1_000_000, 0))
+    batch_upsert(payload={k: v for k, v in batch.raw.items() if k != "model"})
+    batch.refresh_from_db()
+    assert batch.model == "gpt-4o"

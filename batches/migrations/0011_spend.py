@@ -42,6 +42,10 @@ class Migration(migrations.Migration):
             model_name='batch',
             index=models.Index(condition=models.Q(('spend_rolled', False)), fields=['created_at'], name='batch_spend_due'),
         ),
+        migrations.AddIndex(
+            model_name='batch',
+            index=models.Index(condition=models.Q(('cost_computed_at__isnull', True), ('running', False)), fields=['connection', '-created_at'], name='batch_cost_due'),
+        ),
         migrations.AddField(
             model_name='spendrollup',
             name='connection',

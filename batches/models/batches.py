@@ -245,6 +245,12 @@ class Batch(models.Model):
             models.Index(
                 fields=["created_at"], name="batch_spend_due", condition=Q(spend_rolled=False)
             ),
+            # The finished batches the worker has yet to price (services/costs.costs_due).
+            models.Index(
+                fields=["connection", "-created_at"],
+                name="batch_cost_due",
+                condition=Q(cost_computed_at__isnull=True, running=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -405,10 +411,22 @@ class Batch(models.Model):
             return False  # two different endings: the first one seen stands
         return sum(counts) >= self.requests_done
 
+    def _cost_inputs(self) -> tuple:
+        """What the stored cost was computed from (services/costs.py)."""
+        return (
+            self.model,
+            self.status,
+            self.input_tokens,
+            self.cached_tokens,
+            self.output_tokens,
+            self.reasoning_tokens,
+        )
+
     def apply_payload(self, payload: dict[str, Any], *, now: dt.datetime) -> None:
         """Copy every known field of a Batch object onto this row; keep the payload whole.
         Also reschedules the sync worker's next look at it (see `schedule_refresh`)."""
         changed = self.raw != payload
+        priced_from = self._cost_inputs()
         for name in TIMESTAMP_FIELDS:
             setattr(self, name, unix_to_datetime(payload.get(name)))
         if self.created_at is None:
@@ -416,7 +434,8 @@ class Batch(models.Model):
         self.status = str(payload.get("status") or Status.VALIDATING)
         self.running = self.status not in TERMINAL_STATUSES
         self.endpoint = _text(payload.get("endpoint"), 64)
-        self.model = _text(payload.get("model"), 128)
+        # A batch's model never changes; some servers leave it out (the checked file named it).
+        self.model = _text(payload.get("model"), 128) or self.model
         self.completion_window = _text(payload.get("completion_window"), 16)
         self.input_file_id = _text(payload.get("input_file_id"), 128)
         self.output_file_id = _text(payload.get("output_file_id"), 128)
@@ -443,6 +462,9 @@ class Batch(models.Model):
         if not self.label_edited:
             self.label = self.metadata_label()
         self.raw = payload
+        if self.cost_computed_at is not None and self._cost_inputs() != priced_from:
+            # Usage reported again, differently: the worker prices the batch again.
+            self.cost_computed_at = None
         self.synced_at = now
         if self.metadata and self.metadata.get(TOKEN_KEY) and not self.submission_token:
             self.submission_token = self.metadata[TOKEN_KEY][:64]
