@@ -8,6 +8,10 @@ or a person leaves their history: the links become empty, the names written with
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
@@ -16,6 +20,22 @@ from django.utils import timezone
 
 from .batches import Batch
 from .connections import Connection
+
+logger = logging.getLogger(__name__)
+
+# While a request made with a personal API token is served, what made it ("API token “ci”"):
+# entries written meanwhile say so, so the trail tells a script's actions from a person's.
+_VIA: ContextVar[str] = ContextVar("audit_via", default="")
+
+
+@contextmanager
+def audit_via(what: str) -> Iterator[None]:
+    """Entries recorded inside this block end with "(via WHAT)"."""
+    reset = _VIA.set(what)
+    try:
+        yield
+    finally:
+        _VIA.reset(reset)
 
 
 class AuditLogIsAppendOnly(Exception):
@@ -64,6 +84,13 @@ class Event(models.Model):
         WEBHOOK = "webhook", "received a webhook"
         WEBHOOK_REFUSED = "webhook_refused", "refused a webhook"
         NOTIFY_FAILED = "notify_failed", "could not deliver a notification"
+        TOKEN_CREATE = "token_create", "created an API token"
+        TOKEN_REVOKE = "token_revoke", "revoked an API token"
+        API_REFUSED = "api_refused", "was refused by the API"
+        CAPACITY_WAIT = "capacity_wait", "queued to resubmit when there is room"
+        CAPACITY_SUBMIT = "capacity_submit", "resubmitted once there was room"
+        CAPACITY_CANCEL = "capacity_cancel", "stopped waiting for room to resubmit"
+        CAPACITY_GAVE_UP = "capacity_gave_up", "gave up waiting for room to resubmit"
 
     class Outcome(models.TextChoices):
         OK = "ok", "ok"
@@ -78,6 +105,8 @@ class Event(models.Model):
             Action.SIGN_IN_FAILED,
             Action.WEBHOOK_REFUSED,
             Action.NOTIFY_FAILED,
+            Action.API_REFUSED,
+            Action.CAPACITY_GAVE_UP,
         }
     )
 
@@ -147,7 +176,10 @@ class Event(models.Model):
         a batch that is not (yet) cached, e.g. one a webhook announced."""
         signed_in = user if getattr(user, "is_authenticated", False) else None
         failed = error is not None or action in cls.FAILED_ACTIONS
-        return cls.objects.create(
+        detail = detail or (str(error) if error else "")
+        if via := _VIA.get():
+            detail = f"{detail} (via {via})" if detail else f"via {via}"
+        event = cls.objects.create(
             action=action,
             user=signed_in,
             username=(signed_in.get_username() if signed_in else username)[:150],
@@ -156,6 +188,19 @@ class Event(models.Model):
             connection=batch.connection if batch else connection,
             outcome=cls.Outcome.FAILED if failed else cls.Outcome.OK,
             target=target[:255],
-            detail=(detail or (str(error) if error else ""))[:2000],
+            detail=detail[:2000],
             request_id=(getattr(error, "request_id", None) or "")[:128],
         )
+        # One log line per entry, carrying the id of the request that made it (the log's
+        # request_id): from an entry to everything logged while serving that request.
+        logger.info(
+            "audit entry %s: %s %s %s%s",
+            event.pk,
+            # The name of a signed-in person only: a failed sign-in's name may be a mistyped
+            # password, kept in the trail but not sent to the logs.
+            event.username if signed_in else "-",
+            event.action,
+            event.outcome,
+            f" batch {event.batch_openai_id}" if event.batch_openai_id else "",
+        )
+        return event

@@ -1,0 +1,158 @@
+"""Who is calling the API and on which connection: each view states its rule once, with
+`@token_rule(...)`, as the pages do with `@rule(...)`.
+
+Only a personal token opens /v1/: a browser's session cookie is ignored there (and so CSRF,
+which protects cookie-authenticated changes, does not apply). The token's owner becomes
+`request.user` for the request, so every service records and checks them as if they had used
+the pages; audit entries written meanwhile say which token was used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from batches import roles
+from batches.models import Connection, Event, access_for
+from batches.models.audit import audit_via
+from batches.openai_client import OpenAIError
+from batches.services import ServiceError
+from batches.services.connections import connections_for
+
+from .errors import ApiError, upstream_error
+from .models import CONNECTION_HEADER, ApiToken, Scope
+from .services.tokens import TokenRefused, token_authenticate
+
+View = Callable[..., HttpResponse]
+
+NEEDS = {
+    roles.VIEW: "a role (Viewers or above)",
+    roles.SUBMIT: "the Submitters role or above",
+}
+
+
+def token_rule(*permissions: str, scope: str = Scope.READ) -> Callable[[View], View]:
+    """A valid token, of `scope` (submit is needed for changes), whose owner holds any one of
+    `permissions`, and the connection the request names (or the default one)."""
+
+    def decorate(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def checked(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                token = _authenticate(request)
+                with audit_via(f"API token “{token.name}” ({token.display_prefix})"):
+                    try:
+                        _check(request, token, permissions, scope)
+                        return view(request, *args, **kwargs)
+                    except ApiError as error:
+                        if error.audit:
+                            _audit_refusal(request, error, token=token)
+                        return error.response()
+                    except OpenAIError as error:
+                        # The services have written the failure to the audit trail already.
+                        return upstream_error(error).response()
+                    except ServiceError as error:
+                        refusal = ApiError(400, str(error), code="invalid_request")
+                        _audit_refusal(request, refusal, token=token)
+                        return refusal.response()
+            except ApiError as error:  # the token itself was refused
+                _audit_refusal(request, error, token=getattr(error, "token", None))
+                return error.response()
+
+        checked.permissions = permissions  # read by the access tests, as for @rule
+        checked.token_auth = True
+        checked.scope = scope
+        return checked
+
+    return decorate
+
+
+def _authenticate(request: HttpRequest) -> ApiToken:
+    try:
+        token = token_authenticate(request.headers.get("Authorization"))
+    except TokenRefused as refused:
+        error = ApiError(401, refused.message, code=refused.code)
+        error.token = refused.token
+        raise error from None
+    # The token's owner, not whoever a session cookie names.
+    request.user = token.user
+    request.api_token = token
+    return token
+
+
+def _check(request: HttpRequest, token: ApiToken, permissions: tuple[str, ...], scope: str) -> None:
+    user = token.user
+    if scope == Scope.SUBMIT and not token.may_submit:
+        raise ApiError(
+            403,
+            f"This token's scope is read; {request.method} {request.path} needs a token with the "
+            "submit scope (create one on your profile page).",
+            code="insufficient_scope",
+        )
+    if permissions and not any(user.has_perm(p) for p in permissions):
+        raise ApiError(
+            403,
+            f"This takes {NEEDS.get(permissions[0], 'another role')}; "
+            f"{user.get_username()} does not have it.",
+            code="insufficient_role",
+        )
+    request.connection = connection_pick(user, request.headers.get(CONNECTION_HEADER))
+
+
+def connection_pick(user: Any, slug: str | None) -> Connection:
+    """The connection a request names in its header, or the default one: the connection
+    called `default` when the person may use it, else the only one they may use."""
+    slug = (slug or "").strip()
+    if slug:
+        found = next((c for c in access_for(user).connections if c.slug == slug), None)
+        if found is None:
+            raise ApiError(
+                403,
+                f"You may not use a connection “{slug[:50]}” (or there is none by that name).",
+                code="connection_forbidden",
+                param=CONNECTION_HEADER,
+            )
+        if not found.enabled:
+            raise ApiError(
+                403,
+                f"The connection “{found.slug}” is disabled.",
+                code="connection_disabled",
+                param=CONNECTION_HEADER,
+            )
+        return found
+    usable = connections_for(user, usable=True)
+    default = next((c for c in usable if c.slug == "default"), None)
+    if default is not None:
+        return default
+    if len(usable) == 1:
+        return usable[0]
+    if not usable:
+        raise ApiError(
+            403, "There is no connection you may use.", code="connection_forbidden", param=None
+        )
+    slugs = ", ".join(c.slug for c in usable)
+    raise ApiError(
+        400,
+        f"Name the connection with the {CONNECTION_HEADER} header: one of {slugs}.",
+        code="connection_required",
+        param=CONNECTION_HEADER,
+    )
+
+
+def _audit_refusal(request: HttpRequest, error: ApiError, *, token: ApiToken | None) -> None:
+    """A refusal in the trail: who (when the token was known), what was asked, and why. The
+    token itself is never written; its prefix is enough to tell which one."""
+    connection = getattr(request, "connection", None)
+    Event.record(
+        Event.Action.API_REFUSED,
+        user=token.user if token else None,
+        username="" if token else "(unknown token)",
+        connection=connection if isinstance(connection, Connection) else None,
+        target=f"{request.method} {request.path}"[:255],
+        detail=f"HTTP {error.status} {error.code or ''}: {error.message}",
+    )
