@@ -21,6 +21,8 @@ from .admin_audit import AuditedAdmin
 from .models import (
     Batch,
     BatchTally,
+    CapacityLimit,
+    CapacityWait,
     Channel,
     Connection,
     Event,
@@ -621,3 +623,76 @@ class PriceOverrideAdmin(AuditedAdmin):
         "note",
         "updated_at",
     )
+
+
+class CapacityLimitForm(forms.ModelForm):
+    """The limit as people write it ("200,000,000", "1_000_000_000"), with a clear message
+    for a figure that is not a whole number."""
+
+    enqueued_tokens = forms.CharField(
+        label="Enqueued-token limit",
+        help_text=CapacityLimit._meta.get_field("enqueued_tokens").help_text,
+    )
+
+    class Meta:
+        model = CapacityLimit
+        fields = ("connection", "model", "enqueued_tokens", "note")
+
+    def clean_enqueued_tokens(self) -> int:
+        text = str(self.cleaned_data["enqueued_tokens"]).strip()
+        digits = text.replace(",", "").replace("_", "").replace(" ", "")
+        sign, number = (digits[:1], digits[1:]) if digits[:1] in "+-" else ("", digits)
+        if not number.isascii() or not number.isdigit():
+            raise forms.ValidationError(
+                f"“{text[:40]}” is not a number of tokens: enter a whole number such as "
+                "200000000 or 200,000,000."
+            )
+        return -int(number) if sign == "-" else int(number)
+
+
+@admin.register(CapacityLimit)
+class CapacityLimitAdmin(AuditedAdmin):
+    """Enqueued-token limits per connection and model; the create form warns before a batch
+    that would pass one, and the worker waits for room under them (services/capacity.py)."""
+
+    form = CapacityLimitForm
+    list_display = ("connection", "model", "limit", "queued_now", "note", "updated_at")
+    list_filter = ("connection",)
+    search_fields = ("model", "note")
+    list_select_related = ("connection",)
+    change_list_template = "batches/capacity/admin_change_list.html"
+    change_form_template = "batches/capacity/admin_change_form.html"
+
+    @admin.display(description="limit", ordering="enqueued_tokens")
+    def limit(self, obj: CapacityLimit) -> str:
+        return f"{obj.enqueued_tokens:,}"
+
+    @admin.display(description="queued now (estimate)")
+    def queued_now(self, obj: CapacityLimit) -> str:
+        from .services.capacity import capacity_for
+
+        return capacity_for(connection=obj.connection, model=obj.model).enqueued_text()
+
+    def _hints(self, extra_context: dict[str, Any] | None) -> dict[str, Any]:
+        from .services.capacity import PUBLISHED_DEFAULTS
+
+        return {**(extra_context or {}), "capacity_defaults": PUBLISHED_DEFAULTS}
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        return super().changelist_view(request, self._hints(extra_context))
+
+    def changeform_view(
+        self, request: HttpRequest, object_id: Any = None, form_url: str = "", extra_context=None
+    ) -> HttpResponse:
+        return super().changeform_view(request, object_id, form_url, self._hints(extra_context))
+
+
+@admin.register(CapacityWait)
+class CapacityWaitAdmin(ReadOnlyAdmin):
+    """Batches waiting for room, and how each wait ended; people stop a wait on the batch's
+    page, the confirm page or the connection's page, so this list is read-only."""
+
+    list_display = ("created_at", "connection", "model", "tokens_needed", "state", "user", "reason")
+    list_filter = ("state", "connection")
+    list_select_related = ("connection", "user")
+    search_fields = ("model", "reason", "batch__openai_id", "new_batch__openai_id")

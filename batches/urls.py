@@ -14,12 +14,24 @@ batch_patterns = [
     path("results.csv", views.results_export, name="batch-results-csv"),
     path("files/<str:kind>/", views.batch_download, name="batch-download"),
     path("watch/", views.batch_watch, name="batch-watch"),
+    path("capacity/wait/", views.batch_capacity_wait, name="batch-capacity-wait"),
+    path("capacity/cancel/", views.batch_capacity_cancel, name="batch-capacity-cancel"),
 ]
 
 urlpatterns = [
     path("", views.batch_list, name="batch-list"),
     path("batches/new/", views.batch_create, name="batch-create"),
     path("batches/new/<str:token>/", views.submission_confirm, name="submission-confirm"),
+    path(
+        "batches/new/<str:token>/capacity/wait/",
+        views.submission_capacity_wait,
+        name="submission-capacity-wait",
+    ),
+    path(
+        "batches/new/<str:token>/capacity/cancel/",
+        views.submission_capacity_cancel,
+        name="submission-capacity-cancel",
+    ),
     path("batches/sync/", views.sync_now, name="batch-sync"),
     path("batches/export.csv", views.batch_export, name="batch-export"),
     path("batches/live/", views.batch_rows_live, name="batch-rows-live"),

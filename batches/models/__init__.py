@@ -19,8 +19,10 @@ from .batches import (
     Submission,
     SyncState,
     payload_counts,
+    payload_id,
     unix_to_datetime,
 )
+from .capacity import CapacityLimit, CapacityWait
 from .connections import (
     DEFAULT_SLUG,
     Access,
@@ -52,6 +54,8 @@ __all__ = [
     "Batch",
     "BatchQuerySet",
     "BatchTally",
+    "CapacityLimit",
+    "CapacityWait",
     "Channel",
     "Connection",
     "ConnectionKeyError",
@@ -74,5 +78,6 @@ __all__ = [
     "default_connection",
     "default_connection_id",
     "payload_counts",
+    "payload_id",
     "unix_to_datetime",
 ]

@@ -44,8 +44,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
-from ..openai_client import InvalidRequest, NotFound, OpenAIClient, OpenAIError
+from ..openai_client import InvalidRequest, NotABatch, NotFound, OpenAIClient, OpenAIError
 from .batches import batch_upsert, batches_insert_new
+from .capacity import capacity_waits_due
 from .connections import get_client
 from .costs import costs_due
 from .estimates import progress_snapshots_thin
@@ -300,9 +301,11 @@ def batch_refresh_scheduled(
     """Retrieve one batch for the worker and store it (which reschedules it).
 
     Returns "changed", "unchanged", "stale" (upstream answered with an older state than the
-    cache holds) or "gone": a batch upstream answers 404 (or 400) for gets `last_error`, shown on
-    its page, and is not asked for again before `SYNC_GONE_INTERVAL_SECONDS`. Raises the
-    client's other errors.
+    cache holds), "gone" or "unreadable": a batch upstream answers 404 (or 400) for gets
+    `last_error`, shown on its page, and is not asked for again before
+    `SYNC_GONE_INTERVAL_SECONDS`; one whose answer is not a batch (no status, say) gets
+    `last_error` too, and is asked for again later each time, as if unchanged, so it never holds
+    up the other batches of its connection. Raises the client's other errors.
     """
     try:
         payload = client.retrieve_batch(batch.openai_id)
@@ -315,6 +318,21 @@ def batch_refresh_scheduled(
             next_refresh_at=when + dt.timedelta(seconds=interval),
         )
         return "gone"
+    except NotABatch as error:
+        when = now or timezone.now()
+        interval = min(
+            max(
+                batch.refresh_interval * settings.SYNC_REFRESH_GROWTH,
+                settings.SYNC_REFRESH_MIN_SECONDS,
+            ),
+            settings.SYNC_REFRESH_MAX_SECONDS,
+        )
+        Batch.objects.filter(pk=batch.pk).update(
+            last_error=str(error)[:1000],
+            refresh_interval=interval,
+            next_refresh_at=when + dt.timedelta(seconds=interval),
+        )
+        return "unreadable"
     outcome = batch_upsert(payload=payload, connection=batch.connection, now=now)
     stored = outcome.batch
     if stored.last_error and not stored.is_terminal:
@@ -371,6 +389,8 @@ def refresh_due_batches(
                 if outcome == "gone":
                     result.gone += 1
                     result.errors += 1
+                elif outcome == "unreadable":
+                    result.errors += 1
                 else:
                     result.refreshed += 1
                     result.changed += outcome == "changed"
@@ -392,7 +412,7 @@ def refresh_running_batches(
     running = Batch.objects.filter(connection=connection).running().select_related("connection")
     running = running.order_by(F("next_refresh_at").asc(nulls_first=True), "created_at")
     for batch in running[:limit]:
-        if batch_refresh_scheduled(batch=batch, client=client) != "gone":
+        if batch_refresh_scheduled(batch=batch, client=client) not in ("gone", "unreadable"):
             count += 1
     return count
 
@@ -511,6 +531,10 @@ def sync_pass(
         )
         if housekeeping_due(connection):
             housekeeping(connection=connection, client=client, now=clock(), result=result)
+        # Capacity: submit again what waits for room, once the refreshed cache shows some.
+        waits = capacity_waits_due(connection=connection, client=client, now=clock())
+        if waits.submitted or waits.gave_up or waits.failed:
+            result.note = "; ".join(filter(None, [result.note, str(waits)]))
     except OpenAIError as error:
         result.errors += 1
         result.error = str(error)

@@ -15,6 +15,12 @@ from .batches import (
     batch_rows_live,
     sync_now,
 )
+from .capacity import (
+    batch_capacity_cancel,
+    batch_capacity_wait,
+    submission_capacity_cancel,
+    submission_capacity_wait,
+)
 from .connections import connection_detail, connection_list, connection_test
 from .create import batch_create, submission_confirm
 from .notifications import batch_watch
@@ -27,6 +33,8 @@ __all__ = [
     "activity",
     "activity_export",
     "batch_cancel",
+    "batch_capacity_cancel",
+    "batch_capacity_wait",
     "batch_create",
     "batch_detail",
     "batch_download",
@@ -48,6 +56,8 @@ __all__ = [
     "results_export",
     "spend",
     "spend_export",
+    "submission_capacity_cancel",
+    "submission_capacity_wait",
     "submission_confirm",
     "sync_now",
 ]

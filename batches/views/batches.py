@@ -33,6 +33,7 @@ from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
 from .access import rule
+from .capacity import batch_panel as capacity_batch_panel
 from .lookups import batch_for
 
 PAGE_SIZE = 50
@@ -109,7 +110,7 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
     seen: dict[int, str] = {}
     for item in request.GET.get("ids", "").split(",")[:PAGE_SIZE]:
         pk, _, status = item.partition(":")
-        if pk.isdigit():
+        if pk.isascii() and pk.isdigit() and len(pk) < 19:  # a row id, not "²" or 10**30
             seen[int(pk)] = status
     visible = Batch.objects.for_list().visible_to(request.user)
     batches = list(visible.filter(pk__in=seen).order_by("-created_at", "-id"))
@@ -303,6 +304,8 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         "can_cancel": batch.can_cancel and roles.may_cancel(request.user, batch),
         "can_retry": may_submit and batch.is_terminal and bool(batch.input_file_id)
         and _has_unsucceeded(batch, summary),
+        # Capacity: a batch that failed for lack of room, and its wait (None for the rest).
+        "capacity": capacity_batch_panel(batch=batch, user=request.user),
     }  # fmt: skip
     return render(request, "batches/detail.html", context)
 

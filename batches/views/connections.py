@@ -18,6 +18,7 @@ from ..models import Batch, BatchTally, Connection, SyncState
 from ..services import connections as connection_services
 from ..services import webhooks as webhook_services
 from .access import rule
+from .capacity import connection_panel as capacity_panel
 
 MANAGE_PERMISSION = "batches.change_connection"
 
@@ -128,6 +129,7 @@ def _detail(
         "can_manage": can_manage,
         "result": result,
     }
+    context.update(capacity_panel(connection=connection, user=request.user))
     if can_manage:
         low, high = connection.expiry_hours()
         context.update(

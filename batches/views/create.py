@@ -23,6 +23,7 @@ from ..services.submissions import (
     submission_submit,
 )
 from .access import rule
+from .capacity import confirm_panel
 
 SHOWN_PROBLEMS = 50
 
@@ -97,6 +98,7 @@ def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
         return redirect(submission.batch)
     if request.method == "GET":
         context = {"submission": submission, "cost": _cost_range(submission)}
+        context.update(confirm_panel(submission=submission, user=request.user))
         return render(request, "batches/confirm.html", context)
     return _submit(request, submission)
 
@@ -114,6 +116,7 @@ def _submit(
             form.add_error(None, message)
             return _form_page(request, form, status=_error_status(error))
         context = {"submission": submission, "error": message, "cost": _cost_range(submission)}
+        context.update(confirm_panel(submission=submission, user=request.user))
         return render(request, "batches/confirm.html", context, status=_error_status(error))
     messages.success(request, f"Batch {batch.openai_id} created.")
     return redirect(batch)
