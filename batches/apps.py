@@ -15,13 +15,15 @@ class BatchesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from axes import signals as axes_signals
         from django.contrib.auth import signals as auth_signals
         from django.db.models.signals import post_delete, post_migrate
 
         from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
+        from .middleware import session_started
         from .models import Batch
         from .roles import ensure_roles
-        from .services import audit, spend
+        from .services import audit, signin, spend
 
         post_migrate.connect(ensure_roles, sender=self)
         post_migrate.connect(ensure_default_connection, sender=self)
@@ -31,8 +33,12 @@ class BatchesConfig(AppConfig):
         auth_signals.user_login_failed.connect(
             audit.audit_sign_in_failed, dispatch_uid="bw-sign-in-failed"
         )
+        axes_signals.user_locked_out.connect(audit.audit_locked_out, dispatch_uid="bw-locked-out")
+        auth_signals.user_logged_in.connect(session_started, dispatch_uid="bw-session-seen")
+        checks.register(signin.check_sign_in_settings, checks.Tags.security)
         checks.register(check_openai_settings, checks.Tags.compatibility)
         checks.register(check_connection_keys, checks.Tags.compatibility)
+        checks.register(check_plain_http_sign_in, checks.Tags.security)
 
 
 def ensure_default_connection(**kwargs) -> None:
@@ -76,6 +82,25 @@ def check_openai_settings(app_configs=None, **kwargs) -> list[checks.CheckMessag
             )
         )
     return messages
+
+
+def check_plain_http_sign_in(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Secure cookies without HTTPS make every sign-in fail with a refused form: say so."""
+    if settings.DEBUG or not settings.CSRF_COOKIE_SECURE:
+        return []
+    if settings.SECURE_SSL_REDIRECT or settings.SECURE_PROXY_SSL_HEADER is not None:
+        return []
+    return [
+        checks.Warning(
+            "Cookies are sent over HTTPS only (DJANGO_SECURE_COOKIES, on when DJANGO_DEBUG is "
+            "off), but batchweb neither redirects to HTTPS (DJANGO_HTTPS) nor trusts a proxy "
+            "that handles it (DJANGO_BEHIND_PROXY): over plain http:// nobody can sign in.",
+            hint="Serve batchweb over HTTPS and set DJANGO_HTTPS=true (and DJANGO_BEHIND_PROXY="
+            "true behind a TLS-terminating proxy), or, for a trial without HTTPS, set "
+            "DJANGO_SECURE_COOKIES=false.",
+            id="batches.W010",
+        )
+    ]
 
 
 def check_connection_keys(app_configs=None, **kwargs) -> list[checks.CheckMessage]:

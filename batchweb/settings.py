@@ -3,7 +3,9 @@
 A `.env` file beside manage.py is read when present. See `.env.example` for every name.
 """
 
+import datetime as dt
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -35,6 +37,14 @@ if not SECRET_KEY:
             "or set DJANGO_DEBUG=true for local development."
         )
     SECRET_KEY = _DEV_SECRET_KEY
+elif not DEBUG and (
+    SECRET_KEY.startswith("django-insecure") or len(SECRET_KEY) < 40 or len(set(SECRET_KEY)) < 5
+):
+    raise ImproperlyConfigured(
+        "DJANGO_SECRET_KEY is too weak for production (it must be at least 40 characters, "
+        "random, and not a django-insecure development key). Generate one with "
+        'python -c "import secrets; print(secrets.token_urlsafe(50))".'
+    )
 
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -50,18 +60,25 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "batches",
+    "axes",  # throttles failed sign-ins
+    "api",
 ]
 
 MIDDLEWARE = [
+    "batchweb.logs.RequestIdMiddleware",  # first: every log line of a request carries its id
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "batches.middleware.SessionIdleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "batchweb.headers.PermissionsPolicyMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into its page
 ]
 
 ROOT_URLCONF = "batchweb.urls"
@@ -109,6 +126,46 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "batch-list"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Signing in (README: "Company sign-in") -------------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "batches.services.signin.ThrottleBackend",  # django-axes: refuses locked accounts/addresses
+    "batches.services.signin.PasswordBackend",
+    "batches.services.signin.CompanyBackend",  # OpenID Connect, when OIDC_ISSUER_URL is set
+]
+# false: only superusers sign in with a password; everyone else through the company provider.
+BATCHWEB_PASSWORD_SIGNIN = env.bool("BATCHWEB_PASSWORD_SIGNIN", default=True)
+# Company sign-in (mozilla-django-oidc). The endpoints come from the issuer's discovery document.
+OIDC_ISSUER_URL = env.str("OIDC_ISSUER_URL", default="").rstrip("/")
+OIDC_RP_CLIENT_ID = env.str("OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET = env.str("OIDC_CLIENT_SECRET", default="")
+OIDC_PROVIDER_NAME = env.str("OIDC_PROVIDER_NAME", default="your company account")
+OIDC_GROUPS_CLAIM = env.str("OIDC_GROUPS_CLAIM", default="groups")
+OIDC_ROLE_MAP = env.str("OIDC_ROLE_MAP", default="")  # batch-admins=Admins,batch-ops=Operators
+# false: a superuser's email address asserted by the provider does not sign the superuser in.
+OIDC_SUPERUSERS = env.bool("OIDC_SUPERUSERS", default=False)
+OIDC_RP_SCOPES = env.str("OIDC_SCOPES", default="openid email profile")
+OIDC_RP_SIGN_ALGO = env.str("OIDC_SIGN_ALGO", default="RS256")
+OIDC_TIMEOUT = env.float("OIDC_TIMEOUT", default=10.0)
+# true: send the client secret to the token endpoint with HTTP Basic (client_secret_basic).
+OIDC_TOKEN_USE_BASIC_AUTH = env.bool("OIDC_TOKEN_USE_BASIC_AUTH", default=False)
+OIDC_USE_PKCE = True
+OIDC_AUTHENTICATION_CALLBACK_URL = "oidc-callback"
+# The library's endpoint settings, unused: CompanyBackend reads the discovery document.
+OIDC_OP_TOKEN_ENDPOINT = OIDC_OP_USER_ENDPOINT = OIDC_OP_AUTHORIZATION_ENDPOINT = ""
+# Failed sign-ins (django-axes): this many failures within the lockout time lock the account,
+# and separately the address, for that long after the last one.
+AXES_FAILURE_LIMIT = env.int("BATCHWEB_SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = dt.timedelta(minutes=env.int("BATCHWEB_SIGNIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False  # a lockout ends when it said it would
+AXES_LOCKOUT_CALLABLE = "batches.views.signin.locked_out"
+AXES_CLIENT_IP_CALLABLE = "batches.services.signin.client_address"
+AXES_DISABLE_ACCESS_LOG = True  # the audit trail records sign-ins
+AXES_VERBOSE = False
+# A session ends after this long without a person's request (live updates do not count).
+SESSION_IDLE_MINUTES = env.int("BATCHWEB_SESSION_IDLE_MINUTES", default=480)
+SESSION_COOKIE_AGE = SESSION_IDLE_MINUTES * 60
+
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
@@ -133,11 +190,58 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env.str("BATCHWEB_UPLOAD_DIR", default=None)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what a CSP source names."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+# --- HTTPS and browser protections (README: "Running in production") -------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("DJANGO_BEHIND_PROXY", default=False) else None
+)
+# DJANGO_HTTPS=true: people reach batchweb over HTTPS only (directly, or through a proxy that
+# terminates TLS and sets X-Forwarded-Proto: then set DJANGO_BEHIND_PROXY=true too).
+SECURE_SSL_REDIRECT = env.bool("DJANGO_HTTPS", default=False)
+# Strict-Transport-Security, sent over HTTPS only: browsers then refuse plain HTTP for this
+# long. 0 switches it off (for a trial, or when the proxy sends its own).
+SECURE_HSTS_SECONDS = env.int(
+    "DJANGO_HSTS_SECONDS", default=31_536_000 if SECURE_SSL_REDIRECT else 0
+)
+# Covers the subdomains of batchweb's own host name (not its parent domain's).
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool(
+    "DJANGO_HSTS_INCLUDE_SUBDOMAINS", default=SECURE_HSTS_SECONDS > 0
+)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_HSTS_PRELOAD", default=False)
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# What a sign-in without its CSRF cookie says: which setting is wrong (batches/views/errors.py).
+CSRF_FAILURE_VIEW = "batches.views.errors.csrf_failure"
+# No inline script or style anywhere: pages load batchweb.js, htmx and batchweb.css only.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        # A form may lead to batchweb, or (signing in or out) to the company's provider.
+        "form-action": ["'self'", *([_origin(OIDC_ISSUER_URL)] if OIDC_ISSUER_URL else [])],
+    }
+}
+# Features no page uses, refused for every page (batchweb/headers.py).
+PERMISSIONS_POLICY = (
+    "accelerometer=(), camera=(), geolocation=(), gyroscope=(), magnetometer=(), "
+    "microphone=(), payment=(), usb=(), interest-cohort=()"
 )
 
 # --- Upstream (the OpenAI API or any compatible server) -------------------------------------
@@ -172,6 +276,11 @@ OPENAI_READ_TIMEOUT = env.float("OPENAI_READ_TIMEOUT", default=60.0)
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
 # Calls made while a person waits on a page (detail refresh, cancel, sync now) give up sooner.
 OPENAI_PAGE_TIMEOUT = env.float("OPENAI_PAGE_TIMEOUT", default=15.0)
+# The /v1/ API: an identical create (same person, connection and request) within this many
+# seconds, with no Idempotency-Key, is taken for the SDK's retry and answers the same batch;
+# a retry waits this long for an attempt still in progress.
+BATCHWEB_API_RETRY_WINDOW_SECONDS = env.float("BATCHWEB_API_RETRY_WINDOW_SECONDS", default=3600.0)
+BATCHWEB_API_IN_FLIGHT_WAIT_SECONDS = env.float("BATCHWEB_API_IN_FLIGHT_WAIT_SECONDS", default=30.0)
 # Encrypts the API keys stored on connections (a Fernet key or a long passphrase; several,
 # comma-separated, rotate: the first encrypts). `make run` generates data/encryption_key.
 ENCRYPTION_KEY_FILE = Path(
@@ -222,11 +331,39 @@ LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
 # removed by the worker; they are fetched again when someone opens them.
 RESULT_RETENTION_DAYS = env.int("BATCHWEB_RESULT_RETENTION_DAYS", default=7)
 
+# --- Health check (README: "Running in production") -----------------------------------------
+# Load balancers probe /healthz over plain HTTP inside the network: it answers there too,
+# rather than redirecting to HTTPS (it holds no secret and sets no cookie).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+
+# --- Logs (README: "Running in production") -------------------------------------------------
+# One line per record on standard error, with the request's id (X-Request-ID): key=value pairs
+# ("text", the default) or one JSON object ("json") for a log collector. gunicorn's access log
+# is gunicorn's own and is left as it is.
+BATCHWEB_LOG_FORMAT = env.str("BATCHWEB_LOG_FORMAT", default="text").strip().lower()
+if BATCHWEB_LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(
+        f"BATCHWEB_LOG_FORMAT is {BATCHWEB_LOG_FORMAT!r}: set it to text or json."
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "batchweb.logs.RequestIdFilter"}},
+    "formatters": {
+        "text": {"()": "batchweb.logs.TextFormatter"},
+        "json": {"()": "batchweb.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": BATCHWEB_LOG_FORMAT,
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        # Django's own console handler (DEBUG only) would print its records a second time.
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.db.backends": {"level": "INFO"},
+    },
 }

@@ -1,6 +1,6 @@
 """The audit trail: reading it (the Activity page and its CSV), and the entries for what
-happens outside the batch services: signing in and out (Django's auth signals are the one way
-to hear of these)."""
+happens outside the batch services: signing in and out, and django-axes' lockouts (signals are
+the one way to hear of these; company sign-in records its refusals itself)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest
 
 from ..models import Access, Event, EventQuerySet
 from .result_files import Echo, csv_safe
+from .signin import client_address, locked_until
 
 
 @dataclass(frozen=True)
@@ -80,11 +82,19 @@ def events_csv(events: EventQuerySet) -> Iterator[str]:
 def _client_address(request: HttpRequest | None) -> str:
     if request is None:
         return ""
-    return str(request.META.get("REMOTE_ADDR") or "")[:64]
+    return client_address(request)
+
+
+def _until(request: HttpRequest | None, username: str) -> str:
+    until = locked_until(request, username) if request is not None else None
+    return f" until {until:%H:%M} UTC" if until else ""
 
 
 def audit_sign_in(*, sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
-    Event.record(Event.Action.SIGN_IN, user=user, detail=f"from {_client_address(request)}")
+    # Company sign-in adds which provider and the groups it gave.
+    note = getattr(request, "bw_sign_in_note", "")
+    detail = f"from {_client_address(request)}" + (f" {note}" if note else "")
+    Event.record(Event.Action.SIGN_IN, user=user, detail=detail)
 
 
 def audit_sign_out(*, sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
@@ -96,8 +106,23 @@ def audit_sign_in_failed(
     *, sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **kwargs: Any
 ) -> None:
     # The credentials arrive with the password already masked by Django; only the name is kept.
+    username = str(credentials.get("username") or "")[:150]
+    detail = f"from {_client_address(request)}"
+    if getattr(request, "bw_locked_out", False):  # refused by the throttle, password unchecked
+        detail += f"; refused: too many failed sign-ins, locked{_until(request, username)}"
+    Event.record(Event.Action.SIGN_IN_FAILED, username=username, detail=detail)
+
+
+def audit_locked_out(
+    *, sender: Any, request: HttpRequest | None, username: str | None, **kwargs: Any
+) -> None:
+    """django-axes locked an account or address: the failure that reached the limit."""
+    if getattr(request, "bw_locked_out", False):
+        return  # a refused attempt during the lockout: its failure entry says so
+    username = str(username or "")[:150]
     Event.record(
         Event.Action.SIGN_IN_FAILED,
-        username=str(credentials.get("username") or "")[:150],
-        detail=f"from {_client_address(request)}",
+        username=username,
+        detail=f"from {_client_address(request)}; locked out after {settings.AXES_FAILURE_LIMIT} "
+        f"failed sign-ins{_until(request, username)}",
     )

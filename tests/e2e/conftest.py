@@ -428,6 +428,8 @@ def server_env(
             "OPENAI_PROJECT_ID": "",
             EU_KEY_ENV: EU_API_KEY,
             "BATCHWEB_DEMO": "false",
+            "OIDC_ISSUER_URL": "",  # password sign-in only (tests/e2e/test_oidc.py has its own)
+            "BATCHWEB_PASSWORD_SIGNIN": "true",
             "BATCHWEB_SYNC_INTERVAL": "1",
             "BATCHWEB_UPLOAD_DIR": str(tmp),
             "BATCHWEB_DATA_DIR": str(tmp / "data"),
