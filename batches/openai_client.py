@@ -59,11 +59,14 @@ class OpenAIError(Exception):
         request_id: str | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        param: str | None = None,
     ) -> None:
         self.message = message
         self.status = status
         self.request_id = request_id
         self.code = code
+        # The request parameter upstream blamed (OpenAI's `error.param`), when it named one.
+        self.param = param
         self.retry_after = retry_after
         # True when the request may have taken effect upstream (timeout, 5xx): a create that
         # failed this way must be reconciled before it is tried again.
@@ -110,6 +113,11 @@ class InvalidRequest(OpenAIError):
 
 class BadResponse(OpenAIError):
     title = "The OpenAI API sent an answer batchweb cannot read"
+
+
+class NotABatch(BadResponse):
+    """A readable answer about one batch that is not a Batch object (no id or status): that
+    batch's trouble, not necessarily the whole connection's."""
 
 
 @dataclass(frozen=True)
@@ -344,21 +352,21 @@ class OpenAIClient:
         try:
             payload = response.json()
         except ValueError as exc:
-            raise BadResponse(
-                "the answer is not JSON", status=response.status_code, request_id=_rid(response)
-            ) from exc
+            raise _unreadable(response, _not_json(response)) from exc
         if not isinstance(payload, dict):
-            raise BadResponse(
-                "the answer is not a JSON object",
-                status=response.status_code,
-                request_id=_rid(response),
-            )
+            raise _unreadable(response, "the answer is not a JSON object")
+        error = payload.get("error")
+        if error and "object" not in payload and "id" not in payload:
+            # Some gateways report a failure with a 2xx status and OpenAI's error body.
+            text = error.get("message") if isinstance(error, dict) else error
+            text = _redact(str(text or "no message"), self.config)[:500]
+            raise _unreadable(response, f"an error instead of a result: {text}")
         return payload
 
     @staticmethod
     def _batch(payload: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):
-            raise BadResponse("the answer is not a batch (no id or status)")
+            raise NotABatch("the answer is not a batch (no id or status)")
         return normalize_batch(payload)
 
     def _send(
@@ -476,6 +484,25 @@ def _rid(response: requests.Response) -> str | None:
     return response.headers.get("x-request-id")
 
 
+def _unreadable(response: requests.Response, reason: str) -> BadResponse:
+    """A 2xx answer that cannot be used. The request may well have taken effect (a create, a
+    cancel): marked ambiguous, so a create is looked for before it is reported as failed."""
+    error = BadResponse(reason, status=response.status_code, request_id=_rid(response))
+    error.ambiguous = True
+    return error
+
+
+def _not_json(response: requests.Response) -> str:
+    """Why a body is not JSON, in words that point at the likely cause."""
+    if not response.content.strip():
+        return "the answer is empty"
+    content_type = response.headers.get("Content-Type", "").lower()
+    if "html" in content_type or response.content.lstrip()[:1] == b"<":
+        # A proxy's error or sign-in page; never shown, it may hold anything.
+        return "the answer is an HTML page, not JSON (a proxy in the way, or a wrong base URL?)"
+    return "the answer is not JSON"
+
+
 def _maybe_sent(exc: Exception) -> bool:
     """Whether a connection error could have happened after the request reached the server."""
     text = repr(exc).lower()
@@ -502,7 +529,7 @@ def _transport_message(exc: Exception, config: ClientConfig) -> str:
 
 def _error_from_response(response: requests.Response, config: ClientConfig) -> OpenAIError:
     status = response.status_code
-    message, code = "", None
+    message, code, param = "", None, None
     try:
         body = response.json()
     except ValueError:
@@ -513,6 +540,8 @@ def _error_from_response(response: requests.Response, config: ClientConfig) -> O
             message = str(err.get("message") or "")
             code = err.get("code") or err.get("type")
             code = str(code) if code is not None else None
+            if isinstance(err.get("param"), str):
+                param = _redact(err["param"], config)[:200]
         elif isinstance(err, str):
             message = err
     if not message:
@@ -528,6 +557,7 @@ def _error_from_response(response: requests.Response, config: ClientConfig) -> O
         "request_id": _rid(response),
         "code": code,
         "retry_after": retry_after_seconds(response.headers),
+        "param": param,
     }
     if status in (401, 403):
         return AuthError(message, **kwargs)

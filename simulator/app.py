@@ -8,10 +8,13 @@ and spelling follow the simulator's dialect (``/v1``, ``/openai/v1`` or ``/opena
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
 import re
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -33,6 +36,29 @@ StartResponse = Callable[..., Any]
 MAX_JSON_BYTES = 1024 * 1024
 # What a broken proxy might send: a 200 whose body is cut off mid-JSON.
 MALFORMED_BODY = b'{"object": "batch", "id": "batch_'
+# The HTML error page of a proxy in front of the API (nginx's, as most are).
+PROXY_PAGE = (
+    "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n<center><h1>{status}</h1>"
+    "</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+# What a proxy that wants a sign-in answers instead of the API, with a 200.
+PROXY_SIGN_IN_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>Sign in to continue</title></head><body><h1>Sign in"
+    '</h1><form method="post" action="/login"><input name="password" type="password">'
+    "<button>Continue</button></form></body></html>\n"
+)
+# A gateway's error, sent with a 200 (some do).
+ERROR_IN_200 = {
+    "error": {
+        "message": "The upstream service is overloaded; please try again later.",
+        "type": "server_error",
+        "param": None,
+        "code": "upstream_overloaded",
+    }
+}
+# The WSGI environ key under which the simulator's server passes the client's socket, so that
+# the ``reset`` and ``cut_downloads`` faults can drop the connection.
+SOCKET_KEY = "simulator.socket"
 
 
 @dataclass
@@ -146,6 +172,8 @@ class SimulatorApp:
                 ("POST", "/_sim/seed", "seed", self.control_seed),
                 ("POST", "/_sim/batches/{batch_id}/expire", "expire", self.control_expire),
                 ("POST", "/_sim/batches/{batch_id}/fail", "fail", self.control_fail),
+                ("POST", "/_sim/batches/{batch_id}/forget", "forget", self.control_forget),
+                ("POST", "/_sim/batches/{batch_id}/lag", "lag", self.control_lag),
                 ("GET", "/_sim/limits", "limits", self.control_get_limits),
                 ("POST", "/_sim/limits", "limits", self.control_limits),
             ]
@@ -167,12 +195,24 @@ class SimulatorApp:
                 response = self._api(environ, body)
         except ApiError as error:
             response = json_response(error.status, error.body(**style), error.headers)
+        except _Reset:
+            body.drain()
+            _abort(environ)
+            # wsgiref takes this for a client that went away, and writes nothing.
+            raise ConnectionAbortedError("connection reset by the simulator") from None
         except Exception:
             logger.exception("simulator bug while answering %s %s", environ["REQUEST_METHOD"], path)
             error = ApiError(500, "Internal simulator error.", type="server_error")
             response = json_response(500, error.body(**style))
         finally:
             body.drain()
+        if style and self.sim.faults.content_type:  # an API answer, with the wrong type
+            response.headers = [
+                (name, self.sim.faults.content_type if name == "Content-Type" else value)
+                if value == "application/json"
+                else (name, value)
+                for name, value in response.headers
+            ]
         phrase = HTTPStatus(response.status).phrase
         start_response(
             f"{response.status} {phrase}", [*response.headers, ("x-request-id", request_id)]
@@ -202,32 +242,23 @@ class SimulatorApp:
 
     def _api(self, environ: dict[str, Any], body: RequestBody) -> Response:
         dialect = self.sim.profile
+        # With ``act_first``, the fault and the latency come after the request was carried out.
+        after: dict[str, Any] = {}
 
         def before(operation: str) -> None:
             self.sim.record_call(operation)
-            latency = self.sim.faults.latency
-            if latency:
-                time.sleep(latency)
+            faults = self.sim.faults
+            targeted = faults.applies_to(operation)
+            if targeted and faults.latency and not faults.act_first:
+                time.sleep(faults.latency)
             if dialect.needs_api_version:
                 _check_api_version(environ)
             self._authenticate(environ, dialect)
-            fault = self.sim.take_fault()
-            if fault == "rate_limit":
-                raise ApiError(
-                    429,
-                    "Rate limit reached for requests. Please try again later.",
-                    type="requests",
-                    code="rate_limit_exceeded",
-                    headers={"retry-after": f"{self.sim.faults.retry_after:g}"},
-                )
-            if fault == "server_error":
-                raise ApiError(
-                    500,
-                    "The server had an error while processing your request. Sorry about that!",
-                    type="server_error",
-                )
-            if fault == "malformed":
-                raise _Malformed
+            fault = self.sim.take_fault(operation)
+            if faults.act_first and targeted:
+                after.update(fault=fault, latency=faults.latency)
+            elif fault:
+                raise _Faulted(fault)
 
         # A client set up for another dialect lands on paths this one does not serve: say
         # which API is here, so its 404 reads as "wrong dialect or base URL".
@@ -235,18 +266,73 @@ class SimulatorApp:
         if dialect.name != "openai":
             hint = f". This server speaks {dialect.title}; its paths start with {dialect.prefix}/."
         try:
-            return self._dispatch(
+            response = self._dispatch(
                 self._api_routes[dialect.name], environ, body, on_match=before, hint=hint
             )
-        except _Malformed:
-            return Response(
-                200,
-                [MALFORMED_BODY],
-                [
-                    ("Content-Type", "application/json"),
-                    ("Content-Length", str(len(MALFORMED_BODY))),
-                ],
+        except _Faulted as faulted:
+            return self._fault_answer(faulted.name)
+        if after.get("latency"):
+            time.sleep(after["latency"])
+        if after.get("fault"):
+            close = getattr(response.body, "close", None)
+            if close:
+                close()
+            return self._fault_answer(after["fault"])
+        return response
+
+    def _fault_answer(self, fault: str) -> Response:
+        """The answer a counted fault gives instead of the real one (see ``Faults``)."""
+        faults = self.sim.faults
+        if fault == "rate_limit":
+            headers = {}
+            if faults.retry_after is not None:
+                headers["retry-after"] = f"{faults.retry_after:g}"
+            raise ApiError(
+                429,
+                "Rate limit reached for requests. Please try again later.",
+                type="requests",
+                code="rate_limit_exceeded",
+                headers=headers,
             )
+        if fault == "quota":
+            raise ApiError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details.",
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        if fault == "server_error":
+            raise ApiError(
+                500,
+                "The server had an error while processing your request. Sorry about that!",
+                type="server_error",
+            )
+        if fault == "proxy_error":
+            status = faults.proxy_status
+            page = (
+                PROXY_SIGN_IN_PAGE
+                if status < 300
+                else PROXY_PAGE.format(status=f"{status} {HTTPStatus(status).phrase}")
+            )
+            data = page.encode()
+            return Response(
+                status,
+                [data],
+                [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))],
+            )
+        if fault == "reset":
+            raise _Reset
+        if fault == "empty_body":
+            return Response(
+                200, [b""], [("Content-Type", "application/json"), ("Content-Length", "0")]
+            )
+        if fault == "error_body":
+            return json_response(200, ERROR_IN_200)
+        return Response(  # malformed
+            200,
+            [MALFORMED_BODY],
+            [("Content-Type", "application/json"), ("Content-Length", str(len(MALFORMED_BODY)))],
+        )
 
     def _authenticate(self, environ: dict[str, Any], dialect: Dialect) -> None:
         token = _presented_key(environ, dialect)
@@ -327,9 +413,12 @@ class SimulatorApp:
     def download_file(self, request: Request) -> Response:
         record, blob = self.sim.file_content(request.params["file_id"])
         filename = record.filename.replace('"', "")
+        chunks = blob.chunks()
+        if self.sim.take_cut():
+            chunks = _cut_short(chunks, blob.size, request.environ)
         return Response(
             200,
-            blob.chunks(),
+            chunks,
             [
                 ("Content-Type", "application/octet-stream"),
                 ("Content-Length", str(blob.size)),
@@ -359,7 +448,7 @@ class SimulatorApp:
     # -- how answers are spelt: the dialect first, then the quirks --------------------------
 
     def _batch_out(self, batch: dict[str, Any]) -> Any:
-        return self._quirked(dialects.batch_view(self.sim.profile, batch))
+        return self._quirked(self._dropped(dialects.batch_view(self.sim.profile, batch)))
 
     def _file_out(self, file: dict[str, Any]) -> Any:
         return self._quirked(self._file_view(file))
@@ -368,7 +457,12 @@ class SimulatorApp:
         return self._quirked({**page, "data": [view(item) for item in page["data"]]})
 
     def _listed_batch_view(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return dialects.batch_view(self.sim.profile, batch, listed=True)
+        return self._dropped(dialects.batch_view(self.sim.profile, batch, listed=True))
+
+    def _dropped(self, view: dict[str, Any]) -> dict[str, Any]:
+        """A Batch object without the keys ``drop_batch_fields`` names."""
+        drop = self.sim.faults.drop_batch_fields
+        return {k: v for k, v in view.items() if k not in drop} if drop else view
 
     def _file_view(self, file: dict[str, Any]) -> dict[str, Any]:
         return dialects.file_view(self.sim.profile, file)
@@ -428,9 +522,57 @@ class SimulatorApp:
         )
         return json_response(200, batch)
 
+    def control_forget(self, request: Request) -> Response:
+        return json_response(200, self.sim.forget_batch(request.params["batch_id"]))
 
-class _Malformed(Exception):
-    """Raised before a handler runs, so a malformed answer has no side effect."""
+    def control_lag(self, request: Request) -> Response:
+        data = _object(request.body.json())
+        try:
+            return json_response(
+                200, self.sim.lag_batch(request.params["batch_id"], data.get("seconds", 0))
+            )
+        except ValueError as exc:
+            raise bad_request(str(exc), param="seconds") from exc
+
+
+class _Faulted(Exception):
+    """Raised before a handler runs, so a faulted answer has no side effect."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class _Reset(Exception):
+    """The connection must be dropped without an answer."""
+
+
+def _abort(environ: dict[str, Any]) -> None:
+    """Make the server's close of this connection a reset (RST), not an orderly end."""
+    sock = environ.get(SOCKET_KEY)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already gone: nothing left to reset
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _cut_short(chunks: Iterable[bytes], size: int, environ: dict[str, Any]) -> Iterable[bytes]:
+    """Send the first half of a body whose full length was announced, then drop the
+    connection: a download that breaks part way."""
+    keep, sent = max(1, size // 2), 0
+    try:
+        for chunk in chunks:
+            part = chunk[: keep - sent]
+            if part:
+                yield part
+                sent += len(part)
+            if sent >= keep:
+                break
+    finally:
+        close = getattr(chunks, "close", None)
+        if close:
+            close()
+    _abort(environ)
+    raise ConnectionAbortedError("download cut short by the simulator")
 
 
 def _compile(

@@ -9,6 +9,7 @@ input file) happens outside the lock.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -124,6 +125,8 @@ class Simulator:
         self._files: dict[str, FileRecord] = {}
         self._batches: list[BatchRecord] = []
         self._positions: dict[str, int] = {}
+        # Batches answered as they were some seconds ago (``lag_batch``): id -> seconds.
+        self._lags: dict[str, float] = {}
         self._calls: Counter[str] = Counter()
         self._seq = 0
         self._state_file = Path(state_file) if state_file else None
@@ -168,9 +171,14 @@ class Simulator:
             self.faults.merge(changes)
             return self.faults.to_dict()
 
-    def take_fault(self) -> str | None:
+    def take_fault(self, operation: str | None = None) -> str | None:
         with self._lock:
-            return self.faults.take()
+            return self.faults.take(operation)
+
+    def take_cut(self) -> bool:
+        """Whether the download being answered must stop halfway (``cut_downloads``)."""
+        with self._lock:
+            return self.faults.take_cut()
 
     def record_call(self, operation: str) -> None:
         with self._lock:
@@ -221,6 +229,7 @@ class Simulator:
             self._positions.clear()
             self._calls.clear()
             self.faults = Faults()
+            self._lags.clear()
             self.enqueued_token_limit = self._initial_token_limit
             self._offset = 0.0
             self._history_at = None
@@ -476,6 +485,31 @@ class Simulator:
         }
         return self._force(batch_id, Forced("failed", 0.0, [error]))
 
+    def forget_batch(self, batch_id: str) -> dict[str, Any]:
+        """Remove a batch as if it had never existed: it leaves the list and a retrieve answers
+        404 (a batch that vanishes upstream). Its files stay."""
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._batches.remove(batch)
+            self._positions = {b.id: i for i, b in enumerate(self._batches)}
+            self._lags.pop(batch.id, None)
+            self._changed()
+            return {"id": batch_id, "forgotten": True}
+
+    def lag_batch(self, batch_id: str, seconds: float) -> dict[str, Any]:
+        """Answer for a batch as it was ``seconds`` ago (a stale replica), so it seems to move
+        backwards; 0 ends that. Returns the batch as it is now answered."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+            raise ValueError("seconds must be a non-negative number")
+        with self._lock:
+            batch = self._batch(batch_id)
+            self._settle(batch)  # what was true until now stays true for everyone else
+            if seconds:
+                self._lags[batch.id] = float(seconds)
+            else:
+                self._lags.pop(batch.id, None)
+            return self._render(batch)
+
     def seed_batches(
         self,
         *,
@@ -663,6 +697,12 @@ class Simulator:
 
     def _render(self, batch: BatchRecord) -> dict[str, Any]:
         snap = self._settle(batch)
+        lag = self._lags.get(batch.id)
+        if lag:
+            # As seen earlier: observed without the frozen ending, at the earlier moment.
+            earlier = observe(dataclasses.replace(batch, final=None), self.now() - lag)
+            if not earlier.terminal:
+                snap = earlier
         quirks = self.faults.quirks
         display_id = batch.id
         if quirks.id_prefix:

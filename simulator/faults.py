@@ -1,7 +1,9 @@
 """Fault switches and compatibility quirks, changed at run time through ``POST /_sim/faults``.
 
-Faults let tests and the demo reproduce what a client meets in practice (slowness, 429s, 5xx,
-garbage bodies, a cursor that never ends) without a real upstream. Quirks reproduce the small
+Faults let tests and the demo reproduce what a client meets in practice (slowness, 429s with and
+without Retry-After, an exhausted quota, 5xx, a proxy's HTML error page, dropped connections,
+garbage or empty bodies, a 200 carrying an error, batch objects missing fields, downloads cut
+short, a cursor that never ends) without a real upstream. Quirks reproduce the small
 differences of OpenAI-compatible servers listed in batch-api.md ("Compatible servers").
 """
 
@@ -12,6 +14,17 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 _MAX_LATENCY = 60.0
+# The counted faults, in their order of precedence: one is consumed per matching request.
+COUNTERS: tuple[str, ...] = (
+    "rate_limit",
+    "quota",
+    "server_error",
+    "proxy_error",
+    "reset",
+    "malformed",
+    "empty_body",
+    "error_body",
+)
 
 
 @dataclass
@@ -36,15 +49,34 @@ class Quirks:
 class Faults:
     """Switches for the next answers of the ``/v1`` API.
 
-    Counters (``rate_limit``, ``server_error``, ``malformed``) are consumed one per ``/v1``
-    request, in that order of precedence; a faulted request does nothing else.
+    Counters (see ``COUNTERS``) are consumed one per ``/v1`` request, in that order of
+    precedence; a faulted request does nothing else, unless ``act_first`` is on: then the
+    request is carried out and only its answer is replaced (a lost answer). ``operations``,
+    when set, limits the latency and the counters to those operationIds (``createBatch``,
+    ``listBatches``...); other requests are answered normally and consume nothing.
+    ``cut_downloads`` counts file downloads only: each stops halfway through the body.
     """
 
     latency: float = 0.0
     rate_limit: int = 0
-    retry_after: float = 1
+    # Seconds sent in the 429's ``retry-after`` header; None sends no header at all.
+    retry_after: float | None = 1
+    quota: int = 0
     server_error: int = 0
+    proxy_error: int = 0
+    # The status of ``proxy_error``'s HTML page: 502 by default; 200 for a login page.
+    proxy_status: int = 502
+    reset: int = 0
     malformed: int = 0
+    empty_body: int = 0
+    error_body: int = 0
+    cut_downloads: int = 0
+    # Answers as application/json carry this Content-Type instead (None: the right one).
+    content_type: str | None = None
+    act_first: bool = False
+    operations: list[str] | None = None
+    # Keys left out of every Batch object in answers (a server that drops fields).
+    drop_batch_fields: list[str] = field(default_factory=list)
     endless_list: bool = False
     quirks: Quirks = field(default_factory=Quirks)
 
@@ -58,23 +90,48 @@ class Faults:
             elif key == "latency":
                 staged.latency = _number(key, value, upper=_MAX_LATENCY)
             elif key == "retry_after":
-                staged.retry_after = _number(key, value, upper=3600)
-            elif key in ("rate_limit", "server_error", "malformed"):
+                staged.retry_after = None if value is None else _number(key, value, upper=3600)
+            elif key in COUNTERS or key == "cut_downloads":
                 setattr(staged, key, _count(key, value))
-            elif key == "endless_list":
-                staged.endless_list = _flag(key, value)
+            elif key == "proxy_status":
+                if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 599:
+                    raise ValueError("proxy_status must be an HTTP status from 200 to 599")
+                staged.proxy_status = value
+            elif key == "content_type":
+                if value is not None and (not isinstance(value, str) or not value.strip()):
+                    raise ValueError("content_type must be a non-empty string or null")
+                staged.content_type = value
+            elif key == "operations":
+                staged.operations = None if value is None else _names(key, value)
+            elif key == "drop_batch_fields":
+                staged.drop_batch_fields = _names(key, value)
+            elif key in ("endless_list", "act_first"):
+                setattr(staged, key, _flag(key, value))
             else:
                 raise ValueError(f"unknown fault switch {key!r}")
         for f in fields(self):
             setattr(self, f.name, getattr(staged, f.name))
 
-    def take(self) -> str | None:
+    def applies_to(self, operation: str) -> bool:
+        """Whether latency and counters apply to a request of this operation."""
+        return self.operations is None or operation in self.operations
+
+    def take(self, operation: str | None = None) -> str | None:
         """Consume and name the fault the next ``/v1`` request must answer with, if any."""
-        for name in ("rate_limit", "server_error", "malformed"):
+        if operation is not None and not self.applies_to(operation):
+            return None
+        for name in COUNTERS:
             if getattr(self, name) > 0:
                 setattr(self, name, getattr(self, name) - 1)
                 return name
         return None
+
+    def take_cut(self) -> bool:
+        """Consume one ``cut_downloads``: whether this download must stop halfway."""
+        if self.cut_downloads > 0:
+            self.cut_downloads -= 1
+            return True
+        return False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +161,12 @@ def _count(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer")
     return value
+
+
+def _names(name: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} must be a list of names")
+    return list(value)
 
 
 def _flag(name: str, value: Any) -> bool:

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from simulator.app import SimulatorApp
+from simulator.app import SOCKET_KEY, SimulatorApp
 from simulator.engine import Simulator
 
 logger = logging.getLogger("simulator")
@@ -30,6 +30,12 @@ class _QuietHandler(WSGIRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - %s", self.address_string(), format % args)
+
+    def get_environ(self) -> dict[str, Any]:
+        # The socket, for the faults that drop the connection (``reset``, ``cut_downloads``).
+        environ = super().get_environ()
+        environ[SOCKET_KEY] = self.connection
+        return environ
 
 
 class SimulatorServer:

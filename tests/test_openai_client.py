@@ -489,6 +489,38 @@ def test_it_raises_bad_response_for_json_that_is_not_an_object(upstream, client)
         client.retrieve_batch("batch_abc123")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        ("", "application/json", "the answer is empty"),
+        ("<!DOCTYPE html><html><form>Sign in</form></html>", "text/html", "an HTML page"),
+        ('{"object": "batch", "id": "batch_', "application/json", "the answer is not JSON"),
+    ],
+    ids=["empty", "html", "cut-off"],
+)
+def test_an_unreadable_2xx_says_why_and_counts_as_maybe_carried_out(
+    upstream, client, body, content_type, words
+):
+    upstream.post(f"{API}/batches", body=body, content_type=content_type)
+
+    with pytest.raises(BadResponse) as caught:
+        client.create_batch(input_file_id="file-abc", endpoint="/v1/chat/completions")
+
+    assert words in str(caught.value)
+    assert "<" not in str(caught.value)
+    assert caught.value.ambiguous  # a create is looked for before it is reported as failed
+
+
+def test_a_200_carrying_an_error_object_raises_with_its_message(upstream, client):
+    upstream.get(BATCH_URL, json={"error": {"message": "Upstream overloaded", "type": "x"}})
+
+    with pytest.raises(BadResponse) as caught:
+        client.retrieve_batch("batch_abc123")
+
+    assert "an error instead of a result: Upstream overloaded" in str(caught.value)
+    assert caught.value.ambiguous
+
+
 def test_it_raises_bad_response_for_an_object_that_is_not_a_batch(upstream, client):
     upstream.get(BATCH_URL, json={"object": "batch"})
 

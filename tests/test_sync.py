@@ -276,6 +276,33 @@ def test_a_running_batch_upstream_forgot_gets_an_error_and_the_rest_go_on(upstre
     assert Batch.objects.get(openai_id="batch_here").status == Status.COMPLETED
 
 
+def test_a_running_batch_answered_without_status_gets_an_error_and_the_rest_go_on(
+    upstream, no_sleep
+):
+    upstream.get(
+        LIST_URL,
+        json=make_list(
+            [
+                make_batch(id="batch_odd", created_at=1764000000),
+                make_batch(id="batch_fine", created_at=1764000100),
+            ],
+            has_more=False,
+        ),
+    )
+    odd = {key: value for key, value in make_batch(id="batch_odd").items() if key != "status"}
+    upstream.get(f"{API}/batches/batch_odd", json=odd)
+    upstream.get(f"{API}/batches/batch_fine", json=done("batch_fine", created_at=1764000100))
+
+    result = batches_sync(connection=default_connection())
+
+    assert result.refreshed == 1
+    kept = Batch.objects.get(openai_id="batch_odd")
+    assert kept.status == Status.IN_PROGRESS
+    assert "not a batch" in kept.last_error
+    assert Batch.objects.get(openai_id="batch_fine").status == Status.COMPLETED
+    assert not SyncState.get(default_connection()).is_failing
+
+
 # --- The sync state ---------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ from django.db import IntegrityError, models, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from ..payloads import clean_json, clean_text
 from .connections import Connection, access_for, default_connection_id
 from .costs import dollars
 
@@ -425,25 +426,32 @@ class Batch(models.Model):
     def apply_payload(self, payload: dict[str, Any], *, now: dt.datetime) -> None:
         """Copy every known field of a Batch object onto this row; keep the payload whole.
         Also reschedules the sync worker's next look at it (see `schedule_refresh`)."""
+        # Upstream text may hold what no database stores or no page encodes (NUL, a lone
+        # surrogate): replaced once here, so every copy below is safe, `raw` included.
+        payload = clean_json(payload)
         changed = self.raw != payload
         priced_from = self._cost_inputs()
+        created_at = self.created_at
         for name in TIMESTAMP_FIELDS:
             setattr(self, name, unix_to_datetime(payload.get(name)))
-        if self.created_at is None:
-            self.created_at = now
-        self.status = str(payload.get("status") or Status.VALIDATING)
+        # What is fixed when a batch is created never changes: an answer that leaves it out (a
+        # server that drops fields, Azure's null endpoint while validating) keeps the cached one.
+        self.created_at = self.created_at or created_at or now
+        self.status = _text(payload.get("status"), 32) or Status.VALIDATING
         self.running = self.status not in TERMINAL_STATUSES
-        self.endpoint = _text(payload.get("endpoint"), 64)
+        self.endpoint = _text(payload.get("endpoint"), 64) or self.endpoint
         # A batch's model never changes; some servers leave it out (the checked file named it).
         self.model = _text(payload.get("model"), 128) or self.model
-        self.completion_window = _text(payload.get("completion_window"), 16)
-        self.input_file_id = _text(payload.get("input_file_id"), 128)
+        self.completion_window = _text(payload.get("completion_window"), 16) or (
+            self.completion_window
+        )
+        self.input_file_id = _text(payload.get("input_file_id"), 128) or self.input_file_id
         self.output_file_id = _text(payload.get("output_file_id"), 128)
         self.error_file_id = _text(payload.get("error_file_id"), 128)
         counts = _dict(payload.get("request_counts"))
-        self.request_total = _int(counts.get("total"))
-        self.request_completed = _int(counts.get("completed"))
-        self.request_failed = _int(counts.get("failed"))
+        self.request_total = _int(counts.get("total"), MAX_COUNT)
+        self.request_completed = _int(counts.get("completed"), MAX_COUNT)
+        self.request_failed = _int(counts.get("failed"), MAX_COUNT)
         usage = _dict(payload.get("usage"))
         self.input_tokens = _int(usage.get("input_tokens"))
         self.output_tokens = _int(usage.get("output_tokens"))
@@ -514,13 +522,18 @@ def payload_counts(payload: dict[str, Any]) -> tuple[int, int]:
     return (_int(counts.get("completed")) or 0, _int(counts.get("failed")) or 0)
 
 
+def payload_id(payload: dict[str, Any]) -> str:
+    """The batch id of a payload as the cache keys it: text its column can hold."""
+    return clean_text(str(payload["id"]))[:128]
+
+
 def unix_to_datetime(value: Any) -> dt.datetime | None:
     """Unix seconds (int, float or numeric string) to an aware UTC datetime; junk becomes None."""
     if value is None or isinstance(value, bool):
         return None
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past any float
         return None
     if seconds <= 0:
         return None
@@ -532,14 +545,19 @@ def unix_to_datetime(value: Any) -> dt.datetime | None:
         return None
 
 
-def _int(value: Any) -> int | None:
+# The largest values the count and token columns hold: past them a number is junk, not data.
+MAX_COUNT = 2**31 - 1
+MAX_BIG = 2**63 - 1
+
+
+def _int(value: Any, limit: int = MAX_BIG) -> int | None:
     if value is None or isinstance(value, bool):
         return None
     try:
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: float("inf")
         return None
-    return number if number >= 0 else None
+    return number if 0 <= number <= limit else None
 
 
 def _text(value: Any, limit: int) -> str:

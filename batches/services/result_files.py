@@ -26,7 +26,8 @@ from django.utils import timezone
 
 from ..jsonl_check import check_jsonl
 from ..models import Batch, Connection, Event, ResultFile, ResultRow, Submission
-from ..openai_client import NotFound, OpenAIClient, OpenAIError
+from ..openai_client import NotFound, OpenAIClient, OpenAIError, UpstreamUnavailable
+from ..payloads import clean_text
 from ..results import (
     ResultLineError,
     ResultSummary,
@@ -77,7 +78,13 @@ def file_id_of(batch: Batch, kind: str) -> str:
 
 
 def download_name(batch: Batch, kind: str) -> str:
-    return f"{batch.openai_id}_{kind}.jsonl"
+    return safe_filename(f"{batch.openai_id}_{kind}.jsonl")
+
+
+def safe_filename(name: str) -> str:
+    """A file name for a Content-Disposition header: batch ids come from upstream, and a quote,
+    a line break or a right-to-left override in one must not reach the header."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in name)[:200]
 
 
 def _gone_message(kind: str) -> str:
@@ -122,6 +129,13 @@ def file_download(*, batch: Batch, kind: str, client: OpenAIClient | None = None
     def chunks() -> Iterator[bytes]:
         try:
             yield from response.iter_content(CHUNK)
+        except OSError as exc:  # requests' errors: the connection dropped part way
+            # The headers are sent: the browser sees the download break (it is shorter than
+            # announced, or its last chunk never comes); the log says why, in words.
+            logger.warning(
+                "download of the %s file of %s interrupted upstream", kind, batch.openai_id
+            )
+            raise UpstreamUnavailable(f"the download of the {kind} file was interrupted") from exc
         finally:
             response.close()
 
@@ -347,7 +361,7 @@ def results_ingest(*, batch: Batch, client: OpenAIClient | None = None) -> int:
                     count += len(rows)
                     rows = []
         for custom_id, (line_no, offset, preview) in inputs.items():
-            if custom_id not in seen:
+            if custom_id[:512] not in seen:  # an answered id is in `seen` as its row has it
                 rows.append(
                     ResultRow(
                         batch=batch,
@@ -385,11 +399,12 @@ def _lines_with_offsets(path: Path) -> Iterator[tuple[int, int, bytes]]:
 def _input_summary(raw: bytes) -> tuple[str | None, str]:
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None, ""
     if not isinstance(data, dict) or not isinstance(data.get("custom_id"), str):
         return None, ""
-    return data["custom_id"], _request_preview(data.get("body"))
+    # The id as the result rows store it (see _result_row), so the two files still join.
+    return clean_text(data["custom_id"]), clean_text(_request_preview(data.get("body")))
 
 
 def _request_preview(body: Any) -> str:
@@ -424,8 +439,11 @@ def _result_row(
             offset=offset,
             error_message="This line of the file is not valid JSON.",
         )
-    custom_id = result.custom_id or f"(no custom_id at byte {offset} of the {source} file)"
+    custom_id = clean_text(result.custom_id or "") or (
+        f"(no custom_id at byte {offset} of the {source} file)"
+    )
     line_no, input_offset, preview = inputs.get(custom_id, (None, None, ""))
+    # Text from the file goes to columns: cut to their size, without what no database stores.
     return ResultRow(
         batch=batch,
         custom_id=custom_id[:512],
@@ -434,15 +452,21 @@ def _result_row(
         source=source,
         offset=offset,
         ok=result.ok,
-        status_code=result.status_code,
-        error_code=(result.error_code or "")[:128],
-        error_message=(result.error_message or "")[:1000],
+        status_code=_column_int(result.status_code),
+        error_code=clean_text((result.error_code or "")[:128]),
+        error_message=clean_text((result.error_message or "")[:1000]),
         request_preview=preview,
-        answer_preview=(result.answer_text or "")[:PREVIEW_CHARS],
-        input_tokens=result.input_tokens,
-        output_tokens=result.output_tokens,
-        total_tokens=result.total_tokens,
+        answer_preview=clean_text((result.answer_text or "")[:PREVIEW_CHARS]),
+        input_tokens=_column_int(result.input_tokens),
+        output_tokens=_column_int(result.output_tokens),
+        total_tokens=_column_int(result.total_tokens),
     )
+
+
+def _column_int(value: int | None) -> int | None:
+    """A number for a positive-integer column, or None for one no such column holds (a status
+    code of 10**30 or -1 in a hostile file is junk, and would fail the insert)."""
+    return value if value is not None and 0 <= value <= 2**31 - 1 else None
 
 
 def result_detail(*, row: ResultRow) -> dict[str, Any]:
@@ -467,7 +491,7 @@ def _json_at(batch: Batch, kind: str, offset: int) -> Any:
         if kind == ResultFile.Kind.INPUT:
             return json.loads(raw)
         return parse_result_line(raw).raw  # with a body sent as a JSON string decoded
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return raw.decode("utf-8", "replace")
 
 
@@ -585,15 +609,20 @@ def _full_answer(streams: dict[str, BinaryIO], copies: dict[str, Path], row: Res
         stream = streams[row.source] = copies[row.source].open("rb")
     stream.seek(row.offset or 0)
     try:
-        return parse_result_line(stream.readline()).answer_text or ""
+        return clean_text(parse_result_line(stream.readline()).answer_text or "")
     except ResultLineError:
         return ""
+
+
+# What makes a spreadsheet read a cell as a formula; the full-width forms count too, since
+# some spreadsheets (Excel in East Asian locales) read them as their ASCII twins.
+FORMULA_STARTS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
 
 
 def csv_safe(value: Any) -> str:
     """Keep spreadsheets from running a cell as a formula (CSV injection)."""
     text = "" if value is None else str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+    if text[:1] in FORMULA_STARTS:
         return "'" + text
     return text
 
@@ -611,7 +640,7 @@ def batches_csv(batches: Any) -> Iterator[str]:
             [
                 # Ids, model and endpoint come from upstream (the model from the input file),
                 # so they can start with "=" just as the label can.
-                csv_safe(batch.openai_id), batch.display_status(), csv_safe(batch.endpoint),
+                csv_safe(batch.openai_id), csv_safe(batch.display_status()), csv_safe(batch.endpoint),
                 csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
                 _num(batch.request_total), _num(batch.request_completed),
                 _num(batch.request_failed), _num(batch.input_tokens), _num(batch.output_tokens),
