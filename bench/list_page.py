@@ -136,7 +136,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
             env = dict(os.environ)
-            env.setdefault("DJANGO_SECRET_KEY", "bench")
+            env.setdefault("DJANGO_SECRET_KEY", "bench-only-not-a-secret-" + "x" * 32)
             if not os.environ.get("DATABASE_URL"):
                 env["DATABASE_URL"] = f"sqlite:///{tmp}/list-{size}.sqlite3"
             env["DJANGO_DEBUG"] = "false"

@@ -77,7 +77,7 @@ def main() -> int:
             {
                 "DATABASE_URL": database_url,
                 "DJANGO_SETTINGS_MODULE": "batchweb.settings",
-                "DJANGO_SECRET_KEY": "bench-only-not-a-secret",
+                "DJANGO_SECRET_KEY": "bench-only-not-a-secret-" + "x" * 32,
                 "OPENAI_API_KEY": "sk-bench",
                 "OPENAI_BASE_URL": server.base_url,
                 "LOG_LEVEL": "WARNING",

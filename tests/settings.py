@@ -5,7 +5,7 @@ DATABASE_URL still decides the database, so the same suite runs on SQLite and Po
 
 import os
 
-os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret")
+os.environ.setdefault("DJANGO_SECRET_KEY", "tests-only-not-a-secret-" + "x" * 32)
 os.environ.setdefault("OPENAI_API_KEY", "sk-test-key-never-shown")
 os.environ.setdefault("OPENAI_BASE_URL", "https://api.openai.test/v1")
 

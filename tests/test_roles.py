@@ -19,8 +19,9 @@ from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db
 
-# URLs with no sign-in: the sign-in page itself, the signed webhook, static files.
-PUBLIC = {"login", "openai-webhook"}
+# URLs with no sign-in: the sign-in pages (password and company), the signed webhook, static
+# files, the /v1/ API's OpenAPI document, the health check (/healthz).
+PUBLIC = {"login", "oidc-sign-in", "oidc-callback", "openai-webhook", "api-openapi", "healthz"}
 # Django's own (the admin site has its own permission checks, tested in the admin tests).
 SKIPPED_PREFIXES = ("admin/",)
 ROLES = ["nobody", "Viewers", "Submitters", "Operators", "Admins"]
@@ -31,6 +32,9 @@ SAMPLE = {
     "row_id": "1",
     "kind": "output",
     "rest": "results/",
+    "batch_id": "batch_roles",
+    "file_id": "file-roles",
+    "token_id": "1",
 }
 
 
@@ -48,6 +52,11 @@ class Route:
     def changes(self) -> bool:
         return self.name in CHANGING
 
+    @property
+    def token_auth(self) -> bool:
+        """The /v1/ API: a personal token, never the session, opens it (tests/test_api_*)."""
+        return getattr(self.view, "token_auth", False)
+
 
 # Views that change something here or upstream when POSTed to.
 CHANGING = {
@@ -60,6 +69,8 @@ CHANGING = {
     "batch-watch",
     "connection-test",
     "profile",
+    "token-create",
+    "token-revoke",
     "logout",
 }
 
@@ -83,6 +94,8 @@ def routes() -> list[Route]:
 
 
 ROUTES = routes()
+# Session-authenticated pages: the /v1/ API answers 401 to a session (see the last test).
+PAGES = [r for r in ROUTES if not r.token_auth]
 
 
 def test_the_walk_finds_every_page():
@@ -119,7 +132,7 @@ def allowed(user: User, route: Route) -> bool:
     return not route.permissions or any(user.has_perm(p) for p in route.permissions)
 
 
-@pytest.mark.parametrize("route", [r for r in ROUTES if r.name not in PUBLIC], ids=str)
+@pytest.mark.parametrize("route", [r for r in PAGES if r.name not in PUBLIC], ids=str)
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_anonymous_visitors_are_sent_to_sign_in(client, world, route, method):
     response = getattr(client, method)(route.url)
@@ -131,7 +144,7 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, world, route, method):
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize(
-    "route", [r for r in ROUTES if r.name not in PUBLIC and r.name != "logout"], ids=str
+    "route", [r for r in PAGES if r.name not in PUBLIC and r.name != "logout"], ids=str
 )
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_each_role_is_refused_exactly_what_it_may_not_do(
@@ -158,9 +171,31 @@ def test_a_change_without_a_csrf_token_is_refused(world, upstream, route):
     assert response.status_code == 403, route.name
 
 
+# Exempt from CSRF by design: the signed webhook, the token-authenticated API (no cookie opens
+# it), and sign-out (Django's own view, whose worst case is being signed out).
+CSRF_EXEMPT = {"openai-webhook", "logout"}
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in PAGES if r.name not in CSRF_EXEMPT and r.name not in PUBLIC], ids=str
+)
+def test_no_post_without_a_csrf_token_does_anything(world, upstream, route):
+    """Every page, not only the ones listed as changing: a POST without the token is refused
+    before the view runs (403), or the view takes no POST (405). A new URL is covered
+    without editing this file."""
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(world["Admins"])
+    before = (Batch.objects.count(), Submission.objects.count())
+
+    response = client.post(route.url, {"label": "x", "confirm": "yes"})
+
+    assert response.status_code in (403, 405), (route.name, response.status_code)
+    assert (Batch.objects.count(), Submission.objects.count()) == before
+
+
 @pytest.mark.parametrize(
     "route",
-    [r for r in ROUTES if r.url.startswith("/connections/default/batches/")],
+    [r for r in PAGES if r.url.startswith("/connections/default/")],
     ids=str,
 )
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -171,7 +206,9 @@ def test_a_member_outside_the_connection_s_groups_gets_404(client, world, upstre
 
     response = getattr(client, method)(route.url)
 
-    assert response.status_code in (404, 405), (route.name, method, response.status_code)
+    # Refused for the role first where the role lacks the permission (connection-test: Admins).
+    refusals = (404, 405) if allowed(world["Operators"], route) else (403, 405)
+    assert response.status_code in refusals, (route.name, method, response.status_code)
 
 
 def test_a_submitter_cancels_their_own_batch_but_not_another_s(client, world, upstream):
@@ -201,3 +238,21 @@ def test_pages_show_only_the_buttons_a_role_may_use(client, world, upstream):
 
     assert "Sync now" not in listing["Viewers"] and "New batch</a>" not in listing["Viewers"]
     assert "Sync now" in listing["Operators"] and "New batch" in listing["Operators"]
+
+
+@pytest.mark.parametrize(
+    "route", [r for r in ROUTES if r.token_auth and r.name != "api-unknown"], ids=str
+)
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_the_api_ignores_a_signed_in_session(client, world, route, method):
+    """/v1/ takes a personal token only: a browser's session (even an admin's) is no key, so a
+    page elsewhere cannot make a signed-in browser call it (and it needs no CSRF token)."""
+    assert route.url.startswith("/v1/")
+    assert route.permissions, f"{route.name} has no rule"
+    client.force_login(world["Admins"])
+
+    response = getattr(client, method)(route.url)
+
+    assert response.status_code in (401, 405), (route.name, method, response.status_code)
+    if response.status_code == 401:
+        assert response.json()["error"]["code"] == "missing_api_key"

@@ -54,7 +54,7 @@ def test_demo_mode_serves_a_working_dashboard_and_stops_cleanly(tmp_path):
     env.update(
         {
             "DJANGO_SETTINGS_MODULE": "batchweb.settings",
-            "DJANGO_SECRET_KEY": "serve-test-only",
+            "DJANGO_SECRET_KEY": "serve-test-only-not-a-secret-" + "x" * 32,
             "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
             "BATCHWEB_DATA_DIR": str(tmp_path),
             "BATCHWEB_SYNC_INTERVAL": "0.5",

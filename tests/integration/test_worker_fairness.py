@@ -51,7 +51,7 @@ def test_a_slow_connection_does_not_slow_down_the_other(servers, tmp_path):
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "batchweb.settings",
-        "DJANGO_SECRET_KEY": "fairness-test-only",
+        "DJANGO_SECRET_KEY": "fairness-test-only-not-a-secret-" + "x" * 32,
         "DATABASE_URL": f"sqlite:///{database}",
         "BATCHWEB_DATA_DIR": str(tmp_path),
         "OPENAI_API_KEY": "",  # no default connection: only the two below

@@ -30,6 +30,10 @@ from batches.roles import SUBMITTERS
 from simulator.history import PEOPLE as DEMO_PEOPLE
 
 DEMO_USERNAME = "demo"
+# The simulator's phases last 2 s + 1 s a request + 2 s at speed 1: the 20-line sample would be
+# done in 24 s, between two looks of a page (every 5 s) and the worker (every 3 s). At 0.4 it
+# takes about a minute, long enough to watch it validate, progress and finalize.
+DEMO_SPEED = 0.4
 DEMO_KEY = "sk-demo-simulator"
 DEMO_KEY_ENV = "BATCHWEB_DEMO_KEY"
 # Days of sample history the demo's simulator starts with (drawn once per state file).
@@ -48,8 +52,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--simulator-speed",
             type=float,
-            default=10.0,
-            help="how much faster than real time simulated batches run in demo mode",
+            default=DEMO_SPEED,
+            help="how much faster than real time simulated batches run in demo mode "
+            "(below 1: slower; the default makes the 20-line sample take about a minute)",
         )
         parser.add_argument("--demo", action="store_true", help="use the simulator even with a key")
 

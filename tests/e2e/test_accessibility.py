@@ -1,0 +1,120 @@
+"""axe-core on every page, light and dark (issue 13, item 7): no serious or critical violation.
+
+axe-core is the one bundled with `axe-playwright-python` (a dev dependency), injected into
+each page by Playwright. Pages are visited as the people who use them: an operator for the
+batch pages, a viewer for a refusal, nobody for the sign-in page."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import BASE_DIR, expect, finish, start_manage
+
+pytestmark = pytest.mark.e2e
+
+SAMPLE = BASE_DIR / "static" / "samples" / "sample-chat.jsonl"
+BLOCKING = ("serious", "critical")
+
+
+@pytest.fixture(scope="module")
+def axe() -> Any:
+    from axe_playwright_python.sync_playwright import Axe
+
+    return Axe()
+
+
+@pytest.fixture(scope="module")
+def ids(sim, web_server, server_env) -> dict[str, str]:
+    """A running batch and a finished one with results, imported by the worker."""
+    running = sim.seed(1, "in_progress", requests=1000, metadata={"job": "a11y running"})
+    done = sim.seed(1, "completed", metadata={"job": "a11y done"})
+    wanted = [running["first_id"], done["first_id"]]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        output = finish(
+            start_manage(
+                server_env,
+                "shell",
+                "-c",
+                "from batches.models import Batch; "
+                f"print(Batch.objects.filter(openai_id__in={wanted!r}).count())",
+            ),
+            "shell (are the batches imported?)",
+        )
+        if output.strip().endswith("2"):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the worker did not import the seeded batches within 60 s")
+    return {"running": running["first_id"], "done": done["first_id"]}
+
+
+def blocking(axe: Any, page: Any) -> list[str]:
+    """The serious and critical violations on the page, in words a reader can act on."""
+    results = axe.run(page)
+    found = []
+    for violation in results.response["violations"]:
+        if violation.get("impact") in BLOCKING:
+            targets = [", ".join(node["target"]) for node in violation["nodes"][:3]]
+            found.append(f"{violation['id']} ({violation['impact']}): {targets}")
+    return found
+
+
+def pages(ids: dict[str, str]) -> list[tuple[str, str]]:
+    batch = "/connections/default/batches/{}/"
+    return [
+        ("sam", "/"),
+        ("sam", "/?status=running"),
+        ("sam", batch.format(ids["running"])),
+        ("sam", batch.format(ids["done"])),
+        ("sam", batch.format(ids["done"]) + "results/"),
+        ("sam", "/batches/new/"),
+        ("sam", "/activity/"),
+        ("sam", "/spend/"),
+        ("sam", "/profile/"),
+        ("sam", "/connections/"),
+        ("sam", "/connections/default/"),
+        ("sam", "/no-such-page/"),  # the 404 page
+        ("vic", "/batches/new/"),  # the 403 page
+    ]
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_no_page_has_a_serious_violation(ids, page_as, new_page, axe, scheme):
+    problems: dict[str, list[str]] = {}
+    checked = 0
+    for who, url in pages(ids):
+        page = page_as(who, color_scheme=scheme)
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        if found := blocking(axe, page):
+            problems[f"{who} {url}"] = found
+        checked += 1
+        page.close()
+    # The result pages: one row's page, and the confirm step of a new batch.
+    page = page_as("sam", color_scheme=scheme)
+    page.goto(f"/connections/default/batches/{ids['done']}/results/")
+    rows = page.locator("table a[href*='/results/']")
+    if rows.count():
+        rows.first.click()
+        page.wait_for_load_state()
+        if found := blocking(axe, page):
+            problems[f"sam {page.url}"] = found
+        checked += 1
+    page.goto("/batches/new/")
+    page.get_by_label("Input file (JSONL)").set_input_files(str(SAMPLE))
+    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("heading", name="Create this batch?")).to_be_visible()
+    if found := blocking(axe, page):
+        problems["sam confirm page"] = found
+    checked += 1
+    signed_out = new_page(color_scheme=scheme)
+    signed_out.goto("/accounts/login/")
+    if found := blocking(axe, signed_out):
+        problems["sign-in page"] = found
+    checked += 1
+    assert checked >= 16
+    assert not problems, "\n".join(f"{where}: {found}" for where, found in problems.items())
