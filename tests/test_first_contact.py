@@ -32,3 +32,15 @@ def test_the_sample_batch_takes_about_a_minute_in_demo_mode():
     done_at = min(s for s, status in seen.items() if status == "completed")
     assert 45 <= done_at <= 75, seen  # "about a minute"
     assert "run to completion in about a minute" in (ROOT / "README.md").read_text()
+
+
+def test_in_demo_mode_the_sign_in_page_says_so_and_where_the_password_is(client, settings, db):
+    settings.BATCHWEB_DEMO = True
+    page = client.get("/accounts/login/").content.decode()
+    assert "This is a demo." in page
+    assert (
+        "<strong>demo</strong>" in page
+        and "the terminal where you ran <code>make run</code>" in page
+    )
+    settings.BATCHWEB_DEMO = False
+    assert "This is a demo." not in client.get("/accounts/login/").content.decode()
