@@ -57,6 +57,36 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _MILLISECONDS_ABOVE = 1e11
 
 
+# What no database stores (PostgreSQL refuses NUL in text) or no page encodes (a surrogate
+# without its pair, which a JSON "\ud800" escape produces: it is not UTF-8).
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+
+
+def clean_text(text: str) -> str:
+    """Text with NUL and lone surrogates replaced by U+FFFD; everything else as it was."""
+    return _NOT_STORABLE.sub(_REPLACEMENT, text)
+
+
+def clean_json(value: Any) -> Any:
+    """A parsed JSON value with :func:`clean_text` applied to every string, keys included, and
+    NaN and infinities (Python's reader accepts them, JSON columns do not) made None. Returns
+    the value itself when nothing needed cleaning, so the common case copies nothing."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, str):
+        return clean_text(value) if _NOT_STORABLE.search(value) else value
+    if isinstance(value, dict):
+        pairs = [(k, v, clean_json(k), clean_json(v)) for k, v in value.items()]
+        if all(ck is k and cv is v for k, v, ck, cv in pairs):
+            return value
+        return {ck: cv for _k, _v, ck, cv in pairs}
+    if isinstance(value, list):
+        items = [clean_json(item) for item in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
+
+
 def normalize_batch(payload: dict[str, Any]) -> dict[str, Any]:
     """A Batch object in OpenAI's shape: Unix-second timestamps, canonical lower-case status,
     None for absent file ids, ``request_counts`` a dict or None."""
