@@ -106,6 +106,22 @@ def write_only(label: str, help_text: str) -> forms.CharField:
     )
 
 
+class IdsField(forms.ModelMultipleChoiceField):
+    """Django's choice of several rows, refusing an id past any database integer as an invalid
+    choice: the stock field sends it to the database, which fails with an error (a 500)."""
+
+    def _check_values(self, value: Any) -> Any:
+        for pk in value or ():
+            text = str(pk).strip()
+            if text.isascii() and text.lstrip("-").isdigit() and abs(int(text)) >= 2**63:
+                raise forms.ValidationError(
+                    self.error_messages["invalid_pk_value"],
+                    code="invalid_pk_value",
+                    params={"pk": text[:40]},
+                )
+        return super()._check_values(value)
+
+
 class ConnectionForm(forms.ModelForm):
     """The model's fields plus a write-only key: it is encrypted on save and never sent back to
     the browser (the field renders empty, always)."""
@@ -147,6 +163,7 @@ class ConnectionForm(forms.ModelForm):
             "output_expiry_max_hours",
             "deployments",
         )
+        field_classes = {"groups": IdsField}
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -426,6 +443,7 @@ class ChannelForm(forms.ModelForm):
     class Meta:
         model = Channel
         fields = ("name", "kind", "enabled", "connections")
+        field_classes = {"connections": IdsField}
 
     def clean_webhook_url(self) -> str:
         url = self.cleaned_data.get("webhook_url") or ""

@@ -107,7 +107,7 @@ class CheckReport:
         if self.endpoint:
             what += f" for {self.endpoint}"
         if self.model:
-            what += f" with {self.model}"
+            what += f" with {_cut(self.model)}"
         what += f", {_format_bytes(self.bytes)}"
         if self.embedding_inputs:
             what += f", {self.embedding_inputs:,} embedding inputs"
@@ -410,7 +410,8 @@ class _Checker:
         elif model != report.model:
             self._problem(
                 line_no,
-                f"model {model!r} differs from {report.model!r} used on line {self.model_line}"
+                f"model {_show(model)} differs from {_show(report.model)} used on line"
+                f" {self.model_line}"
                 "; a batch takes one model",
             )
 
@@ -480,7 +481,7 @@ class _Checker:
             )
         if len(self.models) > 1:
             shown = ", ".join(
-                f"{name!r} on {count:,} line{'s' if count > 1 else ''}"
+                f"{_show(name)} on {count:,} line{'s' if count > 1 else ''}"
                 for name, count in self.models.most_common(3)
             )
             more = f" and {len(self.models) - 3} more" if len(self.models) > 3 else ""
@@ -559,6 +560,11 @@ def _show(value: Any) -> str:
     if isinstance(value, dict | list):
         return _kind(value)
     return json.dumps(value)
+
+
+def _cut(text: str) -> str:
+    """A name from the file, unquoted, cut as :func:`_show` cuts it."""
+    return text if len(text) <= _SHOWN_VALUE_CHARS else text[: _SHOWN_VALUE_CHARS - 1] + "…"
 
 
 def _format_bytes(size: int) -> str:

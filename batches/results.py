@@ -47,6 +47,11 @@ MAX_TRACKED_MESSAGES = 1000
 MAX_MESSAGE_CHARS = 200
 #: How many of the most common messages a summary keeps.
 TOP_ERRORS = 3
+#: Error codes are cut to this length (the results table's column), and a summary counts at
+#: most this many distinct ones; the rest are counted together under ``OTHER_CODES``.
+MAX_CODE_CHARS = 128
+MAX_CODES = 50
+OTHER_CODES = "(other codes)"
 
 
 class ResultLineError(ValueError):
@@ -90,7 +95,9 @@ def parse_result_line(raw: bytes | str) -> ResultLine:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         # json.JSONDecodeError is a ValueError; bytes that are not UTF-8 raise UnicodeDecodeError.
-        raise ResultLineError(f"line is not JSON: {exc}") from None
+        raise ResultLineError(f"line is not JSON: {_cut(str(exc))}") from None
+    except RecursionError:  # "[[[[…": deeper than the reader goes
+        raise ResultLineError("line is not JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ResultLineError(f"line is JSON but not an object ({type(data).__name__})")
 
@@ -159,8 +166,13 @@ def _decode_text_body(text: str) -> Any:
     """Decode a body that a server sent as a JSON string; keep the text when it is not JSON."""
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
+
+
+def _cut(text: str) -> str:
+    """An error message about a line, short whatever the line held."""
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def _as_int(value: Any) -> int | None:
@@ -449,9 +461,11 @@ def summarize(
             continue
         summary.failed += 1
         if result.status_code is not None:
-            status = str(result.status_code)
+            status = str(result.status_code) if 0 < result.status_code < 1000 else "other"
             summary.failed_by_status[status] = summary.failed_by_status.get(status, 0) + 1
-        code = result.error_code or "unknown"
+        code = (result.error_code or "unknown")[:MAX_CODE_CHARS]
+        if code not in summary.failed_by_code and len(summary.failed_by_code) >= MAX_CODES:
+            code = OTHER_CODES  # a file whose every code differs must not grow the summary
         summary.failed_by_code[code] = summary.failed_by_code.get(code, 0) + 1
         messages.add(_failure_label(result))
 
@@ -609,7 +623,7 @@ def _input_custom_id(line: bytes) -> str | None:
     """The ``custom_id`` of an input line, or ``None`` when the line cannot be read."""
     try:
         data = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(data, dict):
         return None

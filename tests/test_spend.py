@@ -239,9 +239,7 @@ def test_over_time_by_day_week_and_month(world, rolled):
     assert costs[dt.date(2026, 3, 9)] == D("0.25")
     assert costs[dt.date(2026, 3, 5)] == 0
 
-    weeks = spend_report(
-        query=query(world, start=dt.date(2026, 2, 25), grain="week")
-    ).over_time
+    weeks = spend_report(query=query(world, start=dt.date(2026, 2, 25), grain="week")).over_time
     # Weeks start on Monday; the first and last are cut to the range.
     assert [(first, last) for first, last, _ in weeks] == [
         (dt.date(2026, 2, 25), dt.date(2026, 3, 1)),

@@ -673,8 +673,8 @@ def test_the_batch_page_shows_the_input_files_facts(submitter_client, upstream, 
     assert "Batch batch_up1 created." in page
     assert "file-up1" in page
     size = html.unescape(filesizeformat(len(content)))
-    assert f"sample-chat.jsonl, {size}, 20 lines" in page
-    assert "by sam" in page
+    assert f"sample-chat.jsonl</bdi>, {size}, 20 lines" in page  # the name isolated (bidi)
+    assert "by <bdi>sam</bdi>" in page
 
 
 def test_an_embeddings_file_shows_its_input_count(submitter_client, upstream, staging):

@@ -213,7 +213,7 @@ def test_after_creating_the_detail_page_shows_the_new_batch_and_a_message(
     content = text(response)
     assert "Batch batch_new1 created." in content
     assert "nightly-eval" in content
-    assert "by sam" in content
+    assert "by <bdi>sam</bdi>" in content  # a name is isolated from the text around it
     assert "validating" in content
 
 

@@ -51,7 +51,7 @@ def test_a_full_payload_renders_every_field(viewer_client, upstream, submitter):
         "quarterly-summaries",  # the label, from metadata `job`
         "/v1/responses",
         "gpt-4.1-mini-2025-04-14",
-        "by sam",  # linked to the user named in batchweb_user
+        "by <bdi>sam</bdi>",  # linked to the user named in batchweb_user; isolated (bidi)
         "file-fullin",
         "file-fullout",
         "file-fullerr",
@@ -97,7 +97,7 @@ def test_batchweb_bookkeeping_keys_are_kept_out_of_the_metadata_list(viewer_clie
     content = text(viewer_client.get(detail("batch_full001")))
 
     facts = content.split('id="h-meta"', 1)[1].split("<details>", 1)[0]
-    assert '<dt class="mono">team</dt><dd>research</dd>' in facts
+    assert '<dt class="mono"><bdi>team</bdi></dt><dd><bdi>research</bdi></dd>' in facts
     assert "batchweb_token" not in facts
     raw = content.split("<details>", 1)[1]
     assert '"batchweb_token": "tok-full001"' in raw

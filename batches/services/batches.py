@@ -24,6 +24,7 @@ from ..models import (
     Event,
     default_connection,
     payload_counts,
+    payload_id,
 )
 from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
 from .connections import get_client
@@ -75,7 +76,7 @@ def batch_upsert(
     payload never moves a batch back."""
     now = now or timezone.now()
     connection = connection or default_connection()
-    openai_id = str(payload["id"])
+    openai_id = payload_id(payload)
     mine = Batch.objects.filter(connection=connection, openai_id=openai_id)
     with transaction.atomic():
         batch = mine.select_for_update().first()
@@ -108,6 +109,10 @@ def batch_upsert(
         before_counts = (batch.request_completed, batch.request_failed, batch.request_total)
         token = batch.submission_token
         batch.apply_payload(payload, now=now)
+        if before_status not in TERMINAL_STATUSES and batch.last_error:
+            # Upstream knows it again: a running batch's only error is the worker's "not found"
+            # (404), which must not stay on the page once the batch reappears, ended or not.
+            batch.last_error = ""
         if batch.submission_token != token:
             _drop_claimed_token(batch)
         if not batch.created_by_id:
@@ -132,7 +137,7 @@ def batches_insert_new(
     their ids. A first sync of a large organisation is mostly such batches: one transaction per
     batch would make it take minutes. Payloads the cache already has are left to batch_upsert;
     if another process inserts one of these meanwhile, the whole page falls back to it too."""
-    by_id = {str(p["id"]): p for p in payloads}
+    by_id = {payload_id(p): p for p in payloads}
     known = set(
         Batch.objects.filter(connection=connection, openai_id__in=list(by_id)).values_list(
             "openai_id", flat=True

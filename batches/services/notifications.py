@@ -106,10 +106,16 @@ def one_line(value: Any, limit: int = LABEL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+# Slack-compatible receivers (Mattermost, Rocket.Chat, Slack with link_names) turn a plain
+# "@channel" into a mention that pings everyone: a word joiner after the "@" keeps it text.
+_MENTIONS = re.compile(r"@(?=(?:channel|here|everyone|all)\b)", re.IGNORECASE)
+
+
 def _slack_escape(text: str) -> str:
     # Slack reads <...> as links and mentions (<!channel> pings everyone): the three characters
-    # it asks to escape are escaped, nothing else.
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # it asks to escape are escaped, and the plain-text mentions defused.
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MENTIONS.sub("@\u2060", text)
 
 
 # --- What a message says ----------------------------------------------------------------------

@@ -640,8 +640,10 @@ def batches_csv(batches: Any) -> Iterator[str]:
             [
                 # Ids, model and endpoint come from upstream (the model from the input file),
                 # so they can start with "=" just as the label can.
-                csv_safe(batch.openai_id), csv_safe(batch.display_status()), csv_safe(batch.endpoint),
-                csv_safe(batch.model), _iso(batch.created_at), _iso(batch.completed_at),
+                # An unknown status is shown as upstream spelt it: it goes through csv_safe too.
+                csv_safe(batch.openai_id), csv_safe(batch.display_status()),
+                csv_safe(batch.endpoint), csv_safe(batch.model), _iso(batch.created_at),
+                _iso(batch.completed_at),
                 _num(batch.request_total), _num(batch.request_completed),
                 _num(batch.request_failed), _num(batch.input_tokens), _num(batch.output_tokens),
                 csv_safe(batch.creator_name()), csv_safe(batch.label),

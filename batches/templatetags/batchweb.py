@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 from typing import Any
 
 from django import template
 from django.utils import timezone
 from django.utils.html import format_html
+
+from ..payloads import clean_text
 
 register = template.Library()
 
@@ -69,9 +72,43 @@ def duration(seconds: float | int | None) -> str:
     return f"{days} d {hours} h" if hours else f"{days} d"
 
 
+# The most of a JSON value a page shows: a hostile or huge payload must not make a page of
+# megabytes (the file itself can be downloaded whole).
+PRETTY_JSON_CHARS = 100_000
+
+
 @register.filter
-def pretty_json(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+def pretty_json(value: Any, limit: int | str | None = None) -> str:
+    """JSON for a <pre>, indented. With `limit`, each string longer than that many characters
+    is cut and says how much was left out; the whole text is cut at PRETTY_JSON_CHARS."""
+    try:
+        if limit:
+            value = _cut_strings(value, int(limit))
+        text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    except RecursionError:  # nested deeper than the indenting encoder goes
+        return "(nested too deeply to show here: download the file to read it)"
+    if len(text) > PRETTY_JSON_CHARS:
+        left = len(text) - PRETTY_JSON_CHARS
+        text = f"{text[:PRETTY_JSON_CHARS]}\n… ({left:,} more characters: download the file)"
+    # A lone surrogate (from a JSON "\ud800" escape) cannot be sent as UTF-8.
+    return clean_text(text)
+
+
+def _cut_strings(value: Any, limit: int) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}… ({len(value) - limit:,} more characters)"
+    if isinstance(value, dict):
+        return {k: _cut_strings(v, limit) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut_strings(v, limit) for v in value]
+    return value
+
+
+@register.filter
+def head(value: Any, count: int) -> list[Any]:
+    """The first `count` items of any iterable (a dict's items too, which `slice` cannot cut):
+    a hostile upstream may send thousands of metadata pairs where the API allows 16."""
+    return list(itertools.islice(value, int(count)))
 
 
 @register.simple_tag
@@ -81,7 +118,7 @@ def copyable(value: str, css: str = "") -> str:
     if not value:
         return format_html('<span class="muted">{}</span>', "—")
     return format_html(
-        '<span class="copyable {}"><code title="{}">{}</code>'
+        '<span class="copyable {}"><code title="{}"><bdi>{}</bdi></code>'
         '<button type="button" class="copy" data-copy="{}" aria-label="Copy {}" hidden>'
         "copy</button></span>",
         css,

@@ -47,7 +47,11 @@ class ActivityFilterForm(forms.Form):
 def _day_start(day: dt.date | None, days: int = 0) -> dt.datetime | None:
     if day is None:
         return None
-    return dt.datetime.combine(day + dt.timedelta(days=days), dt.time(), tzinfo=dt.UTC)
+    try:
+        day += dt.timedelta(days=days)
+    except OverflowError:  # "until 31 December 9999": there is no day after, so no end
+        return None
+    return dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
 
 
 def _cursor(request: HttpRequest) -> tuple[dt.datetime, int] | None:

@@ -21,6 +21,7 @@ from ..services.result_files import (
     results_csv,
     results_ingest,
     results_touch,
+    safe_filename,
 )
 from ..services.submissions import AlreadySubmitted
 from .access import rule
@@ -154,7 +155,8 @@ def results_export(request: HttpRequest, slug: str, openai_id: str) -> HttpRespo
     if not _ingested(request, batch):
         return redirect(batch)
     response = StreamingHttpResponse(results_csv(batch=batch), content_type="text/csv")
-    response["Content-Disposition"] = f'attachment; filename="{batch.openai_id}_results.csv"'
+    name = safe_filename(f"{batch.openai_id}_results.csv")
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
 

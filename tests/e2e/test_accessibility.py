@@ -118,3 +118,19 @@ def test_no_page_has_a_serious_violation(ids, page_as, new_page, axe, scheme):
     checked += 1
     assert checked >= 16
     assert not problems, "\n".join(f"{where}: {found}" for where, found in problems.items())
+
+
+@pytest.mark.parametrize("width", [1024, 1366, 390])
+def test_copy_buttons_stay_inside_their_cards(ids, page_as, width):
+    page = page_as("sam", viewport={"width": width, "height": 900})
+    for which in ("running", "done"):
+        page.goto(f"/connections/default/batches/{ids[which]}/")
+        outside = page.evaluate(
+            """() => [...document.querySelectorAll('button.copy')].filter(button => {
+                const box = button.getBoundingClientRect();
+                const card = button.closest('.card, main').getBoundingClientRect();
+                const out = box.right > card.right + 0.5 || box.left < card.left - 0.5;
+                return box.width > 0 && out;
+            }).map(button => button.closest('[class]').className)"""
+        )
+        assert outside == [], (which, width, outside)
