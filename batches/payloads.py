@@ -71,20 +71,50 @@ def clean_text(text: str) -> str:
 def clean_json(value: Any) -> Any:
     """A parsed JSON value with :func:`clean_text` applied to every string, keys included, and
     NaN and infinities (Python's reader accepts them, JSON columns do not) made None. Returns
-    the value itself when nothing needed cleaning, so the common case copies nothing."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, str):
-        return clean_text(value) if _NOT_STORABLE.search(value) else value
-    if isinstance(value, dict):
-        pairs = [(k, v, clean_json(k), clean_json(v)) for k, v in value.items()]
-        if all(ck is k and cv is v for k, v, ck, cv in pairs):
-            return value
-        return {ck: cv for _k, _v, ck, cv in pairs}
-    if isinstance(value, list):
-        items = [clean_json(item) for item in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    return value
+    the value itself when nothing needed cleaning, so the common case copies nothing.
+
+    Both passes walk with a stack of their own rather than by recursion: a payload nested as
+    deep as the JSON reader allows must not raise RecursionError here."""
+    if not _needs_cleaning(value):
+        return value
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]  # (item, its new parent, its key)
+    while stack:
+        item, parent, key = stack.pop()
+        if isinstance(item, dict):
+            parent[key] = copy = {}
+            for name, inner in item.items():
+                name = clean_text(name) if isinstance(name, str) else name
+                copy[name] = None  # keeps the order of the keys; filled when popped
+                stack.append((inner, copy, name))
+        elif isinstance(item, list):
+            parent[key] = copy = [None] * len(item)
+            stack.extend((inner, copy, i) for i, inner in enumerate(item))
+        elif isinstance(item, str):
+            parent[key] = clean_text(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            parent[key] = None
+        else:
+            parent[key] = item
+    return root[0]
+
+
+def _needs_cleaning(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _NOT_STORABLE.search(item):
+                return True
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def normalize_batch(payload: dict[str, Any]) -> dict[str, Any]:
