@@ -18,6 +18,14 @@ from .services.tokens import token_create as make_token
 from .services.tokens import token_revoke as revoke_token
 
 
+class _Once(str):
+    """The new token, for its page. Django's template engine logs the whole context (its repr)
+    at DEBUG when a lookup fails, so the repr must not hold the token."""
+
+    def __repr__(self) -> str:
+        return "'<the new token, not logged>'"
+
+
 class TokenForm(forms.Form):
     name = forms.CharField(
         max_length=100,
@@ -48,7 +56,8 @@ def token_create(request: HttpRequest) -> HttpResponse:
         return redirect("profile")
     made = make_token(user=request.user, **form.cleaned_data)
     # Shown in this answer and nowhere else: not stored, not put in a message or the session.
-    response = render(request, "api/token_created.html", {"token": made.token, "plain": made.plain})
+    context = {"token": made.token, "plain": _Once(made.plain)}
+    response = render(request, "api/token_created.html", context)
     response["Cache-Control"] = "no-store"
     return response
 

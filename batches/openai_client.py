@@ -510,10 +510,28 @@ def _maybe_sent(exc: Exception) -> bool:
     return not any(word in text for word in refused)
 
 
+# A word of an upstream message, dots between its parts allowed ("sk-abc...wxyz").
+_WORD = re.compile(r"[\w*…\-]+(?:\.{2,}[\w*…\-]+)*")
+_KEY_PREFIXES = ("sk-", "rk-")
+_KEY_PIECE = 8  # this many characters of the key in a row give part of it away
+
+
 def _redact(text: str, config: ClientConfig) -> str:
-    if config.api_key and config.api_key in text:
-        text = text.replace(config.api_key, "***")
-    return text
+    """The message without the key. A server that refuses a key quotes it, whole or in part
+    (OpenAI: "Incorrect API key provided: sk-abc12****…wxyz"): every word that looks like a key,
+    or holds 8 characters in a row of this one, goes."""
+    key = config.api_key
+    if key:
+        text = text.replace(key, "***")
+    pieces = {key[i : i + _KEY_PIECE] for i in range(len(key) - _KEY_PIECE + 1)} if key else set()
+
+    def hide(match: re.Match[str]) -> str:
+        word = match.group()
+        if word.startswith(_KEY_PREFIXES) or any(piece in word for piece in pieces):
+            return "***"
+        return word
+
+    return _WORD.sub(hide, text)
 
 
 def _transport_message(exc: Exception, config: ClientConfig) -> str:
