@@ -65,9 +65,10 @@ def log_lines() -> Iterator[io.StringIO]:
         if isinstance(h.formatter, TextFormatter | JsonFormatter)
     )
     stream = io.StringIO()
-    previous = handler.setStream(stream)
+    # Swapped, not setStream(): that flushes the old stream, which pytest may have closed.
+    previous, handler.stream = handler.stream, stream
     yield stream
-    handler.setStream(previous)
+    handler.stream = previous
 
 
 @pytest.fixture
