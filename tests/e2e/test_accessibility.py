@@ -121,7 +121,7 @@ def test_no_page_has_a_serious_violation(ids, page_as, new_page, axe, scheme):
 
 
 @pytest.mark.parametrize("width", [1024, 1366, 390])
-def test_copy_buttons_stay_inside_their_cards(ids, page_as, width):
+def test_copy_buttons_stay_inside_their_cards(ids, page_as, shot, width):
     page = page_as("sam", viewport={"width": width, "height": 900})
     for which in ("running", "done"):
         page.goto(f"/connections/default/batches/{ids[which]}/")
@@ -131,6 +131,15 @@ def test_copy_buttons_stay_inside_their_cards(ids, page_as, width):
                 const card = button.closest('.card, main').getBoundingClientRect();
                 const out = box.right > card.right + 0.5 || box.left < card.left - 0.5;
                 return box.width > 0 && out;
-            }).map(button => button.closest('[class]').className)"""
+            }).map(button => {
+                const box = button.getBoundingClientRect();
+                const holder = button.closest('.card, main');
+                const card = holder.getBoundingClientRect();
+                const where = holder.querySelector('h1, h2');
+                return `${where ? where.textContent.trim() : holder.tagName}: button ` +
+                    `${box.left.toFixed(0)}-${box.right.toFixed(0)}, ` +
+                    `card ${card.left.toFixed(0)}-${card.right.toFixed(0)}`;
+            })"""
         )
         assert outside == [], (which, width, outside)
+        shot(page, f"detail-{which}-{width}px")

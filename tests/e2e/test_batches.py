@@ -34,7 +34,8 @@ def badge(page):
 def fact(page, section: str, name: str):
     """The value beside NAME in a card's facts list (e.g. Progress → Succeeded)."""
     card = page.locator("section.card", has=page.get_by_role("heading", name=section))
-    return card.locator(f"dt:text-is('{name}') + dd")
+    # The name may sit in a <bdi> (metadata keys from upstream are isolated for bidi text).
+    return card.locator(f"dt:text-is('{name}') + dd, dt:has(bdi:text-is('{name}')) + dd")
 
 
 def sync_and_open(page, openai_id: str) -> None:
