@@ -27,7 +27,7 @@ from django.utils import timezone
 from ..jsonl_check import check_jsonl
 from ..models import Batch, Connection, Event, ResultFile, ResultRow, Submission
 from ..openai_client import NotFound, OpenAIClient, OpenAIError, UpstreamUnavailable
-from ..payloads import clean_text
+from ..payloads import clean_json, clean_text
 from ..results import (
     ResultLineError,
     ResultSummary,
@@ -226,10 +226,13 @@ def batch_summarize(*, batch: Batch, client: OpenAIClient | None = None) -> Resu
     errors = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
     with _open(output) as out_stream, _open(errors) as err_stream:
         summary = summarize([out_stream, err_stream], total_requests=batch.request_total)
+    # Error codes and messages come from upstream: a lone surrogate would not be valid JSON
+    # for PostgreSQL (SQLite stores it; pages would then fail to encode it).
+    stored = clean_json(summary.to_dict())
     Batch.objects.filter(pk=batch.pk).update(
-        result_summary=summary.to_dict(), summary_computed_at=timezone.now()
+        result_summary=stored, summary_computed_at=timezone.now()
     )
-    batch.result_summary = summary.to_dict()
+    batch.result_summary = stored
     return summary
 
 
