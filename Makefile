@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: run test lint format worker simulator clean
+.PHONY: run test lint format worker simulator clean bench bench-smoke bench-all
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,26 @@ worker: $(STAMP)
 
 simulator: $(STAMP)
 	$(PY) -m simulator --port 8765
+
+## Benchmarks (bench/README.md): every page under load at 1,000, 10,000 and 100,000 batches,
+## written to bench/RESULTS.md (about 15 minutes); needs `wrk` (apt-get install wrk)
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+## The same, small and short, for CI: no timing assertions, results in a temporary file
+bench-smoke: $(STAMP)
+	$(PY) bench/run.py --sizes 1000 --duration 1 --connections 1 --result-lines 2000 \
+		--output $(or $(BENCH_OUTPUT),$${TMPDIR:-/tmp}/batchweb-bench-smoke.md)
+
+## `make bench`, then every other benchmark in bench/ (each prints its own table; about 30 min)
+bench-all: bench
+	$(PY) bench/validate_jsonl.py
+	$(PY) bench/results_summary.py
+	$(PY) bench/upload_memory.py
+	$(PY) bench/sync_calls.py
+	$(PY) bench/results_viewer.py
+	$(PY) bench/list_page.py
+	$(PY) bench/spend_page.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

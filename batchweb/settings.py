@@ -326,6 +326,20 @@ SYNC_HOUSEKEEPING_EVERY_SECONDS = env.float(
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
 
+# --- Caches (README: "Benchmarks") -----------------------------------------------------------
+# Per process. "rows" keeps the list's rendered rows (batches/views/rows.py), keyed by the
+# state of each batch: correct whatever the backend, shared or not, so a multi-process setup
+# gets correctness from the key, never from invalidation. About 2 KB a row.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "rows": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "batchweb-rows",
+        "TIMEOUT": 24 * 3600,
+        "OPTIONS": {"MAX_ENTRIES": env.int("BATCHWEB_ROW_CACHE_ENTRIES", default=5000)},
+    },
+}
+
 # --- Results --------------------------------------------------------------------------------
 # Local copies of result files (and the results table built from them) unused this long are
 # removed by the worker; they are fetched again when someone opens them.

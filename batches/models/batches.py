@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
+from django.db import connection as db_connection
 from django.db.models import Count, Q
 from django.utils import timezone
 
@@ -122,6 +124,33 @@ class BatchQuerySet(models.QuerySet["Batch"]):
             .filter(Q(next_refresh_at__isnull=True) | Q(next_refresh_at__lte=now))
             .order_by(models.F("next_refresh_at").asc(nulls_first=True), "id")
         )
+
+
+def label_choices(*, connection_ids: Sequence[int] | None, limit: int) -> list[str]:
+    """The distinct non-empty labels of the batches on `connection_ids` (None: all), in
+    order, at most `limit`. A walk of the label index, one probe per label (a "loose index
+    scan", which neither SQLite nor PostgreSQL makes of a DISTINCT by itself): about a
+    millisecond at 100,000 batches, where SELECT DISTINCT read the whole index (20 ms)."""
+    if connection_ids is not None and not connection_ids:
+        return []
+    table = db_connection.ops.quote_name(Batch._meta.db_table)
+    scope, params = "", []
+    if connection_ids is not None:
+        # The unary + keeps SQLite on the label index (by the connection index it would read a
+        # connection's every batch at each step); PostgreSQL reads it as the plain column.
+        scope = f" AND +connection_id IN ({', '.join(['%s'] * len(connection_ids))})"
+        params = [int(pk) for pk in connection_ids]
+    # The table's own name is formatted in; every value is a parameter.
+    sql = (
+        "WITH RECURSIVE walk(label, n) AS ("  # noqa: S608
+        f" SELECT (SELECT MIN(label) FROM {table} WHERE label > ''{scope}), 1"
+        f" UNION ALL SELECT (SELECT MIN(label) FROM {table} WHERE label > walk.label{scope}),"
+        " n + 1 FROM walk WHERE walk.label IS NOT NULL AND n < %s"
+        ") SELECT label FROM walk WHERE label IS NOT NULL"
+    )
+    with db_connection.cursor() as cursor:
+        cursor.execute(sql, [*params, *params, int(limit)])
+        return [row[0] for row in cursor.fetchall()]
 
 
 class Batch(models.Model):

@@ -28,6 +28,7 @@ from ..models import (
     Event,
     Status,
     access_for,
+    label_choices,
 )
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
@@ -35,6 +36,7 @@ from ..services.result_files import batches_csv
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
 from .lookups import batch_for
+from .rows import rendered_rows
 
 PAGE_SIZE = 50
 # The label filter offers at most this many labels (the search box finds the rest).
@@ -67,15 +69,19 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         else:
             total = sum(n for s, n in counts.items() if statuses is None or s in statuses)
         tabs.append({"key": key, "label": label, "count": total, "active": key == status})
-    rows = _with_status(base, status)
+    # Connections come from the scope, one object each, rather than joined into every row.
+    rows = _with_status(base, status).select_related(None).select_related("created_by")
     page, newer, older = _keyset_page(request, rows)
+    scope.attach_connections(page)
     params = {k: v for k, v in filters.items() if v}
     live = [b for b in page if not b.is_terminal]
     services.etas_attach(batches=live)  # finish-time estimates: one query for the whole page
     choices = scope.tallies().filter(count__gt=0)
     creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
+    show_connection = len(scope.connections) > 1
     context = {
         "batches": page,
+        "rows": rendered_rows(page, show_connection=show_connection),
         "tabs": tabs,
         "params": params,
         "newer_url": _page_url(params, before=newer) if newer else None,
@@ -87,9 +93,8 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         "creators": get_user_model().objects.filter(pk__in=list(creator_ids))
         .order_by("username").values_list("username", flat=True),
         "connections": scope.connections,
-        "show_connection": len(scope.connections) > 1,
-        "labels": scope.batches().exclude(label="").order_by("label")
-        .values_list("label", flat=True).distinct()[:LABEL_CHOICES],
+        "show_connection": show_connection,
+        "labels": scope.labels(),
         "filtered": bool(params),
         "live_ids": _live_ids(live),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
@@ -118,12 +123,14 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
         f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
     ]
     services.etas_attach(batches=batches)  # finish-time estimates: one query for all rows
+    show_connection = len(services.connections_for(request.user)) > 1
     context = {
         "batches": batches,
+        "rows": rendered_rows(batches, show_connection=show_connection, oob=True),
         "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcements": announcements,
-        "show_connection": len(services.connections_for(request.user)) > 1,
+        "show_connection": show_connection,
     }
     return render(request, "batches/includes/rows_live.html", context)
 
@@ -178,6 +185,7 @@ class _Scope:
         self.connections = services.connections_for(user)
         self.ids = access.ids
         self.everything = access.everything
+        self.by_id = {c.pk: c for c in access.connections}
         slug = filters.get("connection")
         self.chosen = next((c for c in self.connections if c.slug == slug), None) if slug else None
         self.nothing = bool(slug) and self.chosen is None
@@ -189,6 +197,18 @@ class _Scope:
         if self.chosen:
             return rows.filter(connection=self.chosen)
         return rows if self.everything else rows.filter(connection_id__in=self.ids)
+
+    def attach_connections(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            if batch.connection_id in self.by_id:
+                batch.connection = self.by_id[batch.connection_id]
+
+    def labels(self) -> list[str]:
+        """The label filter's choices, in order."""
+        if self.nothing:
+            return []
+        ids = [self.chosen.pk] if self.chosen else None if self.everything else list(self.ids)
+        return label_choices(connection_ids=ids, limit=LABEL_CHOICES)
 
     def tallies(self) -> Any:
         if self.nothing:

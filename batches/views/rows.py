@@ -1,0 +1,99 @@
+"""The list's rows, rendered once per version of a batch and kept in Django's cache.
+
+Rendering 50 rows through the template engine was most of a list request (issue 14); a row
+changes only when its batch does. A row's key is a digest of everything it may show: every
+field of the batch as loaded, its connection's slug and name, its creator's name, its
+finish-time estimate in words, and the templates' own text. Any write to a batch (a sync, a
+label, a cost, a rename) changes the key, so a cached row is never older than the batch just
+read from the database; nothing is ever invalidated, old keys just age out.
+
+Access is not the cache's business: rows are looked up only for batches the request's own
+query returned (filtered by what the person may see), and a row holds nothing that depends on
+who looks (no buttons, no request). The one part that changes with the clock, "created 3 h
+ago", is put in at serve time.
+
+The default cache is per process (LocMemCache): each gunicorn worker keeps its own rows. A
+shared cache (Redis, memcached) would work unchanged; correctness never depends on sharing,
+since the key follows the batch's state in the database every worker reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Sequence
+from functools import cache as once
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.template.loader import get_template, render_to_string
+from django.utils.safestring import SafeString, mark_safe
+
+from ..models import Batch
+from ..templatetags.batchweb import reltime
+
+ROW_TEMPLATE = "batches/includes/row.html"
+# The templates a row is made of: their text is part of every key, so a deploy that changes
+# them cannot serve rows of the old shape from a shared cache.
+ROW_TEMPLATES = (
+    ROW_TEMPLATE,
+    "batches/includes/status.html",
+    "batches/includes/progress.html",
+    "batches/includes/eta.html",
+)
+CACHE_ALIAS = "rows"
+TIMEOUT_SECONDS = 24 * 3600
+_CREATED = "\x00created\x00"  # where the relative creation time goes (no template emits NUL)
+
+
+def rendered_rows(
+    batches: Sequence[Batch], *, show_connection: bool, oob: bool = False
+) -> list[SafeString]:
+    """The table rows of `batches` (each with `eta` set), in order, from the cache where it
+    has them."""
+    rows_cache = caches[CACHE_ALIAS]
+    keys = [_key(b, show_connection=show_connection, oob=oob) for b in batches]
+    found = rows_cache.get_many(keys)
+    fresh = {}
+    out = []
+    for batch, key in zip(batches, keys, strict=True):
+        created = reltime(batch.created_at)
+        stored = found.get(key)
+        if stored is None:
+            html = render_to_string(
+                ROW_TEMPLATE, {"batch": batch, "show_connection": show_connection, "oob": oob}
+            )
+            # The clock may tick between the two calls to reltime: then keep it uncached.
+            if html.count(created) == 1:
+                fresh[key] = html.replace(created, _CREATED)
+            out.append(mark_safe(html))  # noqa: S308 - the template escaped it
+        else:
+            out.append(mark_safe(stored.replace(_CREATED, created)))  # noqa: S308
+    if fresh:
+        rows_cache.set_many(fresh, timeout=TIMEOUT_SECONDS)
+    return out
+
+
+def _key(batch: Batch, *, show_connection: bool, oob: bool) -> str:
+    eta = getattr(batch, "eta", None)
+    # Every field as loaded, not the estimate (it holds the time of the request).
+    state = [(k, v) for k, v in batch.__dict__.items() if k[0] != "_" and k != "eta"]
+    parts: tuple[Any, ...] = (
+        state,
+        batch.connection.slug,
+        batch.connection.name,
+        batch.creator_name(),
+        (eta.state, eta.short(), eta.text()) if eta else None,
+        show_connection,
+        oob,
+        _templates_digest.__wrapped__() if settings.DEBUG else _templates_digest(),
+    )
+    digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
+    return f"row:{batch.pk}:{digest}"
+
+
+@once  # per process; with DEBUG (templates reloaded on change) read each time
+def _templates_digest() -> str:
+    text = "".join(get_template(name).template.source for name in ROW_TEMPLATES)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -1,0 +1,199 @@
+"""The cache of rendered list rows (batches/views/rows.py): a row is served from the cache only
+while its batch is as it was when it was rendered; what a person may see, and the parts of a
+page that depend on their role, never come from another person's request."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.core.cache import caches
+from django.urls import reverse
+from django.utils import timezone
+
+from batches.models import Batch, Connection
+from batches.services import batch_upsert
+from batches.views import rows as row_cache
+from tests.conftest import make_batch
+
+LIST = reverse("batch-list")
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    caches[row_cache.CACHE_ALIAS].clear()
+    yield
+    caches[row_cache.CACHE_ALIAS].clear()
+
+
+@pytest.fixture
+def renders(monkeypatch) -> list[str]:
+    """The rows rendered through the template engine (cache misses), by batch id."""
+    seen: list[str] = []
+    real = row_cache.render_to_string
+
+    def counting(name, context):
+        seen.append(context["batch"].openai_id)
+        return real(name, context)
+
+    monkeypatch.setattr(row_cache, "render_to_string", counting)
+    return seen
+
+
+@pytest.fixture
+def research(db) -> Connection:
+    connection = Connection.objects.create(
+        name="Research", slug="research", base_url="https://r.example.test/v1", key_env="R_KEY"
+    )
+    connection.groups.add(Group.objects.create(name="Research"))
+    return connection
+
+
+def add(openai_id: str, **fields) -> Batch:
+    fields.setdefault("status", "completed")
+    return batch_upsert(payload=make_batch(id=openai_id, **fields)).batch
+
+
+def row_of(response, batch: Batch) -> str:
+    found = re.search(rf'<tr id="row-{batch.pk}".*?</tr>', response.content.decode(), re.S)
+    return found.group(0) if found else ""
+
+
+def test_a_second_look_renders_no_row_again(viewer_client, renders):
+    add("batch_a")
+    add("batch_b")
+    viewer_client.get(LIST)
+    assert sorted(renders) == ["batch_a", "batch_b"]
+    renders.clear()
+    response = viewer_client.get(LIST)
+    assert renders == []
+    assert "batch_a" in response.content.decode()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"label": "renamed by hand", "label_edited": True},
+        {"request_completed": 77, "request_total": 100},
+        {"status": "failed"},
+        {"model": "gpt-new"},
+    ],
+    ids=["label", "counts", "status", "model"],
+)
+def test_a_write_shows_at_once_through_update(viewer_client, change):
+    batch = add("batch_a")
+    before = row_of(viewer_client.get(LIST), batch)
+    Batch.objects.filter(pk=batch.pk).update(**change)  # no save(), no signal
+    after = row_of(viewer_client.get(LIST), batch)
+    assert after != before
+    shown = {"label": "renamed by hand", "request_completed": "77", "model": "gpt-new"}
+    for field, text in shown.items():
+        if field in change:
+            assert text in after
+    if "status" in change:
+        assert "s-failed" in after
+
+
+def test_a_write_through_save_shows_at_once(viewer_client):
+    batch = add("batch_a")
+    viewer_client.get(LIST)
+    batch.label = "saved label"
+    batch.save()
+    assert "saved label" in row_of(viewer_client.get(LIST), batch)
+
+
+def test_a_renamed_connection_and_creator_show_at_once(client, research, admin_user):
+    batch = add("batch_a", metadata={"batchweb_user": admin_user.username})
+    batch_upsert(payload=make_batch(id="batch_r"), connection=research)
+    client.force_login(admin_user)  # sees both connections: the rows name theirs
+    first = row_of(client.get(LIST), batch)
+    assert admin_user.username in first
+    Connection.objects.filter(pk=batch.connection_id).update(name="Renamed connection")
+    User.objects.filter(pk=admin_user.pk).update(username="alice2")
+    again = row_of(client.get(LIST), batch)
+    assert "Renamed connection" in again
+    assert "alice2" in again
+
+
+def test_the_relative_time_is_not_cached(viewer_client, monkeypatch):
+    batch = add("batch_a", created_at=int(timezone.now().timestamp()) - 120)
+    assert "2 min ago" in row_of(viewer_client.get(LIST), batch)
+    later = timezone.now() + dt.timedelta(hours=3)
+    monkeypatch.setattr("batches.templatetags.batchweb.timezone.now", lambda: later)
+    assert "3 h ago" in row_of(viewer_client.get(LIST), batch)
+
+
+def test_a_person_outside_a_connection_never_gets_its_cached_rows(client, research, viewer):
+    secret = batch_upsert(
+        payload=make_batch(id="batch_secret", status="in_progress"), connection=research
+    ).batch
+    add("batch_public")
+    admin = User.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    client.force_login(admin)
+    assert "batch_secret" in client.get(LIST).content.decode()  # its row is now cached
+    live = reverse("batch-rows-live") + f"?ids={secret.pk}:validating"
+    assert "batch_secret" in client.get(live).content.decode()
+
+    client.force_login(viewer)
+    page = client.get(LIST).content.decode()
+    assert 'data-batch-id="batch_public"' in page
+    assert "batch_secret" not in page
+    assert "batch_secret" not in client.get(live).content.decode()
+    found = client.get(LIST + "?q=batch_secret").content.decode()
+    assert 'data-batch-id="batch_secret"' not in found
+
+
+def test_role_dependent_parts_differ_per_role(client, operator, viewer, submitter):
+    add("batch_a")
+    client.force_login(operator)
+    page = client.get(LIST).content.decode()
+    assert "Sync now" in page
+
+    client.force_login(viewer)
+    page = client.get(LIST).content.decode()
+    assert "Sync now" not in page
+    assert "batch_a" in page
+
+    client.force_login(submitter)
+    page = client.get(LIST).content.decode()
+    assert "Sync now" not in page
+    assert 'class="button primary"' in page  # New batch
+
+
+def test_the_connection_column_follows_the_person(client, research, viewer):
+    """Someone who sees two connections gets the connection column; someone who sees one
+    does not, even when the other person's rows are cached."""
+    batch = add("batch_a")
+    batch_upsert(payload=make_batch(id="batch_r"), connection=research)
+    admin = User.objects.create_superuser("root", "root@example.com", "pw-root-123")
+    client.force_login(admin)
+    assert 'data-label="Connection"' in row_of(client.get(LIST), batch)
+    client.force_login(viewer)
+    assert 'data-label="Connection"' not in row_of(client.get(LIST), batch)
+
+
+def test_the_label_choices_walk_gives_what_distinct_gave(db, research):
+    """`label_choices` (a walk of the label index) against a plain DISTINCT, with and without a
+    connection scope, with a limit, and with no connection at all."""
+    from batches.models import default_connection, label_choices
+
+    for i, label in enumerate(["b", "a", "", "c", "a", "Zed", "ä"]):
+        add(f"batch_{i}", metadata={"job": label} if label else {})
+    batch_upsert(payload=make_batch(id="batch_r", metadata={"job": "secret"}), connection=research)
+
+    def distinct(ids=None):
+        rows = Batch.objects.exclude(label="")
+        if ids is not None:
+            rows = rows.filter(connection_id__in=ids)
+        return list(rows.order_by("label").values_list("label", flat=True).distinct())
+
+    default = default_connection().pk
+    assert label_choices(connection_ids=None, limit=200) == distinct()
+    assert "secret" in label_choices(connection_ids=None, limit=200)
+    assert label_choices(connection_ids=[default], limit=200) == distinct([default])
+    assert "secret" not in label_choices(connection_ids=[default], limit=200)
+    assert label_choices(connection_ids=[research.pk], limit=200) == ["secret"]
+    assert label_choices(connection_ids=None, limit=2) == distinct()[:2]
+    assert label_choices(connection_ids=[], limit=200) == []
