@@ -202,3 +202,22 @@ def test_nice_steps_and_column_geometry():
     assert empty.empty
     rows = charts.bars(points[::-1]).rows
     assert rows[0].width > rows[1].width > rows[2].width == 0
+
+
+def test_figures_are_drawn_once_per_set_of_figures_and_a_change_shows_at_once(viewer_client):
+    """The charts and tables are cached by a digest of what they show: a second view draws
+    nothing again, and any change in the figures (a new cost) is on the next page."""
+    from django.core.cache import caches
+
+    caches["rows"].clear()
+    make(default_connection(), 1, cost="1.00")
+    first = viewer_client.get("/spend/?range=7d").content.decode()
+    assert "$1.00" in first
+    keys = len(caches["rows"]._cache)
+    second = viewer_client.get("/spend/?range=7d").content.decode()
+    figures = '<section class="stats"'
+    assert second.split(figures, 1)[1] == first.split(figures, 1)[1]
+    assert len(caches["rows"]._cache) == keys  # the same figures: nothing drawn again
+    Batch.objects.filter(openai_id="batch_default_1").update(cost_usd=Decimal("2.50"))
+    again = viewer_client.get("/spend/?range=7d").content.decode()
+    assert "$2.50" in again and "$1.00" not in again

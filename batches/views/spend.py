@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import hashlib
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cache as once
 from typing import Any
 
 from django import forms
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
+from django.template.loader import get_template, render_to_string
 from django.utils import timezone
 from django.utils.http import urlencode
+from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
 from .. import charts, roles
@@ -166,6 +171,15 @@ def spend(request: HttpRequest) -> HttpResponse:
     ]
     if len(connections) > 1 and chosen is None:
         tables.append(_breakdown("connection", "By connection", report.by["connection"], ""))
+    figures = {
+        "report": report,
+        "total": report.total,
+        "chosen": chosen,
+        "grain_word": choice.grain,
+        "time": _time_charts(report),
+        "tables": tables,
+        "csv_query": urlencode(params),
+    }
     context = {
         "form": SpendForm(
             initial={
@@ -177,18 +191,52 @@ def spend(request: HttpRequest) -> HttpResponse:
             }
         ),
         "choice": choice,
-        "report": report,
-        "total": report.total,
         "connections": connections,
         "chosen": chosen,
         "show_connection": len(connections) > 1,
-        "grain_word": choice.grain,
-        "time": _time_charts(report),
-        "tables": tables,
-        "csv_query": urlencode(params),
         "range_words": _range_words(choice),
     }
+    context["figures"] = _figures_html(figures)
     return render(request, "batches/spend/spend.html", context)
+
+
+FIGURES_TEMPLATE = "batches/spend/figures.html"
+
+
+def _figures_html(context: dict[str, Any]) -> SafeString:
+    """The totals, charts and tables, rendered once per set of figures: most of a spend page's
+    time was the template engine drawing the same bars again. The key is a digest of every
+    figure, name and link the fragment shows (and of the template's text), so equal keys mean
+    equal HTML: never stale, nothing to invalidate, nothing person-specific (a person's
+    connections only change which figures there are)."""
+    report: SpendReport = context["report"]
+    shown = (
+        report.query.start,
+        report.query.end,
+        report.query.grain,
+        report.over_time,
+        report.total,
+        [(t.table, t.title, t.list_filter, t.more, t.shares, t.chart) for t in context["tables"]],
+        context["chosen"].name if context["chosen"] else "",
+        context["csv_query"],
+        _template_text(),
+    )
+    key = "spend:" + hashlib.sha256(repr(shown).encode()).hexdigest()
+    store = caches["rows"]
+    html = store.get(key)
+    if html is None:
+        html = render_to_string(FIGURES_TEMPLATE, context)
+        store.set(key, html)
+    return mark_safe(html)  # noqa: S308 - rendered by the template engine above, escaped there
+
+
+@once
+def _template_text() -> str:
+    template = get_template(FIGURES_TEMPLATE).template
+    return template.source + "".join(
+        get_template(name).template.source
+        for name in ("batches/spend/columns.svg.html", "batches/spend/bars.svg.html")
+    )
 
 
 @rule(roles.VIEW)
