@@ -191,6 +191,26 @@ def finish(process: subprocess.Popen, what: str, timeout: float = 60) -> str:
     return output
 
 
+def wait_for_import(env: dict[str, str], ids: list[str], timeout: float = 60) -> None:
+    """Wait until the worker has cached every batch in `ids` (seeded into a simulator)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        output = finish(
+            start_manage(
+                env,
+                "shell",
+                "-c",
+                "from batches.models import Batch; "
+                f"print(Batch.objects.filter(openai_id__in={ids!r}).count())",
+            ),
+            "shell (are the batches imported?)",
+        )
+        if output.strip().endswith(str(len(ids))):
+            return
+        time.sleep(1)
+    pytest.fail(f"the worker did not import the seeded batches within {timeout:.0f} s")
+
+
 def stop(process: subprocess.Popen, timeout: float = 10) -> None:
     if process.poll() is None:
         process.terminate()

@@ -6,12 +6,11 @@ batch pages, a viewer for a refusal, nobody for the sign-in page."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import BASE_DIR, expect, finish, start_manage
+from tests.e2e.conftest import BASE_DIR, expect, wait_for_import
 
 pytestmark = pytest.mark.e2e
 
@@ -31,24 +30,7 @@ def ids(sim, web_server, server_env) -> dict[str, str]:
     """A running batch and a finished one with results, imported by the worker."""
     running = sim.seed(1, "in_progress", requests=1000, metadata={"job": "a11y running"})
     done = sim.seed(1, "completed", metadata={"job": "a11y done"})
-    wanted = [running["first_id"], done["first_id"]]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        output = finish(
-            start_manage(
-                server_env,
-                "shell",
-                "-c",
-                "from batches.models import Batch; "
-                f"print(Batch.objects.filter(openai_id__in={wanted!r}).count())",
-            ),
-            "shell (are the batches imported?)",
-        )
-        if output.strip().endswith("2"):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("the worker did not import the seeded batches within 60 s")
+    wait_for_import(server_env, [running["first_id"], done["first_id"]])
     return {"running": running["first_id"], "done": done["first_id"]}
 
 

@@ -3,12 +3,11 @@ chart equal to the table beside it; usable by keyboard, light and dark."""
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
 
 import pytest
 
-from tests.e2e.conftest import expect, finish, start_manage
+from tests.e2e.conftest import expect, finish, start_manage, wait_for_import
 
 pytestmark = pytest.mark.e2e
 
@@ -17,23 +16,7 @@ pytestmark = pytest.mark.e2e
 def priced(sim, web_server, server_env) -> str:
     """Finished batches with usage in the simulator, imported by the worker and priced."""
     answer = sim.seed(4, "completed", metadata={"job": "spend e2e"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        output = finish(
-            start_manage(
-                server_env,
-                "shell",
-                "-c",
-                "from batches.models import Batch; "
-                f"print(Batch.objects.filter(openai_id='{answer['last_id']}').count())",
-            ),
-            "shell (is the batch imported?)",
-        )
-        if output.strip().endswith("1"):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("the worker did not import the seeded batches within 60 s")
+    wait_for_import(server_env, [answer["first_id"], answer["last_id"]])
     # Prices are the worker's minute chore; compute them now rather than wait for it.
     finish(start_manage(server_env, "costs_recompute", "--all"), "costs_recompute")
     return answer["last_id"]
