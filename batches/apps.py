@@ -21,12 +21,13 @@ class BatchesConfig(AppConfig):
 
         from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
         from .middleware import session_started
-        from .models import Batch
+        from .models import Batch, generation
         from .roles import ensure_roles
         from .services import audit, signin, spend
 
         post_migrate.connect(ensure_roles, sender=self)
         post_migrate.connect(ensure_default_connection, sender=self)
+        generation.watch_writes()  # cached pages: every write raises the generation
         post_delete.connect(spend.batch_deleted, sender=Batch, dispatch_uid="bw-spend-deleted")
         auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
         auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")

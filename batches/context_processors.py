@@ -10,6 +10,13 @@ def dashboard(request: HttpRequest) -> dict:
     one outage banner per connection they may see."""
     if not getattr(request, "user", None) or not request.user.is_authenticated:
         return {"demo_mode": settings.BATCHWEB_DEMO}
+    found = getattr(request, "_bw_dashboard", None)
+    if found is None:  # once a request: a page drawn in parts (page_cache) asks more than once
+        found = request._bw_dashboard = _dashboard(request)
+    return found
+
+
+def _dashboard(request: HttpRequest) -> dict:
     connections = [
         c
         for c in connections_for(request.user)

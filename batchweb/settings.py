@@ -109,9 +109,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
-    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+# Each web thread keeps its connection between requests (a minute unused at most): opening one
+# (and, for SQLite, setting it up) cost more than a page served from the page cache.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -337,6 +338,14 @@ CACHES = {
         "LOCATION": "batchweb-rows",
         "TIMEOUT": 24 * 3600,
         "OPTIONS": {"MAX_ENTRIES": env.int("BATCHWEB_ROW_CACHE_ENTRIES", default=5000)},
+    },
+    # Whole page bodies (the list, batch pages, live rows) per cache generation and person:
+    # batches/views/page_cache.py. Each is kept a minute at most.
+    "pages": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "batchweb-pages",
+        "TIMEOUT": 60,
+        "OPTIONS": {"MAX_ENTRIES": env.int("BATCHWEB_PAGE_CACHE_ENTRIES", default=2000)},
     },
 }
 

@@ -57,6 +57,23 @@ def no_network() -> Iterator[responses.RequestsMock]:
 
 
 @pytest.fixture(autouse=True)
+def page_cache_per_test(request, monkeypatch) -> Iterator[None]:
+    """Cached page bodies are keyed by the cache generation, which every test's rolled-back
+    database starts again at 0: each test starts with an empty page cache. And since a test's
+    transaction never commits, the generation is raised at once rather than at the commit
+    (tests/test_page_cache.py checks the real, after-commit order with committed transactions)."""
+    from django.core.cache import caches
+
+    from batches.models import generation
+
+    caches["pages"].clear()
+    if not request.node.get_closest_marker("real_commits"):
+        monkeypatch.setattr(generation, "_on_commit", lambda func, using=None: func())
+    yield
+    caches["pages"].clear()
+
+
+@pytest.fixture(autouse=True)
 def quiet_sign_ins(request) -> Iterator[None]:
     """`client.force_login` sends Django's sign-in signal, which the audit trail records; most
     tests are not about that entry. Tests marked `audit_sign_ins` keep it."""

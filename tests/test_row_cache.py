@@ -111,7 +111,8 @@ def test_a_renamed_connection_and_creator_show_at_once(client, research, admin_u
     first = row_of(client.get(LIST), batch)
     assert admin_user.username in first
     Connection.objects.filter(pk=batch.connection_id).update(name="Renamed connection")
-    User.objects.filter(pk=admin_user.pk).update(username="alice2")
+    admin_user.username = "alice2"  # as the admin site renames people: a save
+    admin_user.save()
     again = row_of(client.get(LIST), batch)
     assert "Renamed connection" in again
     assert "alice2" in again

@@ -36,6 +36,7 @@ from .connections import (
     default_connection_id,
 )
 from .costs import PriceOverride
+from .generation import CacheGeneration
 from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
 from .progress import ProgressSnapshot
 from .spend import SpendRollup
@@ -55,6 +56,7 @@ __all__ = [
     "Batch",
     "BatchQuerySet",
     "BatchTally",
+    "CacheGeneration",
     "CapacityLimit",
     "CapacityWait",
     "Channel",

@@ -16,6 +16,7 @@ from django.utils import timezone
 from ..payloads import clean_json, clean_text
 from .connections import Connection, access_for, default_connection_id
 from .costs import dollars
+from .generation import GenerationQuerySet
 
 
 class Status(models.TextChoices):
@@ -85,7 +86,13 @@ TOKEN_KEY = "batchweb_token"  # noqa: S105 - a metadata key, not a secret
 USER_KEY = "batchweb_user"
 
 
-class BatchQuerySet(models.QuerySet["Batch"]):
+class BatchQuerySet(GenerationQuerySet):
+    # A refresh lease and the spend roll-up mark are shown on no page. `synced_at` alone is
+    # the sync noting, each pass, that finished batches are still as cached: a page says
+    # "cached 3 min ago" up to a minute (the page cache's longest) behind rather than every
+    # cached page being drawn again after every pass.
+    unseen_fields = frozenset({"next_refresh_at", "spend_rolled", "synced_at"})
+
     def for_list(self) -> BatchQuerySet:
         """What the list page needs, in one query whatever the number of rows."""
         return self.select_related("created_by", "connection").defer(
@@ -116,7 +123,7 @@ class BatchQuerySet(models.QuerySet["Batch"]):
         days to be rolled up again."""
         if SPEND_FIELDS.intersection(kwargs) and "spend_rolled" not in kwargs:
             kwargs["spend_rolled"] = False
-        return super().update(**kwargs)
+        return super().update(**kwargs)  # and raises the cache generation (generation.py)
 
     def due_for_refresh(self, now: dt.datetime) -> BatchQuerySet:
         return (
@@ -702,6 +709,10 @@ class Submission(models.Model):
         return f"{self.token} ({self.state})"
 
 
+class ResultFileQuerySet(GenerationQuerySet):
+    unseen_fields = frozenset({"last_used_at"})  # when someone last opened it: no page shows it
+
+
 class ResultFile(models.Model):
     """A local copy of one of a batch's files, fetched on first use so the results viewer can
     page through it without downloading it again; removed after a retention period unused."""
@@ -719,6 +730,8 @@ class ResultFile(models.Model):
     lines = models.PositiveIntegerField(default=0)
     fetched_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = ResultFileQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -776,6 +789,8 @@ class BatchTally(models.Model):
     model = models.CharField(max_length=128)
     creator_id = models.BigIntegerField(default=0)
     count = models.BigIntegerField(default=0)
+
+    objects = GenerationQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from .batches import Batch, Submission
 from .connections import Connection
+from .generation import GenerationQuerySet
 
 # Larger than any provider's limit (OpenAI's highest tiers allow a few hundred billion): a
 # figure above this is a typing mistake, not a limit.
@@ -112,6 +113,8 @@ class CapacityWait(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = GenerationQuerySet.as_manager()
 
     class Meta:
         ordering = ("created_at", "id")

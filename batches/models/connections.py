@@ -10,11 +10,14 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.cache import caches
 from django.core.exceptions import ValidationError
 from django.db import models
 
 from .. import keystore
 from ..jsonl_check import ENDPOINTS
+from . import generation
+from .generation import GenerationQuerySet
 
 DEFAULT_SLUG = "default"
 
@@ -127,6 +130,8 @@ class Connection(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = GenerationQuerySet.as_manager()
 
     class Meta:
         ordering = ("name",)
@@ -298,14 +303,29 @@ class Access:
         return [c.pk for c in self.connections]
 
 
+CACHE_ALIAS = "pages"  # settings.CACHES: per process, entries kept a minute at most
+
+
 def access_for(user: Any) -> Access:
     """What `user` may see, in one query, kept on the user object for the rest of the request
-    (the list page, its filters and the freshness line all ask)."""
+    (the list page, its filters and the freshness line all ask) and in the cache for the
+    cache generation."""
     cached = getattr(user, "_batchweb_access", None)
     if cached is not None:
         return cached
     if not getattr(user, "is_authenticated", False):
         return Access((), False)
+    # Kept for the cache generation too: a change to connections, groups or people raises it.
+    key = f"access:{generation.as_first_read(user)}:{user.pk}"
+    access = caches[CACHE_ALIAS].get(key)
+    if access is None:
+        access = _access_now(user)
+        caches[CACHE_ALIAS].set(key, access)
+    user._batchweb_access = access
+    return access
+
+
+def _access_now(user: Any) -> Access:
     through = Connection.groups.through
     rows = list(
         Connection.objects.annotate(
@@ -318,9 +338,7 @@ def access_for(user: Any) -> Access:
         )
     )
     visible = tuple(c for c in rows if user.is_superuser or not c.restricted or c.member)
-    access = Access(visible, len(visible) == len(rows))
-    user._batchweb_access = access
-    return access
+    return Access(visible, len(visible) == len(rows))
 
 
 def default_connection() -> Connection:

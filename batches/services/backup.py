@@ -48,6 +48,8 @@ from django.db import connections, router, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 
+from ..models import generation
+
 FORMAT = 1
 MANIFEST = "manifest.json"
 DATABASE_FILES = {
@@ -308,6 +310,7 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
             "this code does not): restore it with that release."
         )
     result = RestoreResult(path=source, method=method)
+    cache_generation = generation.read_or_zero(using)
 
     if method == "sqlite":
         if connection.vendor != "sqlite":
@@ -330,6 +333,9 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
         raise BackupError(f"Unknown database method {method!r} in the manifest.")
     connection.close()
     ContentType.objects.clear_cache()
+    # The restored database may bring back an older cache generation: pages cached since
+    # must not be served as if they showed it (batches/views/page_cache.py).
+    generation.advance_past(cache_generation, using)
 
     result.files = _restore_data(source / "data", Path(settings.DATA_DIR))
     for name, setting in KEY_FILES.items():

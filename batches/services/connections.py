@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
+from django.core.cache import caches
 from django.http import Http404
 
 from ..models import (
@@ -19,6 +20,7 @@ from ..models import (
     Dialect,
     access_for,
     default_connection,
+    generation,
 )
 from ..openai_client import (
     MAX_RETRY_AFTER,
@@ -80,7 +82,7 @@ def connections_for(user: Any, *, usable: bool = False) -> list[Connection]:
     a key), in name order."""
     rows = getattr(user, "_batchweb_connections", None)
     if rows is None:  # kept for the request: the page and the freshness line both ask
-        rows = [c for c in access_for(user).connections if not _dormant(c)]
+        rows = [c for c in access_for(user).connections if not _dormant(c, user)]
         if getattr(user, "is_authenticated", False):
             user._batchweb_connections = rows
     if usable:
@@ -88,15 +90,18 @@ def connections_for(user: Any, *, usable: bool = False) -> list[Connection]:
     return rows
 
 
-def _dormant(connection: Connection) -> bool:
+def _dormant(connection: Connection, user: Any) -> bool:
     """The connection configured by the environment while OPENAI_API_KEY is unset (demo mode,
     or a team that uses only connections of its own) and it has no batches: nobody needs to
     see it."""
-    return (
-        connection.from_settings
-        and not settings.OPENAI_API_KEY
-        and not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()
-    )
+    if not connection.from_settings or settings.OPENAI_API_KEY:
+        return False
+    key = f"dormant:{generation.as_first_read(user)}:{connection.pk}"  # writes raise it
+    dormant = caches["pages"].get(key)
+    if dormant is None:
+        dormant = not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()
+        caches["pages"].set(key, dormant)
+    return dormant
 
 
 def connection_for(user: Any, slug: str) -> Connection:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import itertools
 import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django import template
@@ -22,8 +26,35 @@ def reltime(value: dt.datetime | None) -> str:
     if not value:
         return format_html('<span class="muted">{}</span>', "—")
     exact = value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return format_html(
-        '<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, ago(value)
+    words = f"\x00ago:{value.timestamp():.6f}\x00" if _AGO_LATER.get() else ago(value)
+    return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, words)
+
+
+# Pages kept in a cache (batches/views/page_cache.py) are drawn with a mark where each "3 h
+# ago" goes, and the words are put in when the page is served: a cached page says how long ago
+# as exactly as a fresh one. Templates escape NUL nowhere, but no text of batchweb's or of
+# upstream's reaches a page with one (payloads.clean_text removes them).
+_AGO_LATER: contextvars.ContextVar[bool] = contextvars.ContextVar("ago_later", default=False)
+_AGO_MARK = re.compile("\x00ago:(-?[0-9]+\\.[0-9]+)\x00")
+
+
+@contextmanager
+def ago_later() -> Iterator[None]:
+    """Within: reltime leaves a mark for `fill_ago` instead of the words."""
+    token = _AGO_LATER.set(True)
+    try:
+        yield
+    finally:
+        _AGO_LATER.reset(token)
+
+
+def fill_ago(html: str, now: dt.datetime | None = None) -> str:
+    """The marks reltime left (under `ago_later`) replaced by the words, as of `now`."""
+    if "\x00" not in html:
+        return html
+    now = now or timezone.now()
+    return _AGO_MARK.sub(
+        lambda m: ago(dt.datetime.fromtimestamp(float(m[1]), tz=dt.UTC), now), html
     )
 
 

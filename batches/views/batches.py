@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
@@ -10,9 +11,12 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
+from django.middleware.http import ConditionalGetMiddleware
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.cache import patch_cache_control
+from django.utils.decorators import decorator_from_middleware
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -33,9 +37,10 @@ from ..models import (
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
+from . import page_cache
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
-from .lookups import batch_for
+from .lookups import batch_for, batch_state_for
 from .rows import rendered_rows
 
 PAGE_SIZE = 50
@@ -57,6 +62,15 @@ STATUS_TABS = [
 @rule(roles.VIEW)
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
+    return page_cache.framed(
+        request,
+        body_template="batches/list.html",
+        context=lambda: _list_context(request),
+        title="Batches",
+    )
+
+
+def _list_context(request: HttpRequest) -> dict[str, Any]:
     filters = _filters(request)
     scope = _Scope(request.user, filters)
     base = _filtered(filters, scope)
@@ -99,7 +113,22 @@ def batch_list(request: HttpRequest) -> HttpResponse:
         "live_ids": _live_ids(live),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
     }  # fmt: skip
-    return render(request, "batches/list.html", context)
+    return context
+
+
+def live_poll(view: Any) -> Any:
+    """For what htmx asks every few seconds: an ETag of the answer, and 304 Not Modified
+    (nothing to send, nothing to swap) when it is the one the browser already has. The
+    browser asks again each time (no-cache) rather than reuse its copy unasked."""
+    conditional = decorator_from_middleware(ConditionalGetMiddleware)(view)
+
+    @wraps(view)
+    def polled(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        response = conditional(request, *args, **kwargs)
+        patch_cache_control(response, private=True, no_cache=True)
+        return response
+
+    return polled
 
 
 def _live_ids(batches: list[Batch]) -> str:
@@ -109,9 +138,20 @@ def _live_ids(batches: list[Batch]) -> str:
 
 @rule(roles.VIEW)
 @require_GET
+@live_poll
 def batch_rows_live(request: HttpRequest) -> HttpResponse:
     """Fresh copies of the list's running rows, from the cache, swapped in place by htmx. Rows
-    that finished are sent one last time and then no longer asked for."""
+    that finished are sent one last time and then no longer asked for. The rows are kept by
+    page_cache (an open list asks every few seconds); the freshness line is drawn each time."""
+    return page_cache.framed(
+        request,
+        body_template="batches/includes/rows_live.html",
+        context=lambda: _live_rows_context(request),
+        frame_template="batches/includes/rows_live_framed.html",
+    )
+
+
+def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
     seen: dict[int, str] = {}
     for item in request.GET.get("ids", "").split(",")[:PAGE_SIZE]:
         pk, _, status = item.partition(":")
@@ -124,7 +164,7 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
     ]
     services.etas_attach(batches=batches)  # finish-time estimates: one query for all rows
     show_connection = len(services.connections_for(request.user)) > 1
-    context = {
+    return {
         "batches": batches,
         "rows": rendered_rows(batches, show_connection=show_connection, oob=True),
         "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
@@ -132,11 +172,11 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
         "announcements": announcements,
         "show_connection": show_connection,
     }
-    return render(request, "batches/includes/rows_live.html", context)
 
 
 @rule(roles.VIEW)
 @require_GET
+@live_poll
 def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """The progress and timeline of a running batch, from the cache, for htmx to swap in."""
     batch = batch_for(request.user, slug, openai_id)
@@ -304,18 +344,31 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
 @rule(roles.VIEW)
 @require_GET
 def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
-    batch = batch_for(request.user, slug, openai_id)
-    refresh_error = None
-    if not batch.is_terminal:
+    pk, ended = batch_state_for(request.user, slug, openai_id)
+    batch, refresh_error = None, None
+    if not ended:  # asked upstream first: the page shows what it says now
+        batch = batch_for(request.user, slug, openai_id)
         try:
             client = services.get_client(connection=batch.connection, interactive=True)
             batch = services.batch_refresh(batch=batch, client=client)
         except OpenAIError as error:
             refresh_error = str(error)
+    return page_cache.framed(
+        request,
+        body_template="batches/detail.html",
+        context=lambda: _detail_context(
+            request, batch or batch_for(request.user, slug, openai_id), refresh_error
+        ),
+        title=openai_id,
+        vary=(pk, refresh_error),
+    )
+
+
+def _detail_context(request: HttpRequest, batch: Batch, refresh_error: str | None) -> dict:
     summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
     batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
     may_submit = request.user.has_perm("batches.submit_batch")
-    context = {
+    return {
         "batch": batch,
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "summary": summary,
@@ -327,7 +380,6 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         # Capacity: a batch that failed for lack of room, and its wait (None for the rest).
         "capacity": capacity_batch_panel(batch=batch, user=request.user),
     }  # fmt: skip
-    return render(request, "batches/detail.html", context)
 
 
 @rule(roles.VIEW)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.http import Http404
 
-from ..models import Batch
+from ..models import Batch, access_for
 
 
 def batch_for(user: Any, slug: str, openai_id: str) -> Batch:
@@ -20,3 +20,21 @@ def batch_for(user: Any, slug: str, openai_id: str) -> Batch:
     if batch is None or not batch.connection.is_visible_to(user):
         raise Http404("No such batch.")
     return batch
+
+
+def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool]:
+    """The id of the batch `batch_for` would find, and whether it has ended: enough to serve
+    its page from the cache, in one small query (the connection comes from what the person
+    may see). 404 in the same cases as `batch_for`."""
+    connection = next((c for c in access_for(user).connections if c.slug == slug), None)
+    found = None
+    if connection is not None:
+        found = (
+            Batch.objects.filter(connection_id=connection.pk, openai_id=openai_id)
+            .values_list("pk", "running")
+            .first()
+        )
+    if found is None:
+        raise Http404("No such batch.")
+    pk, running = found
+    return pk, not running

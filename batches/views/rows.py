@@ -22,26 +22,17 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Sequence
-from functools import cache as once
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import caches
-from django.template.loader import get_template, render_to_string
+from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import Batch
 from ..templatetags.batchweb import reltime
+from .page_cache import templates_digest
 
 ROW_TEMPLATE = "batches/includes/row.html"
-# The templates a row is made of: their text is part of every key, so a deploy that changes
-# them cannot serve rows of the old shape from a shared cache.
-ROW_TEMPLATES = (
-    ROW_TEMPLATE,
-    "batches/includes/status.html",
-    "batches/includes/progress.html",
-    "batches/includes/eta.html",
-)
 CACHE_ALIAS = "rows"
 TIMEOUT_SECONDS = 24 * 3600
 _CREATED = "\x00created\x00"  # where the relative creation time goes (no template emits NUL)
@@ -87,13 +78,7 @@ def _key(batch: Batch, *, show_connection: bool, oob: bool) -> str:
         (eta.state, eta.short(), eta.text()) if eta else None,
         show_connection,
         oob,
-        _templates_digest.__wrapped__() if settings.DEBUG else _templates_digest(),
+        templates_digest(),  # a deploy that changes the templates makes new keys
     )
     digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
     return f"row:{batch.pk}:{digest}"
-
-
-@once  # per process; with DEBUG (templates reloaded on change) read each time
-def _templates_digest() -> str:
-    text = "".join(get_template(name).template.source for name in ROW_TEMPLATES)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()

@@ -1,0 +1,166 @@
+"""The bodies of the busiest pages (the list, a batch's page, the list's live rows), drawn once
+per cache generation and kept in Django's cache (issue 14).
+
+A page is its body (what `{% block content %}` held) inside the site's frame (base.html: the
+menu, the freshness line, outage banners, messages). The frame is drawn on every request; it
+shows what changes without a write to batches (how long ago each connection synced, a message
+just left), and costs little. The body is most of the work: queries, 50 rows, filters, a
+timeline. It is kept under a key made of:
+
+- the cache generation (batches/models/generation.py), raised after every committed write to
+  what the bodies show, so a body is never older than the last write when it is served;
+- the person (their id: the body holds buttons for their role, their watch, only the
+  connections they may see) and the connections they may see now;
+- the page, the full path (query string included) and whatever the view adds (the batch);
+- the templates' own text, so that a deploy never serves bodies of the old shape from a shared
+  cache.
+
+Three things in a body change with the clock or the request, and are put in at serve time:
+"3 h ago" (reltime leaves a mark, batchweb.fill_ago puts the words in), and the CSRF token of
+the forms (a mark replaced by this request's token). The rest that moves with the clock
+(finish-time estimates, "expires in") may be up to TIMEOUT_SECONDS old.
+
+The default cache is per process (LocMemCache, the "pages" alias); a shared one (Redis,
+memcached) works unchanged, since the key, not the process, says what a body shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from functools import cache as once
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.cache import caches
+from django.db import connections, router
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
+from django.template.loader import render_to_string
+from django.utils.safestring import mark_safe
+
+from ..models import SyncState, access_for, generation
+from ..services.connections import connections_for
+from ..templatetags.batchweb import ago_later, fill_ago
+
+CACHE_ALIAS = "pages"
+TIMEOUT_SECONDS = 60
+# Where a form's CSRF token goes: NUL never reaches a page otherwise (payloads.clean_text).
+_CSRF_MARK = "\x00csrf\x00"
+FRAME_TEMPLATE = "batches/framed.html"
+
+
+def framed(
+    request: HttpRequest,
+    *,
+    body_template: str,
+    context: Callable[[], dict[str, Any]],
+    title: str = "",
+    vary: tuple[Any, ...] = (),
+    frame_template: str = FRAME_TEMPLATE,
+) -> HttpResponse:
+    """The page: the body from the cache (drawn by `body_template` with `context()` when the
+    cache has none for this key) in its frame. The whole page is kept too, for as long as the
+    freshness line and banners it shows stay the same; a request with a message to show draws
+    its frame."""
+    frame_vary = (vary, title, frame_template, _freshness(request))
+    if not len(messages.get_messages(request)):  # counted, not read: they stay for the page
+        key = _key(request, frame_template, frame_vary)
+        html = caches[CACHE_ALIAS].get(key)
+        if html is None:
+            html = _frame(request, frame_template, body_template, context, title, vary)
+            caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
+        return HttpResponse(_served(request, html))
+    html = _frame(request, frame_template, body_template, context, title, vary)
+    return HttpResponse(_served(request, html))
+
+
+def _frame(
+    request: HttpRequest,
+    frame_template: str,
+    body_template: str,
+    context: Callable[[], dict[str, Any]],
+    title: str,
+    vary: tuple[Any, ...],
+) -> str:
+    body = mark_safe(_body(request, body_template, context, vary))  # noqa: S308 - drawn escaped
+    with ago_later():
+        return render_to_string(
+            frame_template, {"body": body, "title": title, "csrf_token": _CSRF_MARK}, request
+        )
+
+
+def _body(
+    request: HttpRequest,
+    template: str,
+    context: Callable[[], dict[str, Any]],
+    vary: tuple[Any, ...],
+) -> str:
+    """`template` drawn with `context()`, or its copy from the cache, with its marks in."""
+    pages = caches[CACHE_ALIAS]
+    key = _key(request, template, vary)
+    html = pages.get(key)
+    if html is None:
+        with ago_later():
+            html = render_to_string(template, {**context(), "csrf_token": _CSRF_MARK}, request)
+        pages.set(key, html, timeout=TIMEOUT_SECONDS)
+    return html
+
+
+def _served(request: HttpRequest, html: str) -> str:
+    """The marks filled in: this request's CSRF token, "3 h ago" as of now."""
+    if _CSRF_MARK in html:
+        html = html.replace(_CSRF_MARK, get_token(request))
+    return fill_ago(html)
+
+
+def _freshness(request: HttpRequest) -> tuple[Any, ...]:
+    """What the frame's freshness line and banners are drawn from: every column of the sync
+    states of the connections the person may see, as rows (part of the whole page's key; one
+    query in SQL of its own, since on a page served from the cache the ORM's work of making
+    objects would cost more than the query)."""
+    ids = [c.pk for c in connections_for(request.user)]
+    if not ids:
+        return ()
+    alias = router.db_for_read(SyncState)
+    table = connections[alias].ops.quote_name(SyncState._meta.db_table)
+    marks = ", ".join(["%s"] * len(ids))
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT * FROM {table} WHERE connection_id IN ({marks}) ORDER BY connection_id",  # noqa: S608
+            ids,
+        )
+        return tuple(cursor.fetchall())
+
+
+def _key(request: HttpRequest, template: str, vary: tuple[Any, ...]) -> str:
+    user = request.user
+    parts = (
+        generation.as_first_read(user),  # read again if the request has written since
+        user.pk,
+        access_for(user).ids,
+        template,
+        request.get_full_path(),
+        vary,
+        templates_digest(),
+    )
+    digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
+    return f"page:{digest}"
+
+
+def templates_digest() -> str:
+    """Of every template file of the project's templates folder: in every cache key, so a
+    deploy that changes a template never serves what the old one drew from a shared cache."""
+    return _templates_digest.__wrapped__() if settings.DEBUG else _templates_digest()
+
+
+@once  # per process; with DEBUG (templates reloaded on change) read each time
+def _templates_digest() -> str:
+    text = hashlib.blake2b(digest_size=8)
+    for folder in settings.TEMPLATES[0]["DIRS"]:
+        for path in sorted(Path(folder).rglob("*.html")):
+            text.update(path.read_bytes())
+    return text.hexdigest()

@@ -1,0 +1,248 @@
+"""The page cache (issue 14): the list, a batch's page and the live rows are drawn once per
+cache generation and person, and a cached copy never shows a batch older than the last write."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.db import transaction
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from batches.models import Batch, BatchTally, Connection, Event, Watch, generation
+from batches.services import batch_upsert
+from batches.templatetags.batchweb import ago_later, fill_ago, reltime
+from tests.conftest import make_batch
+
+LIST = reverse("batch-list")
+BASE_TIME = 1764000000
+
+
+def add(openai_id: str, **fields) -> Batch:
+    fields.setdefault("metadata", None)
+    return batch_upsert(payload=make_batch(id=openai_id, created_at=BASE_TIME, **fields)).batch
+
+
+def drawn(response) -> bool:
+    """Whether the request drew the page's body (False: served from the cache)."""
+    names = {t.name for t in response.templates}
+    return bool(names & {"batches/list.html", "batches/detail.html"}) or (
+        "batches/includes/rows_live.html" in names
+    )
+
+
+@pytest.fixture
+def one(db) -> Batch:
+    return add("batch_one", status="completed", completed_at=BASE_TIME + 60)
+
+
+def test_a_second_request_is_served_from_the_cache(viewer_client, one):
+    first = viewer_client.get(LIST)
+    second = viewer_client.get(LIST)
+    assert drawn(first) and not drawn(second)
+    assert first.content.count(b"batch_one") == second.content.count(b"batch_one") > 0
+    # The frame is drawn each time: the title, the menu and the person's name are there.
+    assert b"<title>Batches" in second.content and b"vic" in second.content
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda b: Batch.objects.filter(pk=b.pk).update(label="renamed"), id="update"),
+        pytest.param(lambda b: (setattr(b, "label", "renamed"), b.save()), id="save"),
+        pytest.param(
+            lambda b: add("batch_renamed", status="in_progress", metadata={"job": "renamed"}),
+            id="new batch",
+        ),
+        pytest.param(
+            lambda b: Connection.objects.filter(pk=b.connection_id).update(name="renamed"),
+            id="connection renamed (update)",
+        ),
+    ],
+)
+def test_every_write_to_what_the_list_shows_is_seen_at_once(viewer_client, one, write):
+    viewer_client.get(LIST)
+    before = generation.current()
+    write(one)
+    assert generation.current() > before
+    page = viewer_client.get(LIST)
+    assert drawn(page)
+    assert b"renamed" in page.content
+
+
+def test_a_connection_renamed_in_the_admin_is_seen(admin_client, one):
+    second = Connection.objects.create(slug="other", name="Other", base_url="http://127.0.0.1:9")
+    admin_client.get(LIST)
+    second.name = "Elsewhere"
+    second.save()
+    assert b"Elsewhere" in admin_client.get(LIST).content
+
+
+def test_a_deleted_batch_leaves_the_list(viewer_client, one):
+    assert b"batch_one" in viewer_client.get(LIST).content
+    one.delete()
+    BatchTally.rebuild()
+    assert b"batch_one" not in viewer_client.get(LIST).content
+
+
+def test_bookkeeping_no_page_shows_does_not_empty_the_cache(viewer_client, one):
+    viewer_client.get(LIST)
+    before = generation.current()
+    Batch.objects.filter(pk=one.pk).update(next_refresh_at=timezone.now())  # a refresh lease
+    Batch.objects.filter(pk=one.pk).update(spend_rolled=True)  # the spend roll-up's mark
+    Batch.objects.filter(pk=one.pk).update(synced_at=timezone.now())  # seen unchanged
+    one.save(update_fields=["next_refresh_at"])
+    assert generation.current() == before
+    assert not drawn(viewer_client.get(LIST))
+
+
+def test_each_person_gets_their_own_copy(client, one, viewer, submitter):
+    """Another person's cached body (their buttons, their connections) is never served."""
+    client.force_login(submitter)
+    theirs = client.get(LIST)
+    assert b"New batch</a>" in theirs.content.split(b"<main", 1)[1]
+    other = Client()
+    other.force_login(viewer)
+    mine = other.get(LIST)
+    assert drawn(mine)
+    assert b"New batch</a>" not in mine.content.split(b"<main", 1)[1]
+
+
+def test_a_person_who_loses_a_connection_stops_seeing_it_at_once(client, viewer, db):
+    research = Connection.objects.create(
+        slug="research", name="Research", base_url="http://127.0.0.1:9"
+    )
+    team = Group.objects.create(name="research-team")
+    research.groups.add(team)
+    viewer.groups.add(team)
+    batch_upsert(
+        payload=make_batch(id="batch_secret", created_at=BASE_TIME, metadata=None),
+        connection=research,
+    )
+    client.force_login(viewer)
+    assert b"batch_secret" in client.get(LIST).content
+    viewer.groups.remove(team)
+    assert b"batch_secret" not in client.get(LIST).content
+    detail = client.get(reverse("batch-detail", args=["research", "batch_secret"]))
+    assert detail.status_code == 404
+
+
+def test_the_forms_carry_this_sessions_csrf_token(operator, one):
+    """The body is kept with a mark where each form's token goes; every session gets its own
+    token, and a form from the cached copy is accepted."""
+    first, second = Client(enforce_csrf_checks=True), Client(enforce_csrf_checks=True)
+    first.force_login(operator)
+    second.force_login(operator)
+    tokens = []
+    for client in (first, second):
+        page = client.get(LIST)
+        (token,) = re.findall(
+            rb'action="/batches/sync/"[^>]*>\s*<input type="hidden" name="csrfmiddlewaretoken" '
+            rb'value="([^"]+)"',
+            page.content,
+        )
+        tokens.append(token)
+    assert not drawn(page)  # the second session's page came from the cache
+    assert b"\x00" not in page.content
+    assert tokens[0] != tokens[1]
+    answer = second.post(
+        reverse("batch-sync"), {"csrfmiddlewaretoken": tokens[1].decode(), "next": LIST}
+    )
+    assert answer.status_code == 302  # not 403: the token is this session's
+
+
+def test_relative_times_are_worked_out_when_served():
+    created = timezone.now() - dt.timedelta(hours=3)
+    with ago_later():
+        marked = reltime(created)
+    assert "h ago" not in marked
+    assert "3 h ago" in fill_ago(marked)
+    assert "5 h ago" in fill_ago(marked, now=created + dt.timedelta(hours=5))
+    assert reltime(created) == fill_ago(marked)
+
+
+def test_a_cached_list_says_how_long_ago_as_of_now(viewer_client, db, monkeypatch):
+    an_hour_ago = timezone.now() - dt.timedelta(hours=1)
+    batch_upsert(
+        payload=make_batch(
+            id="batch_recent", created_at=int(an_hour_ago.timestamp()), metadata=None
+        )
+    )
+    assert b"1 h ago" in viewer_client.get(LIST).content
+    later = timezone.now() + dt.timedelta(days=3)
+    monkeypatch.setattr("batches.views.page_cache.fill_ago", lambda html: fill_ago(html, now=later))
+    page = viewer_client.get(LIST)
+    assert not drawn(page)
+    assert b"3 d ago" in page.content and b"1 h ago" not in page.content
+
+
+def test_a_batch_page_follows_its_events_and_watches(viewer_client, viewer, one):
+    url = one.get_absolute_url()
+    assert drawn(viewer_client.get(url))
+    assert not drawn(viewer_client.get(url))
+    Watch.objects.create(user=viewer, batch=one)
+    assert drawn(viewer_client.get(url))
+    Event.objects.create(batch=one, action=Event.Action.LABEL, detail="labelled by a script")
+    assert b"labelled by a script" in viewer_client.get(url).content
+
+
+def test_the_live_rows_answer_304_when_nothing_changed(viewer_client, db):
+    running = add("batch_live", status="in_progress")
+    url = reverse("batch-rows-live") + f"?ids={running.pk}:in_progress"
+    first = viewer_client.get(url, HTTP_HX_REQUEST="true")
+    assert first.status_code == 200 and first["ETag"]
+    assert "no-cache" in first["Cache-Control"] and "private" in first["Cache-Control"]
+    again = viewer_client.get(url, HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304 and again.content == b""
+    Batch.objects.filter(pk=running.pk).update(request_completed=7)
+    changed = viewer_client.get(url, HTTP_HX_REQUEST="true", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert changed.status_code == 200 and drawn(changed)
+
+
+@pytest.mark.real_commits
+@pytest.mark.django_db(transaction=True)
+def test_the_generation_rises_once_per_transaction_after_it_commits():
+    User.objects.create_user("gen")  # the roles' groups and the default connection exist
+    before = generation.current()
+    with transaction.atomic():
+        add("batch_a", status="in_progress")
+        add("batch_b", status="in_progress")
+        Batch.objects.filter(openai_id="batch_a").update(label="x")
+        assert generation.current() == before  # not before the commit
+    assert generation.current() == before + 1
+    try:
+        with transaction.atomic():
+            add("batch_c", status="in_progress")
+            raise RuntimeError("rolled back")
+    except RuntimeError:
+        pass
+    assert generation.current() == before + 1  # nothing committed, nothing to redraw
+    Batch.objects.filter(openai_id="batch_a").update(label="y")  # autocommit: at once
+    assert generation.current() == before + 2
+
+
+def test_the_freshness_line_is_never_served_stale(viewer_client, one):
+    """A sync pass writes the connection's sync state, not batches: the page keeps its cached
+    body, and its frame (the freshness line) is drawn again."""
+    from batches.models import SyncState, default_connection
+
+    assert b"Not synced with upstream yet" in viewer_client.get(LIST).content
+    SyncState.objects.update_or_create(
+        connection=default_connection(), defaults={"last_success_at": timezone.now()}
+    )
+    page = viewer_client.get(LIST)
+    assert b"Data synced" in page.content and b"just now" in page.content
+    assert "batches/framed.html" in {t.name for t in page.templates}
+    assert not drawn(page)  # the body came from the cache
+
+
+def test_a_message_is_shown_on_a_page_served_from_the_cache(operator_client, operator, one):
+    operator_client.get(LIST)
+    operator_client.post(reverse("batch-sync"), {"next": LIST})  # leaves a message
+    page = operator_client.get(LIST)
+    assert b'class="messages"' in page.content
+    assert b'class="messages"' not in operator_client.get(LIST).content  # shown once
