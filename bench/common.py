@@ -296,6 +296,17 @@ class Server:
     def log_tail(self, chars: int = 3000) -> str:
         return (self.work / "gunicorn.log").read_text()[-chars:]
 
+    def worker_cpu_seconds(self) -> float:
+        """CPU time (user + system) the gunicorn workers have used so far: the server's own
+        cost of what it served, which the machine's other work does not move."""
+        assert self.process is not None
+        pid = self.process.pid
+        total = 0
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def worker_memory(self) -> list[dict[str, float]]:
         """VmRSS and VmHWM (MB) of each gunicorn worker (the master's children)."""
         assert self.process is not None
