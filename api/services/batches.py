@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from batches.jsonl_check import ENDPOINTS
@@ -32,6 +32,7 @@ from batches.services.connections import get_client
 
 from ..errors import ApiError
 from ..models import ApiFile, CreateRequest
+from ..reads import cached_payloads
 
 MAX_METADATA = 16 - 2  # batchweb stamps two pairs of its own (TOKEN_KEY, USER_KEY)
 FIELDS = {"input_file_id", "endpoint", "completion_window", "metadata", "output_expires_after"}
@@ -345,7 +346,7 @@ def api_batch_list(
     """One page of the connection's batches, newest first, from upstream (each stored in the
     cache on the way), or from the cache when upstream cannot be reached. Returns the page and
     where it came from ("upstream" or "cache")."""
-    client = client or get_client(connection=connection)
+    client = client or _reader(connection)
     try:
         page = client.list_batches(after=after, limit=limit)
     except UpstreamUnavailable:
@@ -363,20 +364,30 @@ def api_batch_list(
     }, "upstream"
 
 
+# The API's reads (list, retrieve) keep one requests session per thread and connection: its pool
+# keeps the connection to upstream open from one call to the next (a script paging through its
+# batches pays one TCP and TLS handshake, not one a page), and no pool is set up per call. Not
+# shared between threads (requests does not promise a session is thread-safe) nor between
+# connections (cookies an upstream sets stay with its connection). Changes and uploads keep a
+# session of their own per call.
+_sessions = threading.local()
+
+
+def _reader(connection: Connection) -> OpenAIClient:
+    """get_client's client for `connection`, on this thread's session for it."""
+    client = get_client(connection=connection)
+    kept = getattr(_sessions, "by_connection", None)
+    if kept is None:
+        kept = _sessions.by_connection = {}
+    session = kept.setdefault(connection.pk, client.session)
+    client.session = session
+    return client
+
+
 def cached_page(*, connection: Connection, after: str | None, limit: int) -> dict[str, Any]:
     """The cache's copy of a list page, in the list's order (newest first), so that the SDK's
     auto-pagination (`after` = the last id of the page) walks it as it walks upstream's."""
-    rows = Batch.objects.filter(connection=connection).order_by("-created_at", "-id")
-    if after:
-        anchor = rows.filter(openai_id=after).values("created_at", "id").first()
-        if anchor is None:
-            rows = rows.none()
-        else:
-            rows = rows.filter(
-                Q(created_at__lt=anchor["created_at"])
-                | Q(created_at=anchor["created_at"], id__lt=anchor["id"])
-            )
-    found = list(rows.values_list("raw", flat=True)[: limit + 1])
+    found = cached_payloads(connection_id=connection.pk, after=after, limit=limit + 1)
     data = found[:limit]
     return {
         "object": "list",
@@ -392,7 +403,7 @@ def api_batch_retrieve(
 ) -> tuple[Batch, str]:
     """A batch fresh from upstream (and stored), or the cached copy when upstream cannot be
     reached."""
-    client = client or get_client(connection=connection)
+    client = client or _reader(connection)
     try:
         payload = client.retrieve_batch(batch_id)
     except UpstreamUnavailable:

@@ -22,6 +22,7 @@ from django.utils import timezone
 from batches.models import Event
 
 from ..models import TOKEN_PREFIX, ApiToken, Scope
+from ..reads import token_by_prefix
 
 PREFIX_CHARS = 8
 SECRET_BYTES = 32
@@ -120,7 +121,7 @@ def token_authenticate(header: str | None, *, now: dt.datetime | None = None) ->
             code="invalid_api_key",
         )
     prefix, secret = match.groups()
-    token = ApiToken.objects.select_related("user").filter(prefix=prefix).first()
+    token = token_by_prefix(prefix)
     if token is None or not hmac.compare_digest(token.secret_sha256, _digest(secret)):
         raise TokenRefused(
             "Incorrect API key: no batchweb token matches it.", code="invalid_api_key"
