@@ -166,6 +166,7 @@ AXES_VERBOSE = False
 # A session ends after this long without a person's request (live updates do not count).
 SESSION_IDLE_MINUTES = env.int("BATCHWEB_SESSION_IDLE_MINUTES", default=480)
 SESSION_COOKIE_AGE = SESSION_IDLE_MINUTES * 60
+SESSION_ENGINE = "batches.sessions"  # Django's database sessions, read in SQL written once
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

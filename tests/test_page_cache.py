@@ -8,8 +8,9 @@ import re
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -246,3 +247,55 @@ def test_a_message_is_shown_on_a_page_served_from_the_cache(operator_client, ope
     page = operator_client.get(LIST)
     assert b'class="messages"' in page.content
     assert b'class="messages"' not in operator_client.get(LIST).content  # shown once
+
+
+# --- What a page served from the cache still checks on every request -----------------------
+
+
+PASSWORD_BACKEND = "batches.services.signin.PasswordBackend"  # what a password sign-in uses
+
+
+def signed_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user, backend=PASSWORD_BACKEND)
+    assert client.get(LIST).status_code == 200
+    with CaptureQueriesContext(connection) as captured:
+        assert client.get(LIST).status_code == 200
+    # The person came from the cache: no read of the users' table.
+    assert not any('"auth_user"' in q["sql"] for q in captured.captured_queries)
+    return client
+
+
+def test_a_person_deactivated_is_signed_out_at_once(viewer, one):
+    client = signed_in(viewer)
+    viewer.is_active = False
+    viewer.save()
+    assert client.get(LIST).status_code == 302
+
+
+def test_a_new_password_ends_the_other_sessions_at_once(viewer, one):
+    client = signed_in(viewer)
+    viewer.set_password("a-new-password-for-vic")
+    viewer.save()
+    assert client.get(LIST).status_code == 302
+
+
+def test_a_deleted_person_is_signed_out_at_once(viewer, one):
+    client = signed_in(viewer)
+    viewer.delete()
+    assert client.get(LIST).status_code == 302
+
+
+def test_an_expired_session_is_refused(viewer_client, one):
+    from django.contrib.sessions.models import Session
+
+    assert viewer_client.get(LIST).status_code == 200
+    Session.objects.update(expire_date=timezone.now() - dt.timedelta(seconds=1))
+    assert viewer_client.get(LIST).status_code == 302
+
+
+def test_a_deleted_batch_page_is_gone_at_once(viewer_client, one):
+    url = one.get_absolute_url()
+    assert viewer_client.get(url).status_code == 200
+    one.delete()
+    assert viewer_client.get(url).status_code == 404

@@ -66,6 +66,12 @@ def as_first_read(holder: Any) -> int:
     return holder._bw_generation
 
 
+def keep(holder: Any, value: int) -> None:
+    """Have `as_first_read(holder)` answer `value`, just read by the caller."""
+    holder._bw_generation = value
+    holder._bw_generation_writes = _writes.get()
+
+
 # Writes this thread has made (and commits it has seen) that raise the number: a number read
 # before one of them is read again.
 _writes: contextvars.ContextVar[int] = contextvars.ContextVar("bw_generation_writes", default=0)

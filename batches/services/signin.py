@@ -235,7 +235,26 @@ class ThrottleBackend(AxesStandaloneBackend):
             raise
 
 
-class PasswordBackend(ModelBackend):
+class KeptUsers:
+    """The person of a session, kept in the cache for the cache generation (which every change
+    to people raises: a new password, deactivation, groups) instead of read on every request."""
+
+    def get_user(self, user_id: Any) -> Any:
+        current = generation.current()
+        key = f"user:{current}:{type(self).__name__}:{user_id}"
+        user = caches["pages"].get(key)
+        if user is None:
+            user = super().get_user(user_id)
+            if user is None:
+                return None
+            caches["pages"].set(key, user)
+        elif hasattr(self, "user_can_authenticate") and not self.user_can_authenticate(user):
+            return None
+        generation.keep(user, current)  # the rest of the request reads it from the person
+        return user
+
+
+class PasswordBackend(KeptUsers, ModelBackend):
     """Django's username and password, for everyone or (BATCHWEB_PASSWORD_SIGNIN=false) only
     for superusers. A session made with a password ends when passwords are switched off."""
 
@@ -260,7 +279,7 @@ class PasswordBackend(ModelBackend):
         return user_obj._perm_cache
 
 
-class CompanyBackend(OIDCAuthenticationBackend):
+class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
     """mozilla-django-oidc's code flow with the endpoints from the discovery document, the ID
     token's issuer and audience checked too (the library checks signature, expiry and nonce),
     and the person's groups mapped at each sign-in. Called by the callback view, not by
