@@ -67,6 +67,9 @@ def page_cache_per_test(request, monkeypatch) -> Iterator[None]:
     from batches.models import generation
 
     caches["pages"].clear()
+    from api.services.batches import _unreachable_until
+
+    _unreachable_until.clear()  # the API's rest after an unreachable upstream, per process
     if not request.node.get_closest_marker("real_commits"):
         monkeypatch.setattr(generation, "_on_commit", lambda func, using=None: func())
     yield

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 import requests
@@ -308,3 +309,25 @@ def test_the_api_reads_keep_one_session_per_thread_and_connection(conns, monkeyp
     thread.start()
     thread.join()
     assert elsewhere[0].session is not first.session
+
+
+def test_after_an_unreachable_upstream_the_reads_rest_for_a_few_seconds(
+    client, down, conns, people, monkeypatch
+):
+    """A script paging through an outage: the first call finds upstream unreachable, the next
+    ones within UPSTREAM_REST_SECONDS answer from the cache without asking it; then it is
+    asked again."""
+    from api.services import batches as api_batches
+
+    fill(conns[0], 3)
+    plain = token_create(user=people["admin"], name="rest", scope="read", days=30).plain
+    asked = lambda: sum(c.request.url.startswith(f"{DOWN}/batches") for c in down.calls)  # noqa: E731
+    first = listing(client, plain)
+    assert first["X-Batchweb-Source"] == "cache" and asked() == 1
+    again = listing(client, plain)
+    assert again["X-Batchweb-Source"] == "cache" and again.json() == first.json()
+    assert asked() == 1  # not asked: resting
+    later = time.monotonic() + api_batches.UPSTREAM_REST_SECONDS + 0.1
+    monkeypatch.setattr(api_batches.time, "monotonic", lambda: later)
+    assert listing(client, plain)["X-Batchweb-Source"] == "cache"
+    assert asked() == 2  # asked again after the rest

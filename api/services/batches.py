@@ -346,10 +346,13 @@ def api_batch_list(
     """One page of the connection's batches, newest first, from upstream (each stored in the
     cache on the way), or from the cache when upstream cannot be reached. Returns the page and
     where it came from ("upstream" or "cache")."""
+    if upstream_resting(connection):
+        return cached_page(connection=connection, after=after, limit=limit), "cache"
     client = client or _reader(connection)
     try:
         page = client.list_batches(after=after, limit=limit)
     except UpstreamUnavailable:
+        upstream_unreachable(connection)
         return cached_page(connection=connection, after=after, limit=limit), "cache"
     for item in page["data"]:
         if isinstance(item.get("id"), str) and isinstance(item.get("status"), str):
@@ -384,6 +387,22 @@ def _reader(connection: Connection) -> OpenAIClient:
     return client
 
 
+# After upstream could not be reached, the API's reads answer from the cache for this long
+# before asking it again: a script paging through its batches during an outage would otherwise
+# wait for a refused or timed-out connection on every call. Per process.
+UPSTREAM_REST_SECONDS = 5.0
+_unreachable_until: dict[int, float] = {}
+
+
+def upstream_unreachable(connection: Connection) -> None:
+    _unreachable_until[connection.pk] = time.monotonic() + UPSTREAM_REST_SECONDS
+
+
+def upstream_resting(connection: Connection) -> bool:
+    """Whether upstream failed to answer this process less than UPSTREAM_REST_SECONDS ago."""
+    return time.monotonic() < _unreachable_until.get(connection.pk, 0.0)
+
+
 def cached_page(*, connection: Connection, after: str | None, limit: int) -> dict[str, Any]:
     """The cache's copy of a list page, in the list's order (newest first), so that the SDK's
     auto-pagination (`after` = the last id of the page) walks it as it walks upstream's."""
@@ -403,10 +422,15 @@ def api_batch_retrieve(
 ) -> tuple[Batch, str]:
     """A batch fresh from upstream (and stored), or the cached copy when upstream cannot be
     reached."""
+    if upstream_resting(connection):
+        cached = Batch.objects.filter(connection=connection, openai_id=batch_id).first()
+        if cached is not None:
+            return cached, "cache"
     client = client or _reader(connection)
     try:
         payload = client.retrieve_batch(batch_id)
     except UpstreamUnavailable:
+        upstream_unreachable(connection)
         cached = Batch.objects.filter(connection=connection, openai_id=batch_id).first()
         if cached is None:
             raise
