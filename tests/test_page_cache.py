@@ -299,3 +299,25 @@ def test_a_deleted_batch_page_is_gone_at_once(viewer_client, one):
     assert viewer_client.get(url).status_code == 200
     one.delete()
     assert viewer_client.get(url).status_code == 404
+
+
+def test_no_template_comment_reaches_a_page(viewer_client, one):
+    """Django's {# #} comments end at the line's end: one spread over two lines is shown."""
+    for url in (LIST, one.get_absolute_url()):
+        page = viewer_client.get(url).content
+        assert b"{#" not in page and b"{%" not in page, url
+
+
+def test_every_template_comment_opens_and_closes_on_one_line():
+    from pathlib import Path
+
+    from django.conf import settings
+
+    open_ended = [
+        f"{path}:{number}"
+        for folder in settings.TEMPLATES[0]["DIRS"]
+        for path in Path(folder).rglob("*.html")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "{#" in line and "#}" not in line[line.index("{#") :]
+    ]
+    assert not open_ended, open_ended
