@@ -1,11 +1,9 @@
-"""The bodies of the busiest pages (the list, a batch's page, the list's live rows), drawn once
-per cache generation and kept in Django's cache (issue 14).
+"""The busiest pages (the list, a batch's page, the list's live rows), drawn once per cache
+generation and kept in Django's cache (issue 14).
 
-A page is its body (what `{% block content %}` held) inside the site's frame (base.html: the
-menu, the freshness line, outage banners, messages). The frame is drawn on every request; it
-shows what changes without a write to batches (how long ago each connection synced, a message
-just left), and costs little. The body is most of the work: queries, 50 rows, filters, a
-timeline. It is kept under a key made of:
+A page is its body (the list, the batch) inside the site's frame (base.html: the menu, the
+freshness line, outage banners, messages). The body is most of the work: queries, 50 rows,
+filters, a timeline. It is kept under a key made of:
 
 - the cache generation (batches/models/generation.py), raised after every committed write to
   what the bodies show, so a body is never older than the last write when it is served;
@@ -15,13 +13,17 @@ timeline. It is kept under a key made of:
 - the templates' own text, so that a deploy never serves bodies of the old shape from a shared
   cache.
 
-Three things in a body change with the clock or the request, and are put in at serve time:
-"3 h ago" (reltime leaves a mark, batchweb.fill_ago puts the words in), and the CSRF token of
-the forms (a mark replaced by this request's token). The rest that moves with the clock
-(finish-time estimates, "expires in") may be up to TIMEOUT_SECONDS old.
+The whole page, frame included, is kept under the same key plus what the frame shows that
+changes without a write to batches: the sync states of the person's connections (a sync pass
+writes them). A request with a message to show draws its frame.
+
+Two things change with the clock or the request, and are put in at serve time: "3 h ago"
+(reltime leaves a mark, batchweb.fill_ago puts the words in) and the CSRF token of the forms (a
+mark replaced by this request's token). The rest that moves with the clock (finish-time
+estimates, "expires in") may be up to TIMEOUT_SECONDS old.
 
 The default cache is per process (LocMemCache, the "pages" alias); a shared one (Redis,
-memcached) works unchanged, since the key, not the process, says what a body shows.
+memcached) works unchanged, since the key, not the process, says what a page shows.
 """
 
 from __future__ import annotations
@@ -66,15 +68,14 @@ def framed(
     cache has none for this key) in its frame. The whole page is kept too, for as long as the
     freshness line and banners it shows stay the same; a request with a message to show draws
     its frame."""
-    frame_vary = (vary, title, frame_template, _freshness(request))
-    if not len(messages.get_messages(request)):  # counted, not read: they stay for the page
-        key = _key(request, frame_template, frame_vary)
-        html = caches[CACHE_ALIAS].get(key)
-        if html is None:
-            html = _frame(request, frame_template, body_template, context, title, vary)
-            caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
+    if len(messages.get_messages(request)):  # counted, not read: they stay for the page
+        html = _frame(request, frame_template, body_template, context, title, vary)
         return HttpResponse(_served(request, html))
-    html = _frame(request, frame_template, body_template, context, title, vary)
+    key = _key(request, frame_template, (vary, title, frame_template, _freshness(request)))
+    html = caches[CACHE_ALIAS].get(key)
+    if html is None:
+        html = _frame(request, frame_template, body_template, context, title, vary)
+        caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
     return HttpResponse(_served(request, html))
 
 

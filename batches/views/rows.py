@@ -10,7 +10,7 @@ read from the database; nothing is ever invalidated, old keys just age out.
 Access is not the cache's business: rows are looked up only for batches the request's own
 query returned (filtered by what the person may see), and a row holds nothing that depends on
 who looks (no buttons, no request). The one part that changes with the clock, "created 3 h
-ago", is put in at serve time.
+ago", is kept as reltime's mark and put in by the page cache at serve time.
 
 The default cache is per process (LocMemCache): each gunicorn worker keeps its own rows. A
 shared cache (Redis, memcached) would work unchanged; correctness never depends on sharing,
@@ -29,41 +29,34 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import Batch
-from ..templatetags.batchweb import reltime
+from ..templatetags.batchweb import ago_later
 from .page_cache import templates_digest
 
 ROW_TEMPLATE = "batches/includes/row.html"
 CACHE_ALIAS = "rows"
 TIMEOUT_SECONDS = 24 * 3600
-_CREATED = "\x00created\x00"  # where the relative creation time goes (no template emits NUL)
 
 
 def rendered_rows(
     batches: Sequence[Batch], *, show_connection: bool, oob: bool = False
 ) -> list[SafeString]:
     """The table rows of `batches` (each with `eta` set), in order, from the cache where it
-    has them."""
+    has them. Each "3 h ago" is left as reltime's mark: the page that serves the rows
+    (page_cache) puts the words in as of its request."""
     rows_cache = caches[CACHE_ALIAS]
     keys = [_key(b, show_connection=show_connection, oob=oob) for b in batches]
     found = rows_cache.get_many(keys)
     fresh = {}
-    out = []
-    for batch, key in zip(batches, keys, strict=True):
-        created = reltime(batch.created_at)
-        stored = found.get(key)
-        if stored is None:
-            html = render_to_string(
-                ROW_TEMPLATE, {"batch": batch, "show_connection": show_connection, "oob": oob}
-            )
-            # The clock may tick between the two calls to reltime: then keep it uncached.
-            if html.count(created) == 1:
-                fresh[key] = html.replace(created, _CREATED)
-            out.append(mark_safe(html))  # noqa: S308 - the template escaped it
-        else:
-            out.append(mark_safe(stored.replace(_CREATED, created)))  # noqa: S308
+    with ago_later():
+        for batch, key in zip(batches, keys, strict=True):
+            if key not in found:
+                fresh[key] = render_to_string(
+                    ROW_TEMPLATE, {"batch": batch, "show_connection": show_connection, "oob": oob}
+                )
     if fresh:
         rows_cache.set_many(fresh, timeout=TIMEOUT_SECONDS)
-    return out
+    # The template escaped them.
+    return [mark_safe(found.get(key) or fresh[key]) for key in keys]  # noqa: S308
 
 
 def _key(batch: Batch, *, show_connection: bool, oob: bool) -> str:
