@@ -6,7 +6,9 @@ from typing import Any
 
 from django import forms
 
+from . import storage
 from .jsonl_check import ENDPOINTS
+from .openai_client import is_upstream_id
 
 METADATA_ROWS = 14  # the API's 16 pairs less the 2 batchweb stamps
 MAX_METADATA_PAIRS = 16
@@ -83,10 +85,21 @@ class BatchCreateForm(forms.Form):
                 label=f"Metadata value {i + 1}", required=False, max_length=MAX_METADATA_VALUE
             )
 
+    def clean_submission_token(self) -> str:
+        # Only the shape the server makes (the page's own hidden field): it names the
+        # submission, and must never be mistaken for anything else.
+        value = self.cleaned_data["submission_token"]
+        if not storage.is_token(value):
+            raise forms.ValidationError("This form has expired or was damaged.")
+        return value
+
     def clean_input_file_id(self) -> str:
         value = self.cleaned_data["input_file_id"].strip()
-        if any(c.isspace() or c in "/?#%" for c in value):
-            raise forms.ValidationError("A file id has no spaces or slashes, e.g. file-abc123.")
+        if value and not is_upstream_id(value):
+            raise forms.ValidationError(
+                "A file id has no spaces or slashes: only letters, digits, _ and -, "
+                "e.g. file-abc123."
+            )
         return value
 
     def request_data(self) -> dict[str, Any]:

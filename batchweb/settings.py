@@ -77,6 +77,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "csp.middleware.CSPMiddleware",
+    # Before anything reads the body: a request larger than any input file is refused (413).
+    "batches.uploads.UploadLimitMiddleware",
     "batchweb.headers.PermissionsPolicyMiddleware",
     "axes.middleware.AxesMiddleware",  # last: turns a locked-out sign-in into its page
 ]
@@ -191,6 +193,10 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 FILE_UPLOAD_TEMP_DIR = env.str("BATCHWEB_UPLOAD_DIR", default=None)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Bodies larger than the largest connection's file limit plus the form are refused before they
+# are read (batches/uploads.py). Each person's checked files waiting for confirmation in
+# data/staging/ may take this much at most (batches/services/submissions.py).
+STAGING_QUOTA_MB = env.int("BATCHWEB_STAGING_QUOTA_MB", default=1024)
 
 
 def _origin(url: str) -> str:

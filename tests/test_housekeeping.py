@@ -81,7 +81,8 @@ def test_a_pass_leaves_old_finished_batches_to_be_summarized_on_demand(upstream)
 
 
 def test_a_pass_removes_unconfirmed_uploads_older_than_a_day(upstream, submitter, data_dir):
-    staged = Path(data_dir) / "old.jsonl"
+    staged = Path(data_dir) / "staging" / "old.jsonl"
+    staged.parent.mkdir()
     staged.write_text("{}\n")
     submission = Submission.objects.create(
         token="t-old", user=submitter, state=Submission.State.CHECKED, staged_path=str(staged)
@@ -95,7 +96,33 @@ def test_a_pass_removes_unconfirmed_uploads_older_than_a_day(upstream, submitter
 
     assert not staged.exists()
     assert Submission.objects.get(pk=submission.pk).staged_path == ""
-    assert os.listdir(data_dir) == []
+    assert os.listdir(Path(data_dir) / "staging") == []
+
+
+def test_a_pass_never_removes_a_stored_staging_path_outside_data_staging(
+    upstream, submitter, data_dir, tmp_path_factory
+):
+    # A row from before the files rule may name any path: the clean-up forgets it and leaves
+    # the file where it is.
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "precious.jsonl"
+    elsewhere.write_text("keep me\n")
+    beside = Path(data_dir) / "results" / "1-batch_x" / "output.jsonl"
+    beside.parent.mkdir(parents=True)
+    beside.write_text("cached output\n")
+    for token, path in (("t-far", elsewhere), ("t-near", beside)):
+        row = Submission.objects.create(
+            token=token, user=submitter, state=Submission.State.CHECKED, staged_path=str(path)
+        )
+        Submission.objects.filter(pk=row.pk).update(
+            updated_at=timezone.now() - dt.timedelta(days=2)
+        )
+    upstream.get(f"{API}/batches", json=make_list([]))
+
+    sync_pass(connection=default_connection(), full=True)
+
+    assert elsewhere.read_text() == "keep me\n"
+    assert beside.read_text() == "cached output\n"
+    assert set(Submission.objects.values_list("staged_path", flat=True)) == {""}
 
 
 def test_a_pass_builds_the_results_table_of_a_batch_made_here_that_finished_lately(

@@ -196,9 +196,11 @@ def staged_files(staging: Path) -> list[Path]:
 
 
 def staged_of(token: str) -> Path:
-    """Where the submission's checked file waits: a name of its own under data/staging."""
+    """Where the submission's checked file waits: a name of its own under data/staging, made
+    by the server (nothing of the form's token in it)."""
     path = Path(Submission.objects.get(token=token).staged_path)
-    assert path.name.startswith(f"{token}-") and path.suffix == ".jsonl", path
+    assert path.parent.name == "staging" and path.suffix == ".jsonl", path
+    assert token not in path.name, path
     return path
 
 
@@ -1017,8 +1019,10 @@ def test_another_submitter_cannot_see_or_confirm_someone_elses_submission(
     other.groups.add(Group.objects.get(name="Submitters"))
     client.force_login(other)
 
-    assert client.get(confirm_url(token)).status_code == 403
-    assert client.post(confirm_url(token)).status_code == 403
+    # Found by token and owner: another person's submission is not found (a token reveals
+    # nothing).
+    assert client.get(confirm_url(token)).status_code == 404
+    assert client.post(confirm_url(token)).status_code == 404
     assert calls(upstream) == []
     assert Submission.objects.get(token=token).state == Submission.State.CHECKED
 

@@ -322,7 +322,7 @@ def _form(**data: str) -> BatchCreateForm:
         "input_file_id": "file-in1",
         "endpoint": "/v1/chat/completions",
         "completion_window": "24h",
-        "submission_token": "tok-form",
+        "submission_token": "tok-form-0123456789abcde",
     }
     return BatchCreateForm(
         {**base, **data},

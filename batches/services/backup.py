@@ -48,6 +48,7 @@ from django.db import connections, router, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 
+from .. import storage
 from ..models import generation
 
 FORMAT = 1
@@ -297,6 +298,8 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
     manifest = backup_read(source)
     connection = connections[using]
     method = manifest["database"]["method"]
+    if manifest["database"].get("file") not in DATABASE_FILES.values():
+        raise BackupError(f"{source}/{MANIFEST} names no database file this code writes.")
     database_file = source / manifest["database"]["file"]
     if not database_file.is_file():
         raise BackupError(f"{database_file} is missing from the backup.")
@@ -337,7 +340,10 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
     # must not be served as if they showed it (batches/views/page_cache.py).
     generation.advance_past(cache_generation, using)
 
-    result.files = _restore_data(source / "data", Path(settings.DATA_DIR))
+    live = {Path(getattr(settings, setting)).resolve() for setting in KEY_FILES.values()}
+    result.files = _restore_data(
+        source / "data", Path(settings.DATA_DIR), skip=live | _sqlite_files(connection)
+    )
     for name, setting in KEY_FILES.items():
         saved = source / "keys" / name
         if saved.is_file():
@@ -390,7 +396,10 @@ def _json_restore(connection: Any, path: Path, in_backup: set, *, using: str) ->
     call_command("loaddata", str(path), database=using, verbosity=0)
 
 
-def _restore_data(source: Path, data_dir: Path) -> int:
+def _restore_data(source: Path, data_dir: Path, *, skip: set[Path]) -> int:
+    """Copy the backup's data/ back, each file to the same place under data/ and nowhere else
+    (storage.restored_path). A link in the backup is not followed (it could copy any file of
+    the server into data/), and the live database and key files are not replaced from it."""
     data_dir.mkdir(parents=True, exist_ok=True)
     for name in OWNED_FOLDERS:
         shutil.rmtree(data_dir / name, ignore_errors=True)
@@ -398,7 +407,14 @@ def _restore_data(source: Path, data_dir: Path) -> int:
     if not source.is_dir():
         return 0
     for path in sorted(source.rglob("*")):
-        destination = data_dir / path.relative_to(source)
+        if path.is_symlink():
+            continue
+        try:
+            destination = storage.restored_path(path.relative_to(source))
+        except storage.UnsafePath:
+            continue
+        if destination in skip:
+            continue
         if path.is_dir():
             destination.mkdir(parents=True, exist_ok=True)
         elif path.is_file():

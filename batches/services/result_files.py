@@ -24,6 +24,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from .. import storage
 from ..jsonl_check import check_jsonl
 from ..models import Batch, Connection, Event, ResultFile, ResultRow, Submission
 from ..openai_client import NotFound, OpenAIClient, OpenAIError, UpstreamUnavailable
@@ -41,9 +42,10 @@ from .connections import get_client
 from .costs import batch_cost_store
 from .submissions import (
     AlreadySubmitted,
+    SubmissionTokenTaken,
     check_limits,
     report_facts,
-    staging_dir,
+    staging_quota_check,
     submission_stage,
 )
 
@@ -61,12 +63,25 @@ class FileGone(ServiceError):
     """The file no longer exists upstream (expired or deleted)."""
 
 
+def _results_folder(batch: Batch) -> str:
+    # Batch ids come from upstream: keep only the characters of a server-made name.
+    safe = "".join(c for c in batch.openai_id if c.isascii() and (c.isalnum() or c in "-_"))
+    return f"{batch.pk}-{safe[:120]}"
+
+
 def results_dir(batch: Batch) -> Path:
-    # Batch ids come from upstream: keep only characters that are safe in a path.
-    safe = "".join(c for c in batch.openai_id if c.isalnum() or c in "-_")[:120]
-    path = Path(settings.DATA_DIR) / "results" / f"{batch.pk}-{safe}"
+    path = storage.data_path("results", _results_folder(batch))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _copy_path(copy: ResultFile | None) -> Path | None:
+    """The local copy a ResultFile row names, when it is still a file of data/results/ (a
+    stored path is checked again before it is opened)."""
+    if copy is None:
+        return None
+    path = storage.stored_path("results", copy.path)
+    return path if path is not None and path.is_file() else None
 
 
 def file_id_of(batch: Batch, kind: str) -> str:
@@ -112,9 +127,8 @@ def file_download(*, batch: Batch, kind: str, client: OpenAIClient | None = None
     file_id = file_id_of(batch, kind)
     if not file_id:
         raise ServiceError(f"This batch has no {kind} file.")
-    copy = _usable_copy(batch, kind, file_id)
-    if copy is not None:
-        path = Path(copy.path)
+    path = _usable_copy(batch, kind, file_id)
+    if path is not None:
         return Download(_read_chunks(path), download_name(batch, kind), path.stat().st_size)
     client = client or get_client(connection=batch.connection)
     try:
@@ -148,12 +162,13 @@ def _read_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def _usable_copy(batch: Batch, kind: str, file_id: str) -> ResultFile | None:
+def _usable_copy(batch: Batch, kind: str, file_id: str) -> Path | None:
     copy = ResultFile.objects.filter(batch=batch, kind=kind, file_id=file_id).first()
-    if copy is None or not Path(copy.path).is_file():
+    path = _copy_path(copy)
+    if copy is None or path is None:
         return None
     ResultFile.objects.filter(pk=copy.pk).update(last_used_at=timezone.now())
-    return copy
+    return path
 
 
 def results_touch(*, batch: Batch) -> None:
@@ -173,11 +188,12 @@ def local_copy(*, batch: Batch, kind: str, client: OpenAIClient | None = None) -
     file_id = file_id_of(batch, kind)
     if not file_id:
         return None
-    copy = _usable_copy(batch, kind, file_id)
-    if copy is not None:
-        return Path(copy.path)
+    path = _usable_copy(batch, kind, file_id)
+    if path is not None:
+        return path
     client = client or get_client(connection=batch.connection)
-    target = results_dir(batch) / f"{kind}.jsonl"
+    results_dir(batch)
+    target = storage.data_path("results", _results_folder(batch), kind)
     try:
         response = client.open_file_content(file_id)
     except NotFound as error:
@@ -484,10 +500,10 @@ def result_detail(*, row: ResultRow) -> dict[str, Any]:
 
 
 def _json_at(batch: Batch, kind: str, offset: int) -> Any:
-    copy = ResultFile.objects.filter(batch=batch, kind=kind).first()
-    if copy is None or not Path(copy.path).is_file():
+    path = _copy_path(ResultFile.objects.filter(batch=batch, kind=kind).first())
+    if path is None:
         return None
-    with Path(copy.path).open("rb") as stream:
+    with path.open("rb") as stream:
         stream.seek(offset)
         raw = stream.readline()
     try:
@@ -506,7 +522,8 @@ def batch_retry_stage(
 ) -> Submission:
     """Build a new input file from the requests of `batch` that did not succeed (failed,
     expired, cancelled or never ran), check it like any upload, and stage it for confirmation
-    through the same path as the create form."""
+    through the same path as the create form. The file gets a name of its own (never the
+    token); a token that is another person's submission raises SubmissionTokenTaken."""
     if not batch.is_terminal:
         raise ServiceError("Only a finished batch can be retried.")
     client = client or get_client(connection=batch.connection)
@@ -517,7 +534,7 @@ def batch_retry_stage(
     errors = local_copy(batch=batch, kind=ResultFile.Kind.ERROR, client=client)
     with _open(output) as out_stream, _open(errors) as err_stream:
         outcomes = read_outcomes(out_stream, err_stream)
-    staged = staging_dir() / f"{token}.jsonl"
+    staged = storage.data_path("staging", storage.new_name())
     with input_path.open("rb") as source, staged.open("wb") as target:
         report = build_retry_file(
             source, target, succeeded=outcomes.succeeded, reasons=outcomes.failed
@@ -532,6 +549,11 @@ def batch_retry_stage(
     if not check.ok:
         staged.unlink(missing_ok=True)
         raise ServiceError(f"The retry file did not pass the checks: {check.summary()}")
+    try:
+        staging_quota_check(user=user, adding=staged.stat().st_size, token=token)
+    except ServiceError:
+        staged.unlink(missing_ok=True)
+        raise
     # retry_of first: the cut to 14 pairs (batchweb adds its two) must not drop it.
     metadata = {"retry_of": batch.openai_id}
     metadata.update((k, v) for k, v in batch.user_metadata().items() if k != "retry_of")
@@ -557,7 +579,7 @@ def batch_retry_stage(
             uploaded_file_id="",
             retry_of=batch,
         )
-    except AlreadySubmitted:
+    except (AlreadySubmitted, SubmissionTokenTaken):
         staged.unlink(missing_ok=True)
         raise
     Event.record(
@@ -587,7 +609,11 @@ def results_csv(*, batch: Batch) -> Iterator[str]:
          "output_tokens", "total_tokens"]
     )  # fmt: skip
     rows = ResultRow.objects.filter(batch=batch).order_by("input_line", "id")
-    copies = {c.kind: Path(c.path) for c in ResultFile.objects.filter(batch=batch)}
+    copies = {
+        c.kind: path
+        for c in ResultFile.objects.filter(batch=batch)
+        if (path := _copy_path(c)) is not None
+    }
     streams: dict[str, BinaryIO] = {}
     try:
         for row in rows.iterator(chunk_size=2000):

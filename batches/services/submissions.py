@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import secrets
 import shutil
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from .. import storage
 from ..jsonl_check import CheckReport, check_jsonl
 from ..models import Batch, Connection, Event, Submission
 from ..openai_client import OpenAIClient, OpenAIError
@@ -39,14 +38,68 @@ class AlreadySubmitted(Exception):
         super().__init__(f"submission {submission.token} is {submission.state}")
 
 
-def staging_dir() -> Path:
-    path = Path(settings.DATA_DIR) / "staging"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+class SubmissionTokenTaken(ServiceError):
+    """The form's token is another person's submission: theirs is left as it is."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This form has expired or was damaged. Reload the page and submit it again."
+        )
 
 
-def submission_find(token: str) -> Submission | None:
-    return Submission.objects.select_related("batch").filter(token=token).first()
+class StagingQuotaExceeded(ServiceError):
+    """The person's checked files waiting for confirmation would pass the staging quota."""
+
+
+def submission_find(*, token: str, user: Any, others: bool = False) -> Submission | None:
+    """A submission by its token *and* its owner: knowing another person's token finds nothing
+    (the views answer 404, so a token reveals nothing either). `others`: another person's
+    too, for looking (a superuser) or stopping a wait (an operator); nothing that replaces or
+    submits a submission passes it."""
+    found = Submission.objects.select_related("batch", "connection").filter(token=token)
+    if not others:
+        found = found.filter(user_id=getattr(user, "pk", None) or -1)
+    return found.first()
+
+
+def staged_bytes(*, user: Any, exclude_token: str = "") -> int:
+    """The bytes of the person's checked files still waiting on the server (their staging
+    quota's use); a form sent again (`exclude_token`) replaces its own file."""
+    paths = (
+        Submission.objects.filter(user_id=getattr(user, "pk", None) or -1)
+        .exclude(staged_path="")
+        .exclude(token=exclude_token)
+        .values_list("staged_path", flat=True)
+    )
+    total = 0
+    for value in paths:
+        path = storage.stored_path("staging", value)
+        if path is not None and path.is_file():
+            total += path.stat().st_size
+    return total
+
+
+def staging_quota_check(*, user: Any, adding: int, token: str = "") -> None:
+    """Raise StagingQuotaExceeded when keeping `adding` more bytes for the person would pass
+    BATCHWEB_STAGING_QUOTA_MB."""
+    quota = int(settings.STAGING_QUOTA_MB) * 1024 * 1024
+    used = staged_bytes(user=user, exclude_token=token)
+    if used + adding <= quota:
+        return
+    raise StagingQuotaExceeded(
+        f"The file was not kept: your checked files waiting for confirmation take "
+        f"{_mb(used)}, and this one {_mb(adding)}, past the {settings.STAGING_QUOTA_MB:,} MB "
+        "each person may keep waiting on the server. Confirm the ones waiting, or try again "
+        f"once they are removed ({_hours(STAGED_LIFETIME)} hours after they were checked)."
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):,.1f} MB"
+
+
+def _hours(delta: dt.timedelta) -> int:
+    return int(delta.total_seconds() // 3600)
 
 
 def check_limits(connection: Connection) -> dict[str, Any]:
@@ -81,9 +134,11 @@ def submission_check_file(
     report = check_jsonl(stream, endpoint=endpoint or None, **check_limits(connection))
     if not report.ok:
         return None, report
-    # A name of its own for each check: the same form sent again (a double click, back and
-    # submit) must not replace or remove a file another request is uploading.
-    staged = staging_dir() / f"{token}-{secrets.token_hex(4)}.jsonl"
+    staging_quota_check(user=user, adding=report.bytes, token=token)
+    # A name the server makes, nothing of the request in it; a new one for each check: the
+    # same form sent again (a double click, back and submit) must not replace or remove a
+    # file another request is uploading.
+    staged = storage.data_path("staging", storage.new_name())
     if temporary_path:
         shutil.move(temporary_path, staged)
     else:
@@ -102,7 +157,7 @@ def submission_check_file(
             uploaded_file_id="",
             retry_of=retry_of,
         )
-    except AlreadySubmitted:
+    except (AlreadySubmitted, SubmissionTokenTaken):
         staged.unlink(missing_ok=True)
         raise
     return submission, report
@@ -146,7 +201,9 @@ def report_facts(report: CheckReport) -> dict[str, Any]:
 
 def submission_stage(*, user: Any, token: str, **fields: Any) -> Submission:
     """Record what the form asked for under its token. A form sent again after a failure (or
-    before confirming) replaces what it asked for; one being submitted or done is refused."""
+    before confirming) replaces what it asked for; one being submitted or done is refused.
+    A token that is another person's submission raises SubmissionTokenTaken and leaves it as
+    it is (whoever asks: an admin replaces nobody's either)."""
     with transaction.atomic():
         submission = Submission.objects.select_for_update().filter(token=token).first()
         if submission is None:
@@ -157,10 +214,12 @@ def submission_stage(*, user: Any, token: str, **fields: Any) -> Submission:
                     )
             except IntegrityError:
                 submission = Submission.objects.select_for_update().get(token=token)
+        if submission.user_id is None or submission.user_id != getattr(user, "pk", None):
+            raise SubmissionTokenTaken()
         if submission.state in (Submission.State.PENDING, Submission.State.DONE):
             raise AlreadySubmitted(submission)
         if submission.staged_path and submission.staged_path != fields["staged_path"]:
-            Path(submission.staged_path).unlink(missing_ok=True)
+            _remove_staged(submission.staged_path)
         for name, value in fields.items():
             setattr(submission, name, value)
         submission.save()
@@ -229,8 +288,8 @@ def submission_submit(
 
 
 def _upload(submission: Submission, client: OpenAIClient, user: Any) -> str:
-    path = Path(submission.staged_path)
-    if not path.is_file():
+    path = storage.stored_path("staging", submission.staged_path)
+    if path is None or not path.is_file():
         raise ServiceError(
             "The checked file is no longer on the server (it is kept for 24 hours). "
             "Choose the file again."
@@ -261,17 +320,41 @@ def _upload(submission: Submission, client: OpenAIClient, user: Any) -> str:
 
 def _unstage(submission: Submission) -> None:
     if submission.staged_path:
-        Path(submission.staged_path).unlink(missing_ok=True)
+        _remove_staged(submission.staged_path)
         submission.staged_path = ""
 
 
+def _remove_staged(value: str) -> None:
+    """Remove a staged file named by a stored path: only when it is one of staging/ (a row
+    may hold a path from before the rule, or one put there by hand; that is left alone)."""
+    path = storage.stored_path("staging", value)
+    if path is None:
+        logger.warning("a stored staging path outside data/staging was not removed")
+        return
+    path.unlink(missing_ok=True)
+
+
 def submissions_cleanup(*, now: dt.datetime | None = None) -> int:
-    """Remove staged files nobody confirmed in time. Returns how many were removed."""
-    cutoff = (now or timezone.now()) - STAGED_LIFETIME
+    """Remove staged files nobody confirmed in time, and files in staging/ no submission
+    names (left by a request that stopped half way). Returns how many were removed."""
+    now = now or timezone.now()
+    cutoff = now - STAGED_LIFETIME
     stale = Submission.objects.filter(updated_at__lt=cutoff).exclude(staged_path="")
     count = 0
     for submission in stale:
         _unstage(submission)
         submission.save(update_fields=["staged_path"])
         count += 1
+    kept = {
+        storage.stored_path("staging", value)
+        for value in Submission.objects.exclude(staged_path="").values_list(
+            "staged_path", flat=True
+        )
+    }
+    for path in storage.area_root("staging").iterdir():
+        if path in kept or path.is_symlink() or not path.is_file():
+            continue
+        if path.stat().st_mtime < cutoff.timestamp():
+            path.unlink(missing_ok=True)
+            count += 1
     return count

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from .. import roles, services
 from ..models import Batch, CapacityWait, Connection, Submission
 from ..services import capacity
+from ..services.submissions import submission_find
 from .access import rule
 from .lookups import batch_for
 
@@ -59,7 +60,10 @@ def submission_capacity_wait(request: HttpRequest, token: str) -> HttpResponse:
 @rule(roles.SUBMIT, roles.CANCEL_ANY)
 @require_POST
 def submission_capacity_cancel(request: HttpRequest, token: str) -> HttpResponse:
-    submission = Submission.objects.select_related("connection").filter(token=token).first()
+    # An operator may stop anyone's wait (CapacityWait.may_cancel); others find only their own.
+    submission = submission_find(
+        token=token, user=request.user, others=request.user.has_perm(roles.CANCEL_ANY)
+    )
     if submission is None or not submission.connection.is_visible_to(request.user):
         raise Http404("No such submission.")
     _cancel(request, capacity.active_wait(submission=submission))
@@ -84,14 +88,8 @@ def _cancel(request: HttpRequest, wait: CapacityWait | None) -> None:
 
 def _own_submission(user: Any, token: str) -> Submission:
     """A person's own submission, or 404 (for someone else's too: tokens reveal nothing)."""
-    submission = (
-        Submission.objects.select_related("connection", "batch").filter(token=token).first()
-    )
-    if (
-        submission is None
-        or not submission.connection.is_visible_to(user)
-        or (submission.user_id != user.pk and not user.is_superuser)
-    ):
+    submission = submission_find(token=token, user=user)
+    if submission is None or not submission.connection.is_visible_to(user):
         raise Http404("No such submission.")
     return submission
 

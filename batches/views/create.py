@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import messages
 from django.core.files.uploadedfile import UploadedFile
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from .. import roles, services
@@ -18,7 +18,10 @@ from ..openai_client import InvalidRequest, NotFound, OpenAIError
 from ..services.costs import CostRange, submission_cost_range
 from ..services.submissions import (
     AlreadySubmitted,
+    StagingQuotaExceeded,
+    SubmissionTokenTaken,
     submission_check_file,
+    submission_find,
     submission_for_file_id,
     submission_submit,
 )
@@ -78,6 +81,9 @@ def batch_create(request: HttpRequest) -> HttpResponse:
         )
     except AlreadySubmitted as already:
         return _already_submitted(request, already.submission)
+    except (SubmissionTokenTaken, StagingQuotaExceeded) as refused:
+        form.add_error(None, str(refused))
+        return _form_page(request, form, status=400)
     if submission is None:
         return _form_page(request, form, report=report, status=400)
     return redirect("submission-confirm", token=submission.token)
@@ -86,14 +92,15 @@ def batch_create(request: HttpRequest) -> HttpResponse:
 @rule(roles.SUBMIT)
 @require_http_methods(["GET", "POST"])
 def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
-    """The summary of a checked file, and the button that uploads it and creates the batch."""
-    submission = get_object_or_404(
-        Submission.objects.select_related("batch", "connection"), token=token
+    """The summary of a checked file, and the button that uploads it and creates the batch.
+    Found by token and owner: another person's is not found (a superuser may look at it)."""
+    submission = submission_find(
+        token=token,
+        user=request.user,
+        others=request.method == "GET" and request.user.is_superuser,
     )
-    if not submission.connection.is_visible_to(request.user):
+    if submission is None or not submission.connection.is_visible_to(request.user):
         raise Http404("No such submission.")
-    if submission.user_id != request.user.pk and not request.user.is_superuser:
-        return render(request, "403.html", status=403)
     if submission.state == Submission.State.DONE and submission.batch_id:
         return redirect(submission.batch)
     if request.method == "GET":

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import roles, services
+from .. import roles, services, storage
 from ..models import Batch, Event, ResultFile, ResultRow
 from ..openai_client import OpenAIError
 from ..services.result_files import (
@@ -166,12 +166,16 @@ def batch_retry(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse
     """Stage the requests that did not succeed as a new input file; the person confirms it on
     the same page as any new batch."""
     batch = batch_for(request.user, slug, openai_id)
-    token = request.POST.get("submission_token") or services.new_submission_token()
+    # A token of the server's shape is kept (the same retry sent twice is one submission);
+    # anything else is replaced by a new one. The staged file's name is never the token.
+    token = request.POST.get("submission_token", "")
+    if not storage.is_token(token):
+        token = services.new_submission_token()
     try:
         submission = batch_retry_stage(
             batch=batch,
             user=request.user,
-            token=token[:64],
+            token=token,
             client=services.get_client(connection=batch.connection),
         )
     except AlreadySubmitted as already:
