@@ -140,6 +140,13 @@ class ConnectionForm(forms.ModelForm):
         help_text="Deliveries are then refused (or, for the connection configured by the "
         "environment, verified with OPENAI_WEBHOOK_SECRET).",
     )
+    open_to_everyone = forms.BooleanField(
+        label="Open to everyone",
+        required=False,
+        help_text="A connection that had groups stays restricted when its last group is removed "
+        "or deleted: then only Admins see it. Tick this (with no groups chosen) to let every "
+        "team member see and use it again.",
+    )
 
     class Meta:
         model = Connection
@@ -192,6 +199,12 @@ class ConnectionForm(forms.ModelForm):
                 "Give the API key, or the name of an environment variable that holds it.",
             )
         self._clean_webhook_secret(cleaned)
+        if cleaned.get("open_to_everyone") and cleaned.get("groups"):
+            self.add_error(
+                "open_to_everyone",
+                "Remove the groups to open it to everyone, or untick this to keep it for the "
+                "groups' members.",
+            )
         return cleaned
 
     def _clean_webhook_secret(self, cleaned: dict[str, Any]) -> None:
@@ -215,6 +228,10 @@ class ConnectionForm(forms.ModelForm):
 
     def save(self, commit: bool = True) -> Connection:
         connection = super().save(commit=False)
+        if self.cleaned_data.get("open_to_everyone"):
+            # The one way back from "restricted": an admin says so (adding a group sets it,
+            # models/connections.py).
+            connection.restricted = False
         if connection.key_env or connection.from_settings:
             # The key now comes from elsewhere: keep no stale copy of an old one.
             connection.key_encrypted = ""
@@ -253,10 +270,20 @@ class ConnectionAdmin(AuditedAdmin):
         "webhook_secret_display",
         "last_sync_display",
         "last_error_display",
+        "audience_display",
     )
     actions = ["test_connections", "delete_selected"]
     fieldsets = (
-        (None, {"fields": ("name", "slug", "enabled", "groups")}),
+        (None, {"fields": ("name", "slug", "enabled")}),
+        (
+            "Who can see it",
+            {
+                "fields": ("audience_display", "groups", "open_to_everyone"),
+                "description": "With groups, only their members (and superusers) see and use "
+                "this connection. A connection that had groups and lost them all fails closed: "
+                "only Admins see it until you add a group or open it to everyone.",
+            },
+        ),
         (
             "Where and how",
             {
@@ -320,7 +347,22 @@ class ConnectionAdmin(AuditedAdmin):
 
     @admin.display(description="restricted to")
     def groups_display(self, obj: Connection) -> str:
-        return ", ".join(g.name for g in obj.groups.all()) or "everyone"
+        names = ", ".join(g.name for g in obj.groups.all())
+        return names or ("no group: Admins only" if obj.restricted else "everyone")
+
+    @admin.display(description="who can see it now")
+    def audience_display(self, obj: Connection) -> str:
+        if not obj.pk:
+            return "everyone, unless you choose groups"
+        names = ", ".join(g.name for g in obj.groups.all())
+        if names:
+            return f"members of {names}"
+        if obj.restricted:
+            return (
+                "restricted to no group: only Admins can see it; add a group or make it open "
+                "to everyone"
+            )
+        return "everyone"
 
     @admin.display(description="last successful sync")
     def last_sync_display(self, obj: Connection) -> str:

@@ -13,9 +13,12 @@ from django.contrib.auth.models import Group
 from django.core.cache import caches
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models.signals import m2m_changed
+from django.dispatch import receiver
 
 from .. import keystore
 from ..jsonl_check import ENDPOINTS
+from ..roles import ADMINS
 from . import generation
 from .generation import GenerationQuerySet
 
@@ -126,7 +129,16 @@ class Connection(models.Model):
         Group,
         blank=True,
         related_name="connections",
-        help_text="Only members of these groups see and use this connection. None: everyone.",
+        help_text="Only members of these groups see and use this connection. None: everyone, "
+        "unless it had groups before: then Admins only, until it is opened to everyone.",
+    )
+    # Set whenever a group is added (the m2m receiver below) and kept when the last one goes,
+    # by removal or by deleting the group: a restriction fails closed. Only "open to everyone"
+    # (the admin form) clears it. See `_access_now` for what it means.
+    restricted = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Has been restricted to groups: with none left, only Admins see it.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -258,6 +270,14 @@ class Connection(models.Model):
     def is_visible_to(self, user: Any) -> bool:
         return self.pk in access_for(user).ids
 
+    def restricted_to_no_group(self) -> bool:
+        """Restricted once and no group left: only Admins see it (the rule is `_access_now`;
+        this is for pages that say so)."""
+        if not self.restricted:
+            return False
+        has_groups = getattr(self, "has_groups", None)  # annotated by `_access_now`
+        return not (self.groups.exists() if has_groups is None else has_groups)
+
     def clean(self) -> None:
         errors: dict[str, str] = {}
         if self.slug in RESERVED_SLUGS:
@@ -293,10 +313,13 @@ class Connection(models.Model):
 
 @dataclass(frozen=True)
 class Access:
-    """The connections a person may see (name order), and whether that is all of them."""
+    """The connections a person may see (name order), whether that is all of them, and whether
+    the person is an Admin (superuser or in the Admins group: sees connections restricted to
+    no group, and the details of failed sign-ins on the Activity page)."""
 
     connections: tuple[Connection, ...]
     everything: bool
+    admin: bool = False
 
     @property
     def ids(self) -> list[int]:
@@ -326,19 +349,41 @@ def access_for(user: Any) -> Access:
 
 
 def _access_now(user: Any) -> Access:
+    """The one rule of who sees which connection:
+
+    - superusers see every connection;
+    - a connection with groups: members of one of them;
+    - a connection restricted once whose groups are all gone (`restricted`, no group left):
+      Admins only. A restriction fails closed; an admin opens it again explicitly;
+    - a connection never restricted: everyone (with a role: views check that).
+    """
     through = Connection.groups.through
+    in_admins = user.groups.filter(name=ADMINS)
     rows = list(
         Connection.objects.annotate(
-            restricted=models.Exists(through.objects.filter(connection=models.OuterRef("pk"))),
+            has_groups=models.Exists(through.objects.filter(connection=models.OuterRef("pk"))),
             member=models.Exists(
                 through.objects.filter(
                     connection=models.OuterRef("pk"), group__in=user.groups.values("pk")
                 )
             ),
+            # The same for every row: asked here so that the whole answer is one query.
+            in_admins=models.Exists(in_admins),
         )
     )
-    visible = tuple(c for c in rows if user.is_superuser or not c.restricted or c.member)
-    return Access(visible, len(visible) == len(rows))
+    admin = user.is_superuser or (rows[0].in_admins if rows else in_admins.exists())
+    visible = tuple(c for c in rows if _sees(c, superuser=user.is_superuser, admin=admin))
+    return Access(visible, len(visible) == len(rows), admin)
+
+
+def _sees(connection: Connection, *, superuser: bool, admin: bool) -> bool:
+    if superuser:
+        return True
+    if connection.has_groups:
+        return connection.member
+    if connection.restricted:
+        return admin
+    return True
 
 
 def default_connection() -> Connection:
@@ -360,3 +405,20 @@ def default_connection_id() -> int:
     the table may still lack columns that later migrations add."""
     pk = Connection.objects.filter(slug=DEFAULT_SLUG).values_list("pk", flat=True).first()
     return pk if pk is not None else default_connection().pk
+
+
+@receiver(m2m_changed, sender=Connection.groups.through, dispatch_uid="bw-connection-restricted")
+def _groups_added(
+    sender: Any, instance: Any, action: str, reverse: bool, pk_set: set[int] | None, **kwargs: Any
+) -> None:
+    """Adding a group to a connection restricts it for good: `restricted` is set, and stays
+    when the groups go. One receiver rather than the admin form's save, because groups are
+    added from several places (the admin form, `connection_add`, a group's side of the
+    relation, a shell) and every one of them passes here; removing a group, or deleting it
+    (a cascade, which sends no signal), then needs nothing of its own."""
+    if action != "post_add" or not pk_set:
+        return
+    ids = list(pk_set) if reverse else [instance.pk]
+    Connection.objects.filter(pk__in=ids, restricted=False).update(restricted=True)
+    if not reverse:
+        instance.restricted = True

@@ -31,12 +31,43 @@ class EventFilters:
     until: dt.datetime | None = None
 
 
+# Entries whose name and details only Admins see (`event_shown`): the name a failed sign-in
+# tried is what was typed, often a password typed into the wrong box, and the details give the
+# address it came from. Everyone else sees that a sign-in failed.
+ADMIN_ONLY_DETAILS = frozenset({Event.Action.SIGN_IN_FAILED})
+
+
+@dataclass(frozen=True)
+class ShownEvent:
+    """An entry as one person may see it: the Activity page and its CSV show these."""
+
+    event: Event
+    who: str  # the name shown
+    person: str  # the name to filter by ("": none, no link)
+    detail: str
+
+
+def event_shown(*, event: Event, access: Access) -> ShownEvent:
+    """The one place that decides what of an entry a person sees."""
+    if event.action in ADMIN_ONLY_DETAILS and not access.admin:
+        return ShownEvent(event=event, who="someone", person="", detail="sign-in failed")
+    return ShownEvent(
+        event=event,
+        who=event.username or "batchweb",
+        person=event.username,
+        detail=event.detail,
+    )
+
+
 def events_for(*, access: Access, filters: EventFilters) -> EventQuerySet:
     """The entries a person may see (none about connections hidden from them), filtered,
-    newest first."""
+    newest first. Filtering by a name finds no failed sign-in for a non-Admin: the filter
+    would otherwise tell whether someone typed that name."""
     events = Event.objects.visible_to(access).select_related("batch__connection", "connection")
     if filters.username:
         events = events.filter(username=filters.username)
+        if not access.admin:
+            events = events.exclude(action__in=ADMIN_ONLY_DETAILS)
     if filters.action:
         events = events.filter(action=filters.action)
     if filters.connection:
@@ -62,19 +93,24 @@ def events_page(
     return rows[:size], len(rows) > size
 
 
-def events_csv(events: EventQuerySet) -> Iterator[str]:
+def events_shown(events: list[Event], *, access: Access) -> list[ShownEvent]:
+    return [event_shown(event=e, access=access) for e in events]
+
+
+def events_csv(events: EventQuerySet, *, access: Access) -> Iterator[str]:
     writer = csv.writer(Echo())
     yield writer.writerow(
         ["at", "who", "action", "outcome", "connection", "batch_id", "target", "detail",
          "request_id"]
     )  # fmt: skip
     for e in events.iterator(chunk_size=2000):
+        shown = event_shown(event=e, access=access)
         yield writer.writerow(
             [
-                e.at.astimezone(dt.UTC).isoformat(), csv_safe(e.username or "batchweb"),
+                e.at.astimezone(dt.UTC).isoformat(), csv_safe(shown.who),
                 e.get_action_display(), e.outcome,
                 csv_safe(e.connection.name if e.connection else ""), csv_safe(e.batch_openai_id),
-                csv_safe(e.target), csv_safe(e.detail), csv_safe(e.request_id),
+                csv_safe(e.target), csv_safe(shown.detail), csv_safe(e.request_id),
             ]
         )  # fmt: skip
 

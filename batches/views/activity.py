@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET
 
 from .. import roles
 from ..models import Event, access_for
-from ..services.audit import EventFilters, events_csv, events_for, events_page
+from ..services.audit import EventFilters, events_csv, events_for, events_page, events_shown
 from ..services.connections import connections_for
 from .access import rule
 
@@ -69,7 +69,8 @@ def _cursor(request: HttpRequest) -> tuple[dt.datetime, int] | None:
 def activity(request: HttpRequest) -> HttpResponse:
     form = ActivityFilterForm(request.GET)
     filters = form.filters()
-    events = events_for(access=access_for(request.user), filters=filters)
+    access = access_for(request.user)
+    events = events_for(access=access, filters=filters)
     page, more = events_page(events, before=_cursor(request), size=PAGE_SIZE)
     params = {k: v for k, v in request.GET.items() if v and k != "before"}
     older = None
@@ -80,6 +81,7 @@ def activity(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "events": page,
+        "rows": events_shown(page, access=access),  # what of each entry this person sees
         "older_url": older,
         "first_url": "?" + urlencode(params) if "before" in request.GET else None,
         "export_url": "export.csv?" + urlencode(params),
@@ -95,8 +97,11 @@ def activity(request: HttpRequest) -> HttpResponse:
 @require_GET
 def activity_export(request: HttpRequest) -> StreamingHttpResponse:
     filters = ActivityFilterForm(request.GET).filters()
-    events = events_for(access=access_for(request.user), filters=filters)
-    response = StreamingHttpResponse(events_csv(events), content_type="text/csv; charset=utf-8")
+    access = access_for(request.user)
+    events = events_for(access=access, filters=filters)
+    response = StreamingHttpResponse(
+        events_csv(events, access=access), content_type="text/csv; charset=utf-8"
+    )
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="activity-{stamp}.csv"'
     return response

@@ -128,6 +128,7 @@ def _detail(
         "row": _rows([connection])[0],
         "can_manage": can_manage,
         "result": result,
+        "closed": connection.restricted_to_no_group(),
     }
     context.update(capacity_panel(connection=connection, user=request.user))
     if can_manage:
