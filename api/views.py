@@ -13,7 +13,6 @@ from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpRe
 from django.views.decorators.csrf import csrf_exempt
 
 from batches import roles
-from batches.services.connections import get_client
 
 from .auth import token_rule
 from .errors import ApiError, answer, error_response
@@ -99,7 +98,11 @@ files = _dispatcher("files", {"POST": _file_upload}, (roles.SUBMIT,))
 def file_detail(request: HttpRequest, file_id: str) -> HttpResponse:
     if refused := _methods(request, "GET"):
         return refused
-    return answer(get_client(connection=request.connection).retrieve_file(file_id))
+    return answer(
+        file_services.file_retrieve(
+            user=request.user, connection=request.connection, file_id=file_id
+        )
+    )
 
 
 @token_rule(roles.VIEW)

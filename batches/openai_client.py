@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import requests
 from requests_toolbelt.multipart.encoder import MultipartEncoder
@@ -44,6 +45,20 @@ DEFAULT_API_VERSION = "2024-10-21"  # Azure's dated API: the GA version with bat
 # full (OpenAI accepts the create and fails the batch later with the same code).
 TOKEN_LIMIT_EXCEEDED = "token_limit_exceeded"  # noqa: S105 (an error code, not a secret)
 _TOKEN_LIMIT_WORDS = re.compile(r"token[\s_-]*limit[\s_-]*exceeded", re.IGNORECASE)
+
+# The one pattern of an upstream id (a batch or file id: `batch_abc123`, `file-abc123`, Azure's
+# `batch_<uuid>`, a gateway's `batch-...`): letters, digits, `_` and `-`, 1 to 128 characters
+# (the length of the cache's id columns). No `/`, `.`, `%` or space, so an id can never be a
+# path of its own (`.` and `..` would reach `{base}/files/` and `{base}/`). The URL converters
+# (batches/converters.py) use it to 404 a page or /v1/ call before any view runs; the client
+# refuses to build a URL from anything else, whichever caller the id came from.
+UPSTREAM_ID_REGEX = r"[A-Za-z0-9_-]{1,128}"
+_UPSTREAM_ID = re.compile(UPSTREAM_ID_REGEX)
+
+
+def is_upstream_id(value: object) -> bool:
+    """Whether `value` is text of the shape of an upstream id (see UPSTREAM_ID_REGEX)."""
+    return isinstance(value, str) and _UPSTREAM_ID.fullmatch(value) is not None
 
 
 class OpenAIError(Exception):
@@ -113,6 +128,12 @@ class InvalidRequest(OpenAIError):
 
 class BadResponse(OpenAIError):
     title = "The OpenAI API sent an answer batchweb cannot read"
+
+
+class InvalidId(InvalidRequest):
+    """batchweb refused to send an id that is not of an upstream id's shape: nothing was sent."""
+
+    title = "batchweb did not send the request"
 
 
 class NotABatch(BadResponse):
@@ -367,6 +388,9 @@ class OpenAIClient:
     def _batch(payload: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(payload.get("id"), str) or not isinstance(payload.get("status"), str):
             raise NotABatch("the answer is not a batch (no id or status)")
+        if not is_upstream_id(payload["id"]):
+            # Cached, it could be neither fetched again nor linked to: refuse it here.
+            raise NotABatch("the answer's batch id is not of an id's shape (letters, digits, _, -)")
         return normalize_batch(payload)
 
     def _send(
@@ -466,10 +490,14 @@ def _expiry_field_names(*, azure: bool) -> tuple[str, str]:
 
 
 def _path_id(value: str) -> str:
-    """Ids go into URL paths: refuse anything that could change the path."""
-    if not value or any(c in value for c in "/?#% \t\r\n"):
-        raise InvalidRequest(f"{value!r} is not a valid id")
-    return value
+    """An id as a URL path segment: refused (nothing sent) unless it has an upstream id's shape,
+    so no caller, whatever the id's source, can make a call to another path."""
+    if not is_upstream_id(value):
+        shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+        raise InvalidId(
+            f"{shown} is not an id (ids are 1 to 128 letters, digits, _ or -)", code="invalid_id"
+        )
+    return quote(value, safe="")  # a no-op for such an id; kept should the pattern ever widen
 
 
 def _status_phrase(status: int) -> str:

@@ -15,6 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from api.models import ApiFile
 from api.services.tokens import token_create
 from batches.models import Batch, Connection, Event, default_connection
+from batches.services import batch_upsert
 from tests.conftest import make_batch
 from tests.openapi import spec, validate_response
 
@@ -184,6 +185,8 @@ def test_a_batch_made_from_an_uploaded_file_keeps_what_its_check_found(
 
 
 def test_a_file_and_its_content_are_read_back(client, upstream, viewer):
+    # A Viewer's token reads the files of the batches they may see (tests/test_upstream_ids.py).
+    batch_upsert(payload=make_batch(id="batch_f", input_file_id="file-up1"))
     plain = token_create(user=viewer, name="r", scope="read", days=7).plain
     upstream.get(f"{API}/files/file-up1", json=UPLOADED)
     upstream.get(
@@ -202,6 +205,7 @@ def test_a_file_and_its_content_are_read_back(client, upstream, viewer):
 
 
 def test_the_content_of_an_unknown_file_is_a_404(client, upstream, viewer):
+    batch_upsert(payload=make_batch(id="batch_x", input_file_id="file-x"))  # gone upstream
     plain = token_create(user=viewer, name="r", scope="read", days=7).plain
     upstream.get(f"{API}/files/file-x/content", status=404, json={"error": {"message": "No file"}})
 

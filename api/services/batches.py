@@ -18,7 +18,12 @@ from django.utils import timezone
 
 from batches.jsonl_check import ENDPOINTS
 from batches.models import TOKEN_KEY, USER_KEY, Batch, Connection
-from batches.openai_client import OpenAIClient, OpenAIError, UpstreamUnavailable
+from batches.openai_client import (
+    OpenAIClient,
+    OpenAIError,
+    UpstreamUnavailable,
+    is_upstream_id,
+)
 from batches.roles import may_cancel
 from batches.services.batches import (
     InputFacts,
@@ -69,8 +74,10 @@ def create_args(body: Any, connection: Connection) -> CreateArgs:
             code="unknown_parameter",
         )
     input_file_id = body.get("input_file_id")
-    if not isinstance(input_file_id, str) or not input_file_id.strip():
-        raise _missing_or_invalid(body, "input_file_id", "a file id (file-...)")
+    if not isinstance(input_file_id, str) or not is_upstream_id(input_file_id.strip()):
+        raise _missing_or_invalid(
+            body, "input_file_id", "a file id (file-...: letters, digits, _ and -)"
+        )
     endpoint = body.get("endpoint")
     if not isinstance(endpoint, str):
         raise _missing_or_invalid(body, "endpoint", "one of " + ", ".join(ENDPOINTS))
@@ -323,6 +330,13 @@ def _claim(
 
 def list_params(query: Any) -> tuple[str | None, int]:
     after = query.get("after") or None
+    if after is not None and not is_upstream_id(after):
+        raise ApiError(
+            400,
+            "after must be a batch id (letters, digits, _ and -).",
+            param="after",
+            code="invalid_value",
+        )
     raw_limit = query.get("limit")
     if raw_limit in (None, ""):
         return after, DEFAULT_LIMIT
@@ -355,7 +369,8 @@ def api_batch_list(
         upstream_unreachable(connection)
         return cached_page(connection=connection, after=after, limit=limit), "cache"
     for item in page["data"]:
-        if isinstance(item.get("id"), str) and isinstance(item.get("status"), str):
+        # Only what the pages could link to and the client fetch again is cached.
+        if is_upstream_id(item.get("id")) and isinstance(item.get("status"), str):
             batch_upsert(payload=item, connection=connection)
     data = page["data"]
     return {

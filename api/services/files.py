@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from django.db.models import Q
+
 from batches.jsonl_check import CheckReport, check_jsonl
-from batches.models import Connection, Event
+from batches.models import Batch, Connection, Event
 from batches.openai_client import OpenAIClient, OpenAIError
 from batches.services.connections import get_client
 from batches.services.submissions import check_limits
@@ -119,11 +121,52 @@ def _refusal_code(report: CheckReport, connection: Connection) -> str:
     return "invalid_batch_file"
 
 
+# --- Reading files back ----------------------------------------------------------------------
+
+
+def file_readable(*, user: Any, connection: Connection, file_id: str) -> bool:
+    """Whether a token's owner may read this file of the connection: the input, output or error
+    file of a batch they may see there (BatchQuerySet.visible_to, the one visibility rule), or
+    a file they uploaded through /v1/files. Any other file id of the connection (another
+    person's upload, a file of no batch) is not theirs to read, though the key could fetch it."""
+    of_a_batch = (
+        Batch.objects.visible_to(user)
+        .filter(connection=connection)
+        .filter(Q(input_file_id=file_id) | Q(output_file_id=file_id) | Q(error_file_id=file_id))
+    )
+    if of_a_batch.exists():
+        return True
+    return ApiFile.objects.filter(connection=connection, file_id=file_id, user=user).exists()
+
+
+def _readable_or_404(*, user: Any, connection: Connection, file_id: str) -> None:
+    if not file_readable(user=user, connection=connection, file_id=file_id):
+        # The same answer as for a file upstream does not know: whether it exists is not told.
+        raise ApiError(
+            404,
+            f"No such File object: {file_id} (or not one of yours: a token reads the files of "
+            "the batches its owner may see, and the files its owner uploaded).",
+            param="file_id",
+            code="not_found",
+            audit=False,
+        )
+
+
+def file_retrieve(
+    *, user: Any, connection: Connection, file_id: str, client: OpenAIClient | None = None
+) -> dict[str, Any]:
+    """A File object the person may read (file_readable), from upstream."""
+    _readable_or_404(user=user, connection=connection, file_id=file_id)
+    client = client or get_client(connection=connection)
+    return client.retrieve_file(file_id)
+
+
 def file_content(
     *, user: Any, connection: Connection, file_id: str, client: OpenAIClient | None = None
 ) -> tuple[Iterator[bytes], str]:
-    """Start streaming a file's bytes from upstream; errors are raised before the first byte,
-    so the caller can still answer with the right status."""
+    """Start streaming the bytes of a file the person may read (file_readable); errors are
+    raised before the first byte, so the caller can still answer with the right status."""
+    _readable_or_404(user=user, connection=connection, file_id=file_id)
     client = client or get_client(connection=connection)
     try:
         response = client.open_file_content(file_id)

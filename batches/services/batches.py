@@ -26,7 +26,13 @@ from ..models import (
     payload_counts,
     payload_id,
 )
-from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
+from ..openai_client import (
+    TOKEN_LIMIT_EXCEEDED,
+    InvalidRequest,
+    OpenAIClient,
+    OpenAIError,
+    is_upstream_id,
+)
 from .connections import get_client
 from .estimates import progress_snapshot_record
 from .notifications import notifications_enqueue
@@ -262,6 +268,12 @@ def batch_create(
         payload = found
     if not isinstance(payload.get("id"), str):
         raise ServiceError("The server answered the create call without a batch id.")
+    if not is_upstream_id(payload["id"]):
+        # Cached, it could be neither linked to nor fetched again (openai_client's id pattern).
+        raise ServiceError(
+            "The server answered the create call with a batch id batchweb cannot use (ids are "
+            "letters, digits, _ and -): look for the batch on the provider's own dashboard."
+        )
     return _adopt(payload, **adopt)
 
 

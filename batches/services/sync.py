@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, transaction
@@ -44,7 +45,14 @@ from django.db.models import F
 from django.utils import timezone
 
 from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
-from ..openai_client import InvalidRequest, NotABatch, NotFound, OpenAIClient, OpenAIError
+from ..openai_client import (
+    InvalidRequest,
+    NotABatch,
+    NotFound,
+    OpenAIClient,
+    OpenAIError,
+    is_upstream_id,
+)
 from .batches import batch_upsert, batches_insert_new
 from .capacity import capacity_waits_due
 from .connections import get_client
@@ -78,6 +86,9 @@ class SyncResult:
     created: int = 0
     updated: int = 0
     refreshed: int = 0
+    # Listed batches whose id is not of an id's shape (openai_client.UPSTREAM_ID_REGEX): not
+    # cached, since no page could link to them nor the client fetch them again.
+    skipped: int = 0
     stopped_because: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -86,6 +97,8 @@ class SyncResult:
             f"{self.pages} pages, {self.seen} batches seen, {self.created} new, "
             f"{self.updated} changed, {self.refreshed} refreshed"
         )
+        if self.skipped:
+            text += f", {self.skipped} skipped (ids batchweb cannot use)"
         if self.stopped_because:
             text += f"; stopped: {self.stopped_because}"
         return text
@@ -161,10 +174,11 @@ def list_walk(
             break
         page = client.list_batches(after=after, limit=100)
         result.pages += 1
-        items = [item for item in page["data"] if isinstance(item, dict) and item.get("id")]
-        if not items:
+        listed = [item for item in page["data"] if isinstance(item, dict) and item.get("id")]
+        if not listed:
             result.stopped_because = "empty page"
             break
+        items = _addressable(listed, connection=connection, result=result)
         news = 0
         unchanged = _store_unchanged_finished(
             items, connection=connection, now=now or timezone.now()
@@ -192,13 +206,32 @@ def list_walk(
         if not full and news == 0:
             result.stopped_because = "nothing new"
             break
-        cursor = str(items[-1]["id"])
+        cursor = str(listed[-1]["id"])  # a query parameter: any id of the page will do
         if cursor in seen_cursors:
             result.stopped_because = "repeated cursor"
             break
         seen_cursors.add(cursor)
         after = cursor
     return result
+
+
+def _addressable(
+    items: list[dict[str, Any]], *, connection: Connection, result: SyncResult
+) -> list[dict[str, Any]]:
+    """The listed batches whose id can go into a URL. The others are skipped, with a warning,
+    rather than cached: a link to one could not be made, nor a call to fetch it again."""
+    usable = [item for item in items if is_upstream_id(str(item["id"]))]
+    skipped = len(items) - len(usable)
+    if skipped:
+        result.skipped += skipped
+        example = next(str(i["id"]) for i in items if not is_upstream_id(str(i["id"])))
+        logger.warning(
+            "sync %s: skipped %d listed batches whose ids are not of an id's shape (e.g. %r)",
+            connection.slug,
+            skipped,
+            example[:40],
+        )
+    return usable
 
 
 def _store_unchanged_finished(
