@@ -186,14 +186,19 @@ def test_the_profile_shows_the_defaults_and_the_watched_batches(
     assert "batch_secret" not in page  # a connection they may no longer see
 
 
-def test_saving_the_profile_keeps_the_choices_and_the_address(viewer_client, viewer):
+def test_saving_the_profile_keeps_the_choices_and_asks_to_verify_the_address(
+    viewer_client, viewer, mailoutbox
+):
     response = viewer_client.post(
         PROFILE, {"email": "  victor@example.org ", "watched": "on", "at_risk": "on"}, follow=True
     )
 
-    assert "Your notification settings are saved." in messages_of(response)
+    said = " ".join(messages_of(response))
+    assert "Your notification settings are saved." in said
+    assert "We emailed a link to victor@example.org" in said
     viewer.refresh_from_db()
-    assert viewer.email == "victor@example.org"
+    assert viewer.email == "vic@example.com"  # until the link is opened (tests/test_views_profile)
+    assert [m.to for m in mailoutbox] == [["victor@example.org"]]
     preference = NotificationPreference.objects.get(user=viewer)
     assert (preference.my_batches, preference.watched, preference.at_risk) == (False, True, True)
 

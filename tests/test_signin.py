@@ -16,10 +16,11 @@ import requests
 import responses
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth.models import Group, User
+from django.test import Client
 from django.urls import reverse
 
-from batches.models import Event
-from batches.services import signin
+from batches.models import AccountEmail, CompanyIdentity, Event
+from batches.services import addresses, signin
 
 ISSUER = "https://idp.example.test/realms/acme"
 CLIENT_ID = "batchweb"
@@ -79,11 +80,19 @@ class Provider:
         self.mock.get(f"{ISSUER}/userinfo", json=userinfo)
 
     def sign_in(
-        self, client: Any, *, groups: Any = ("batch-ops",), key: Any = KEY, **claims: Any
+        self,
+        client: Any,
+        *,
+        groups: Any = ("batch-ops",),
+        key: Any = KEY,
+        email: str = "ana@example.com",
+        username: str = "ana",
+        **claims: Any,
     ) -> Any:
-        """The whole flow; returns the callback's response."""
+        """The whole flow; returns the callback's response. CLAIMS go in the ID token (`sub`
+        in the userinfo answer too)."""
         params = self.start(client)
-        info = {"sub": "u-1", "email": "ana@example.com", "preferred_username": "ana"}
+        info = {"sub": claims.get("sub", "u-1"), "email": email, "preferred_username": username}
         if groups is not None:
             info["groups"] = list(groups)
         self.answer(self.id_token(params["nonce"], key=key, **claims), info)
@@ -105,6 +114,12 @@ def provider(settings, db, no_network) -> Provider:
 def signed_in_as(client: Any) -> str | None:
     user_id = client.session.get("_auth_user_id")
     return User.objects.get(pk=user_id).username if user_id else None
+
+
+def trusted(user: User, source: str = "admin") -> User:
+    """USER, whose address an admin set (or the provider gave, or a mailed link verified)."""
+    addresses.email_set(user=user, address=user.email, source=source)
+    return user
 
 
 def refusal(client: Any, response: Any) -> str:
@@ -245,19 +260,19 @@ def test_a_first_sign_in_makes_the_account_gives_its_roles_and_is_audited(client
     assert client.get(reverse("activity")).status_code == 200
 
 
-def test_an_existing_account_is_found_by_email_and_a_group_change_applies_at_the_next_sign_in(
+def test_an_existing_account_is_found_by_its_trusted_address_and_a_group_change_applies_next_time(
     client, provider
 ):
-    ana = User.objects.create_user("ana.local", "ANA@example.com", "pw-ana-123")
+    ana = trusted(User.objects.create_user("ana.local", "ANA@example.com", "pw-ana-123"))
     ana.groups.add(Group.objects.get(name="Admins"))
 
-    provider.sign_in(client, groups=["batch-ops"])
+    provider.sign_in(client, groups=["batch-ops"], email_verified=True)
 
     assert signed_in_as(client) == "ana.local"
     assert list(ana.groups.values_list("name", flat=True)) == ["Operators"]
     assert User.objects.count() == 1
     client.post(reverse("logout"))
-    provider.sign_in(client, groups=["batch-admins"])
+    provider.sign_in(client, groups=["batch-admins"])  # found by subject now
     assert list(ana.groups.values_list("name", flat=True)) == ["Admins"]
 
 
@@ -351,10 +366,10 @@ def test_an_id_token_that_is_not_genuine_is_refused_audited_and_makes_nothing(
 
 
 def test_no_groups_claim_refuses_the_sign_in_and_takes_the_roles_away(client, provider):
-    ana = User.objects.create_user("ana", "ana@example.com")
+    ana = trusted(User.objects.create_user("ana", "ana@example.com"))
     ana.groups.add(Group.objects.get(name="Operators"))
 
-    page = refusal(client, provider.sign_in(client, groups=None))
+    page = refusal(client, provider.sign_in(client, groups=None, email_verified=True))
 
     assert "Acme SSO did not say which groups you are in (no “groups” claim)" in page
     assert signed_in_as(client) is None
@@ -384,9 +399,9 @@ def test_the_groups_claim_can_be_named_and_can_be_in_the_id_token(client, provid
 
 
 def test_a_disabled_account_is_refused(client, provider):
-    User.objects.create_user("ana", "ana@example.com", is_active=False)
+    trusted(User.objects.create_user("ana", "ana@example.com", is_active=False))
 
-    page = refusal(client, provider.sign_in(client))
+    page = refusal(client, provider.sign_in(client, email_verified=True))
 
     assert "Your batchweb account is switched off" in page
     assert signed_in_as(client) is None
@@ -396,14 +411,14 @@ def test_a_superuser_address_does_not_sign_the_superuser_in_unless_allowed(
     client, provider, settings
 ):
     """The provider vouches for an email address: it must not open a superuser's account."""
-    User.objects.create_superuser("root", "ana@example.com", "pw-root-123456")
+    trusted(User.objects.create_superuser("root", "ana@example.com", "pw-root-123456"))
 
-    page = refusal(client, provider.sign_in(client))
+    page = refusal(client, provider.sign_in(client, email_verified=True))
 
     assert "superusers sign in with their password" in page
     assert signed_in_as(client) is None
     settings.OIDC_SUPERUSERS = True
-    provider.sign_in(client)
+    provider.sign_in(client, email_verified=True)
     assert signed_in_as(client) == "root"
 
 
@@ -459,3 +474,178 @@ def test_a_password_session_signs_out_here_only(client, provider, viewer):
 
     assert response["Location"] == LOGIN
     assert signed_in_as(client) is None
+
+
+# --- Which account a sign-in is (issue 19, item 1) ---------------------------------------------
+
+BOSS = "boss@corp.example"
+
+
+def typed_on_profile(user: User, address: str) -> None:
+    """USER, signed in with a password in a browser of their own, types ADDRESS on /profile/."""
+    browser = Client()
+    browser.force_login(user, backend="batches.services.signin.PasswordBackend")
+    response = browser.post(reverse("profile"), {"email": address, "my_batches": "on"})
+    assert response.status_code == 302
+
+
+def test_an_address_typed_on_the_profile_does_not_take_over_a_new_company_account(
+    client, provider, mailoutbox
+):
+    """The attack of issue 19: someone with any account types boss's address on their profile;
+    boss's first company sign-in makes boss an account of their own, and gives the attacker
+    nothing (no sign-in as them, no role, not even the address)."""
+    mallory = User.objects.create_user("mallory", "mallory@example.com", "pw-mallory-123")
+    typed_on_profile(mallory, BOSS)
+
+    provider.sign_in(
+        client, groups=["batch-admins"], email=BOSS, username="boss", sub="boss-1",
+        email_verified=True,
+    )  # fmt: skip
+
+    assert signed_in_as(client) == "boss"
+    boss = User.objects.get(username="boss")
+    assert list(boss.groups.values_list("name", flat=True)) == ["Admins"]
+    assert boss.email == BOSS and addresses.email_trusted(user=boss)
+    assert CompanyIdentity.objects.get(subject="boss-1").user == boss
+    mallory.refresh_from_db()
+    assert mallory.email == "mallory@example.com"
+    assert not mallory.groups.exists()
+    assert not addresses.email_trusted(user=mallory)
+    assert [m.to for m in mailoutbox] == [[BOSS]]  # only the link, to boss's own mailbox
+
+
+@pytest.mark.parametrize("how", ["typed on the profile", "on the account before the upgrade"])
+def test_an_address_someone_else_has_unverified_does_not_refuse_its_owner(client, provider, how):
+    """The denial of service of issue 19: boss has an account (address set by an admin);
+    another account with boss's address must not make boss's sign-in ambiguous."""
+    boss = trusted(User.objects.create_user("boss", BOSS))
+    mallory = User.objects.create_user("mallory", "mallory@example.com", "pw-mallory-123")
+    if how == "typed on the profile":
+        typed_on_profile(mallory, BOSS)
+    else:  # an address put on an account before identities were recorded: not trusted
+        User.objects.filter(pk=mallory.pk).update(email=BOSS.upper())
+
+    provider.sign_in(client, email=BOSS, username="boss", sub="boss-1", email_verified=True)
+
+    assert signed_in_as(client) == "boss"
+    assert CompanyIdentity.objects.get().user == boss
+    assert User.objects.count() == 2
+
+
+def test_a_later_sign_in_is_found_by_subject_whatever_address_it_brings(client, provider):
+    provider.sign_in(client, email_verified=True)
+    ana = User.objects.get()
+    client.post(reverse("logout"))
+
+    provider.sign_in(client, email="ana.new@example.com", username="someone-else")
+
+    assert signed_in_as(client) == ana.username
+    assert User.objects.count() == 1
+
+
+def test_an_unverified_address_on_an_account_never_links_a_sign_in(client, provider):
+    """An address from before identities were recorded, the provider verifying it or not: the
+    sign-in gets an account of its own (an admin can vouch for the address to link them)."""
+    ana = User.objects.create_user("ana", "ana@example.com", "pw-ana-123")
+    ana.groups.add(Group.objects.get(name="Admins"))
+
+    provider.sign_in(client, email_verified=True)
+
+    assert signed_in_as(client) == "ana@example.com"  # "ana" is taken: the next free name
+    assert list(ana.groups.values_list("name", flat=True)) == ["Admins"]  # untouched
+    assert not CompanyIdentity.objects.filter(user=ana).exists()
+
+
+def test_a_trusted_address_links_only_when_the_provider_says_it_is_verified(client, provider):
+    ana = trusted(User.objects.create_user("ana", "ana@example.com", "pw-ana-123"))
+
+    provider.sign_in(client)  # no email_verified claim
+
+    assert signed_in_as(client) == "ana@example.com"
+    new = User.objects.get(username="ana@example.com")
+    assert new != ana
+    assert addresses.email_source(user=new) == "not verified"  # not vouched for by anyone
+
+
+@pytest.mark.parametrize("source", ["admin", "provider", "verified"])
+def test_each_trusted_source_links(client, provider, source):
+    ana = trusted(User.objects.create_user("ana.local", "ana@example.com"), source)
+
+    provider.sign_in(client, email_verified="true")  # some providers send a string
+
+    assert signed_in_as(client) == "ana.local"
+    assert CompanyIdentity.objects.get().user == ana
+
+
+def test_an_address_changed_after_it_was_vouched_for_is_not_trusted(client, provider):
+    ana = trusted(User.objects.create_user("ana.local", "old@example.com"))
+    User.objects.filter(pk=ana.pk).update(email="ana@example.com")  # a shell, a script
+
+    provider.sign_in(client, email_verified=True)
+
+    assert signed_in_as(client) == "ana"
+
+
+def test_two_accounts_with_a_trusted_address_are_refused_clearly(client, provider):
+    trusted(User.objects.create_user("ana.one", "ana@example.com"))
+    trusted(User.objects.create_user("ana.two", "ANA@example.com"))
+
+    page = refusal(client, provider.sign_in(client, email_verified=True))
+
+    assert "Two batchweb accounts have the address ana@example.com" in page
+    assert signed_in_as(client) is None
+    assert not CompanyIdentity.objects.exists()
+    assert User.objects.count() == 2
+
+
+def test_an_account_linked_to_another_subject_is_not_taken_by_its_address(client, provider):
+    provider.sign_in(client, email_verified=True)  # ana, subject u-1, address from the provider
+    client.post(reverse("logout"))
+
+    page = refusal(client, provider.sign_in(client, sub="u-2", email_verified=True))
+
+    assert "belongs to another Acme SSO account" in page
+    assert signed_in_as(client) is None
+    assert list(CompanyIdentity.objects.values_list("subject", flat=True)) == ["u-1"]
+
+
+def test_userinfo_about_another_subject_is_refused(client, provider):
+    params = provider.start(client)
+    provider.answer(
+        provider.id_token(params["nonce"], sub="u-1"),
+        {"sub": "u-2", "email": "ana@example.com", "groups": ["batch-ops"]},
+    )
+
+    page = refusal(client, client.get(CALLBACK, {"code": "code-1", "state": params["state"]}))
+
+    assert "could not be verified" in page
+    assert not User.objects.exists() and not CompanyIdentity.objects.exists()
+
+
+def test_a_new_account_never_takes_a_name_in_use(client, provider):
+    User.objects.create_user("ana", "x@example.com")
+    User.objects.create_user("ANA@example.com", "y@example.com")
+
+    provider.sign_in(client)
+
+    assert signed_in_as(client) == "ana-2"
+
+
+def test_the_provider_vouches_for_the_address_of_the_accounts_it_signs_in(client, provider):
+    provider.sign_in(client, email_verified=True)
+
+    record = AccountEmail.objects.get(user__username="ana")
+    assert (record.address, record.source) == ("ana@example.com", "provider")
+
+
+def test_the_librarys_lookup_goes_through_the_one_rule(provider):
+    """mozilla-django-oidc's own lookup (filter_users_by_claims) answers by subject and trusted
+    address, never by an address alone."""
+    mallory = User.objects.create_user("mallory", BOSS)
+    claims = {"iss": ISSUER, "sub": "boss-1", "email": BOSS, "email_verified": True}
+    backend = signin.CompanyBackend()
+
+    assert list(backend.filter_users_by_claims(claims)) == []
+    trusted(mallory)
+    assert list(backend.filter_users_by_claims(claims)) == [mallory]

@@ -37,7 +37,15 @@ from .connections import (
 )
 from .costs import PriceOverride
 from .generation import CacheGeneration
-from .notifications import Channel, NotificationPreference, Outbox, Watch, WebhookDelivery
+from .identity import AccountEmail, CompanyIdentity
+from .notifications import (
+    Channel,
+    NotificationPreference,
+    Outbox,
+    Watch,
+    WebhookDelivery,
+    WebhookRefusals,
+)
 from .progress import ProgressSnapshot
 from .spend import SpendRollup
 
@@ -51,6 +59,7 @@ __all__ = [
     "TOKEN_KEY",
     "USER_KEY",
     "Access",
+    "AccountEmail",
     "AuditLogIsAppendOnly",
     "AuthStyle",
     "Batch",
@@ -60,6 +69,7 @@ __all__ = [
     "CapacityLimit",
     "CapacityWait",
     "Channel",
+    "CompanyIdentity",
     "Connection",
     "ConnectionKeyError",
     "Dialect",
@@ -77,6 +87,7 @@ __all__ = [
     "SyncState",
     "Watch",
     "WebhookDelivery",
+    "WebhookRefusals",
     "access_for",
     "default_connection",
     "default_connection_id",

@@ -91,6 +91,8 @@ class Event(models.Model):
         CAPACITY_SUBMIT = "capacity_submit", "resubmitted once there was room"
         CAPACITY_CANCEL = "capacity_cancel", "stopped waiting for room to resubmit"
         CAPACITY_GAVE_UP = "capacity_gave_up", "gave up waiting for room to resubmit"
+        EMAIL_CHANGE = "email_change", "asked to change their email address"
+        EMAIL_VERIFY = "email_verify", "verified their email address"
 
     class Outcome(models.TextChoices):
         OK = "ok", "ok"

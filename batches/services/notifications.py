@@ -310,6 +310,9 @@ def _may_be_told(user: Any, batch: Batch) -> bool:
 
 
 def _usable_address(user: Any) -> str:
+    """Where a person's notifications go: the address on the account, which only an admin, the
+    company provider or a verified link sets (services/addresses.py). An address typed on the
+    profile and not verified yet (`AccountEmail.pending`) is never used."""
     address = (user.email or "").strip()
     try:
         validate_email(address)
@@ -578,17 +581,13 @@ def watch_set(*, user: Any, batch: Batch, watch: bool | None = None) -> bool:
 
 
 def notification_preferences_save(
-    *, user: Any, email: str, my_batches: bool, watched: bool, at_risk: bool
+    *, user: Any, my_batches: bool, watched: bool, at_risk: bool
 ) -> NotificationPreference:
-    """What a person chose on their profile page: the address and the three switches."""
-    with transaction.atomic():
-        if user.email != email:
-            user.email = email
-            user.save(update_fields=["email"])
-        preference, _ = NotificationPreference.objects.update_or_create(
-            user=user,
-            defaults={"my_batches": my_batches, "watched": watched, "at_risk": at_risk},
-        )
+    """The three switches a person chose on their profile page. The address is not one of
+    them: it changes once verified (services/addresses.py, `email_change_request`)."""
+    preference, _ = NotificationPreference.objects.update_or_create(
+        user=user, defaults={"my_batches": my_batches, "watched": watched, "at_risk": at_risk}
+    )
     return preference
 
 

@@ -6,7 +6,15 @@ come from its discovery document, fetched once per process (a failed fetch is tr
 next sign-in). At every sign-in the provider's groups (the OIDC_GROUPS_CLAIM claim) decide the
 person's groups here through OIDC_ROLE_MAP: the groups it names are added and removed to match,
 so a change at the provider applies at the next sign-in; groups it does not name are left to the
-admins. Accounts are matched by email address and made at the first sign-in.
+admins.
+
+Which account a company sign-in is, is decided by one function, `company_account_for`: the
+account linked to the provider's subject (`iss` + `sub`, what the ID token signs), recorded at
+the first sign-in (`CompanyIdentity`). A sign-in with no link yet is linked to an existing
+account by email address only when the provider says the address is verified *and* the
+account's address was set by an admin, by the provider, or verified with a mailed link
+(services/addresses.py, `email_trusted`); otherwise it gets an account of its own. An address
+someone typed on their profile never decides anything, and never refuses anyone.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import jwt
 import requests
@@ -28,12 +37,14 @@ from django.contrib.auth.models import Group
 from django.core import checks
 from django.core.cache import caches
 from django.core.exceptions import SuspiciousOperation
+from django.db import IntegrityError, transaction
 from django.db.models import Max, Sum
 from django.http import HttpRequest
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from .. import roles
-from ..models import generation
+from ..models import AccountEmail, CompanyIdentity, generation
+from .addresses import email_set, email_trusted
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +225,71 @@ def _groups_claim(claims: dict[str, Any]) -> list[str] | None:
     return None
 
 
+# --- Which account a sign-in is -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompanyAccount:
+    """The answer of `company_account_for`: the account (None: one is to be made) and what
+    linked it ("subject": an earlier sign-in; "address": a verified address on both sides)."""
+
+    user: Any
+    linked_by: Literal["subject", "address", "new"]
+
+
+def email_verified_claim(claims: dict[str, Any]) -> bool:
+    """The provider says the address is verified: `true` (some providers send the string)."""
+    value = claims.get("email_verified")
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def company_account_for(*, issuer: str, subject: str, claims: dict[str, Any]) -> CompanyAccount:
+    """Which batchweb account the provider's account ISSUER + SUBJECT is: the one its first
+    sign-in was linked to; else the one account whose address is the claimed one, when the
+    provider says it is verified and the account's address is trusted (`email_trusted`); else
+    none (the sign-in gets an account of its own). Reads only; SignInRefused when two trusted
+    accounts have the address, or when the account with it is another subject's already."""
+    identity = (
+        CompanyIdentity.objects.select_related("user")
+        .filter(issuer=issuer, subject=subject)
+        .first()
+    )
+    if identity is not None:
+        return CompanyAccount(identity.user, "subject")
+    email = str(claims.get("email") or "").strip()
+    if not email or not email_verified_claim(claims):
+        return CompanyAccount(None, "new")
+    from django.contrib.auth import get_user_model
+
+    same = get_user_model().objects.filter(
+        email__iexact=email, account_email__source__in=AccountEmail.TRUSTED
+    )
+    trusted = [user for user in same.select_related("account_email") if email_trusted(user=user)]
+    if not trusted:
+        if get_user_model().objects.filter(email__iexact=email).exists():
+            log.warning(
+                "Company sign-in of a new subject: an account has its address, not verified, "
+                "so it gets an account of its own (an admin may vouch for the address)."
+            )
+        return CompanyAccount(None, "new")
+    if len(trusted) > 1:
+        raise SignInRefused(
+            f"Two batchweb accounts have the address {email}: ask your batchweb admin to "
+            "remove one.",
+            detail="two accounts with this verified email",
+            username=email,
+        )
+    user = trusted[0]
+    if CompanyIdentity.objects.filter(user=user, issuer=issuer).exists():
+        raise SignInRefused(
+            f"The batchweb account with the address {email} belongs to another "
+            f"{provider_name()} account. Ask your batchweb admin.",
+            detail=f"account {user.get_username()} is linked to another subject",
+            username=user.get_username(),
+        )
+    return CompanyAccount(user, "address")
+
+
 # --- Authentication backends ------------------------------------------------------------------
 
 
@@ -350,11 +426,29 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
     def get_userinfo(
         self, access_token: str, id_token: str, payload: dict[str, Any]
     ) -> dict[str, Any]:
-        """The ID token's claims, completed by the userinfo endpoint when there is one."""
+        """The ID token's claims, completed by the userinfo endpoint when there is one (whose
+        answer must be about the same subject: OpenID Connect Core 5.3.2)."""
         claims = dict(payload)
         if self.OIDC_OP_USER_ENDPOINT:
             claims.update(super().get_userinfo(access_token, id_token, payload))
+            if str(claims.get("sub", "")) != str(payload.get("sub", "")):
+                raise SignInRefused(
+                    f"The answer from {provider_name()} could not be verified, so nobody was "
+                    "signed in. Try again; if it goes on, tell your batchweb admin.",
+                    detail="userinfo is about another subject than the ID token",
+                )
+            claims["iss"], claims["sub"] = payload.get("iss"), payload.get("sub")
         return claims
+
+    def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
+        """The library's lookup, answered by `company_account_for` (never by address alone)."""
+        issuer, subject = _subject_of(claims)
+        found = company_account_for(issuer=issuer, subject=subject, claims=claims)
+        users = self.UserModel.objects
+        return users.filter(pk=found.user.pk) if found.user is not None else users.none()
+
+    def describe_user_by_claims(self, claims: dict[str, Any]) -> str:
+        return f"subject {claims.get('sub')}"
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> Any:
         claims = self.get_userinfo(access_token, id_token, payload)
@@ -374,15 +468,8 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
                 detail="email not verified",
                 username=who,
             )
-        users = list(self.UserModel.objects.filter(email__iexact=email)[:2])
-        if len(users) > 1:
-            raise SignInRefused(
-                f"Two batchweb accounts have the address {email}: ask your batchweb admin to "
-                "remove one.",
-                detail="two accounts with this email",
-                username=email,
-            )
-        user = users[0] if users else None
+        issuer, subject = _subject_of(claims)
+        user = company_account_for(issuer=issuer, subject=subject, claims=claims).user
         provider_groups = _groups_claim(claims)
         if provider_groups is None:
             if user is not None:
@@ -395,8 +482,8 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
                 username=user.get_username() if user else email,
             )
         if user is not None and user.is_superuser and not settings.OIDC_SUPERUSERS:
-            # The provider vouches for an email address; a superuser holds every key in
-            # batchweb: that takes their password, unless the admins chose otherwise.
+            # A superuser holds every key in batchweb: that takes their password, unless the
+            # admins chose otherwise.
             raise SignInRefused(
                 f"{email} is a batchweb superuser's address: superusers sign in with their "
                 "password (an admin can set OIDC_SUPERUSERS=true to let the provider sign them "
@@ -410,20 +497,57 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
                 detail="account inactive",
                 username=user.get_username(),
             )
-        if user is None:
-            user = self.create_user(claims)
+        user = self._link(user, issuer=issuer, subject=subject, claims=claims)
         self.update_user(user, claims)
         self.roles = roles_apply(user=user, provider_groups=provider_groups)
         return user
 
+    def _link(self, user: Any, *, issuer: str, subject: str, claims: dict[str, Any]) -> Any:
+        """Make the account when there is none, and record the subject it is from now on. Two
+        first sign-ins of one subject at once: the second finds the first's account."""
+        try:
+            with transaction.atomic():
+                if user is None:
+                    user = self.create_user(claims)
+                CompanyIdentity.objects.get_or_create(
+                    issuer=issuer, subject=subject, defaults={"user": user}
+                )
+        except IntegrityError:
+            found = company_account_for(issuer=issuer, subject=subject, claims=claims).user
+            if found is None:
+                raise
+            return found
+        email = str(claims.get("email") or "").strip()
+        if (
+            email_verified_claim(claims)
+            and email.lower() == (user.email or "").strip().lower()
+            and not email_trusted(user=user)
+        ):
+            # The provider vouches for the address this account already has.
+            email_set(user=user, address=user.email, source=AccountEmail.Source.PROVIDER)
+        return user
+
     def create_user(self, claims: dict[str, Any]) -> Any:
+        """An account of the sign-in's own: named after its preferred username, else its
+        address, else either with a number (never someone else's name)."""
         email = str(claims["email"]).strip()
         wanted = str(claims.get("preferred_username") or "").strip()[:150]
-        taken = self.UserModel.objects.filter(username__iexact=wanted).exists()
-        username = wanted if wanted and not taken else email[:150]
-        user = self.UserModel(username=username, email=email)
+        users = self.UserModel.objects
+        candidates = [c for c in (wanted, email[:150]) if c]
+        free = (c for c in candidates if not users.filter(username__iexact=c).exists())
+        username = next(free, "")
+        if not username:
+            base = candidates[0][:140]
+            number = 2
+            while users.filter(username__iexact=f"{base}-{number}").exists():
+                number += 1
+            username = f"{base}-{number}"
+        user = self.UserModel(username=username)
         user.set_unusable_password()
         user.save()
+        source = AccountEmail.Source
+        trust = source.PROVIDER if email_verified_claim(claims) else source.UNVERIFIED
+        email_set(user=user, address=email, source=trust)
         return user
 
     def update_user(self, user: Any, claims: dict[str, Any]) -> Any:
@@ -433,6 +557,20 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
             user.first_name, user.last_name = first, last
             user.save(update_fields=["first_name", "last_name"])
         return user
+
+
+def _subject_of(claims: dict[str, Any]) -> tuple[str, str]:
+    """The provider's account a sign-in is: the ID token's issuer (checked against
+    OIDC_ISSUER_URL already) and subject."""
+    issuer = str(claims.get("iss") or settings.OIDC_ISSUER_URL).rstrip("/")
+    subject = str(claims.get("sub") or "")
+    if not subject or len(subject) > 255 or len(issuer) > 255:
+        raise SignInRefused(
+            f"The answer from {provider_name()} did not say who you are, so nobody was signed "
+            "in. Tell your batchweb admin.",
+            detail="no usable subject (sub) claim",
+        )
+    return issuer, subject
 
 
 def _why(error: Exception) -> str:

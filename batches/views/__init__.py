@@ -24,7 +24,7 @@ from .capacity import (
 from .connections import connection_detail, connection_list, connection_test
 from .create import batch_create, submission_confirm
 from .notifications import batch_watch
-from .profile import profile
+from .profile import profile, profile_email_verify
 from .results import batch_download, batch_results, batch_retry, result_view, results_export
 from .spend import spend, spend_export
 from .webhooks import openai_webhook
@@ -52,6 +52,7 @@ __all__ = [
     "connection_test",
     "openai_webhook",
     "profile",
+    "profile_email_verify",
     "result_view",
     "results_export",
     "spend",

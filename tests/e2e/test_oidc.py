@@ -48,6 +48,9 @@ ROLE_MAP = "batch-admins=Admins,batch-ops=Operators,batch-viewers=Viewers"
 ACCOUNTS = {
     "ana": {"password": "ana-pw", "email": "ana@example.com", "groups": ["batch-ops", "staff"]},
     "nogroups": {"password": "ng-pw", "email": "ng@example.com"},
+    # Issue 19, item 1: mallory types boss's address on her profile before boss's first sign-in.
+    "mallory": {"password": "mal-pw", "email": "mallory@example.com", "groups": ["batch-viewers"]},
+    "boss": {"password": "boss-pw", "email": "boss@corp.example", "groups": ["batch-admins"]},
 }
 ROOT_PASSWORD = "root-e2e-pw-1"
 LOCAL_SCRIPT = f"""
@@ -95,6 +98,12 @@ class OidcSite:
                 "SELECT action, username, outcome, detail FROM batches_event ORDER BY id"
             )
             return list(rows)
+
+    def email_of(self, username: str) -> str | None:
+        with sqlite3.connect(self.database) as db:
+            row = db.execute("SELECT email FROM auth_user WHERE username = ?", (username,))
+            found = row.fetchone()
+            return found[0] if found else None
 
     def groups_of(self, username: str) -> list[str]:
         with sqlite3.connect(self.database) as db:
@@ -167,16 +176,32 @@ def oidc_site(
         provider_log.close()
 
 
-@pytest.fixture
-def page(browser: Any, oidc_site: OidcSite) -> Iterator[Any]:
+def _loopback_page(browser: Any, site: OidcSite, problems: Problems) -> Any:
     """A fresh context (no cookies here or at the provider) that can reach only loopback."""
-    problems = Problems()
-    page = _new_page(browser, oidc_site.url, problems)
+    page = _new_page(browser, site.url, problems)
     loopback = re.compile(r"^(https?://(127\.0\.0\.1|localhost)(:\d+)?/|data:|about:)")
     page.context.route(
         "**/*",
         lambda route: route.continue_() if loopback.match(route.request.url) else route.abort(),
     )
+    return page
+
+
+@pytest.fixture
+def page(browser: Any, oidc_site: OidcSite) -> Iterator[Any]:
+    """A fresh context (no cookies here or at the provider) that can reach only loopback."""
+    problems = Problems()
+    page = _loopback_page(browser, oidc_site, problems)
+    yield page
+    page.context.close()
+    assert not problems.items, "\n".join(problems.items)
+
+
+@pytest.fixture
+def second_page(browser: Any, oidc_site: OidcSite) -> Iterator[Any]:
+    """Another person's browser, beside `page`."""
+    problems = Problems()
+    page = _loopback_page(browser, oidc_site, problems)
     yield page
     page.context.close()
     assert not problems.items, "\n".join(problems.items)
@@ -297,3 +322,74 @@ def test_with_passwords_off_only_a_superuser_signs_in_with_one(page, oidc_site):
     page.get_by_role("button", name="Sign in", exact=True).click()
     expect(page.get_by_role("heading", name="Batches", exact=True)).to_be_visible()
     expect(page.get_by_role("navigation", name="Main")).to_contain_text("root")
+
+
+def test_an_address_typed_on_a_profile_does_not_take_over_a_first_company_sign_in(
+    page, second_page, oidc_site, mailbox
+):
+    """Issue 19, item 1, over real HTTP: mallory (any role) types boss's address on her
+    profile; boss's first sign-in makes boss an account of their own, with boss's roles, and
+    mallory's account gains nothing."""
+    page.goto("/accounts/login/")
+    provider_sign_in(page, oidc_site, "mallory")
+    expect(page.get_by_role("navigation", name="Main")).to_contain_text("mallory")
+    page.goto("/profile/")
+    page.get_by_label("Email address").fill("boss@corp.example")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("We emailed a link to boss@corp.example")
+    expect(page.get_by_label("Email address")).to_have_value("mallory@example.com")
+    screenshot(page, "oidc-profile-address-waits")
+
+    boss = second_page
+    boss.goto("/accounts/login/")
+    provider_sign_in(boss, oidc_site, "boss")
+
+    expect(boss).to_have_url(f"{oidc_site.url}/")
+    expect(boss.get_by_role("navigation", name="Main")).to_contain_text("boss")
+    expect(boss.get_by_role("navigation", name="Main")).not_to_contain_text("mallory")
+    expect(boss.get_by_role("link", name="Admin")).to_be_visible()
+    assert oidc_site.groups_of("boss") == ["Admins"]
+    assert oidc_site.email_of("boss") == "boss@corp.example"
+    assert oidc_site.groups_of("mallory") == ["Viewers"]
+    assert oidc_site.email_of("mallory") == "mallory@example.com"
+    action, username, outcome, _ = oidc_site.events()[-1]
+    assert (action, username, outcome) == ("sign_in", "boss", "ok")
+    page.goto("/")  # mallory's own session: still hers, still a Viewer
+    expect(page.get_by_role("navigation", name="Main")).to_contain_text("mallory")
+    expect(page.get_by_role("link", name="Admin")).to_have_count(0)
+    # The only thing the attempt did: the link went to boss's mailbox, not to mallory.
+    mail = mailbox.wait_for(
+        lambda m: "boss@corp.example" in m.recipients, timeout=10, what="to boss"
+    )
+    assert "/profile/email/" in mail.body and "mallory" in mail.body
+    assert not mailbox.to("mallory@example.com")
+
+
+def test_a_new_address_counts_once_its_mailed_link_is_opened(page, oidc_site, mailbox):
+    page.goto("/accounts/login/")
+    provider_sign_in(page, oidc_site, "ana")
+    page.goto("/profile/")
+    page.get_by_label("Email address").fill("ana.new@example.com")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("We emailed a link to ana.new@example.com")
+    assert oidc_site.email_of("ana") == "ana@example.com"
+
+    mail = mailbox.wait_for(
+        lambda m: "ana.new@example.com" in m.recipients, timeout=10, what="to ana.new"
+    )
+    link = re.search(r"http://\S+/profile/email/\S+/", mail.body)
+    assert link is not None and link.group(0).startswith(oidc_site.url)
+    page.goto(link.group(0))
+    expect(page.get_by_role("heading", name="Confirm your email address")).to_be_visible()
+    page.get_by_role("button", name="Yes, use ana.new@example.com").click()
+
+    expect(page).to_have_url(re.compile(r"/profile/$"))
+    expect(page.get_by_role("status")).to_contain_text(
+        "Your email address is now ana.new@example.com"
+    )
+    expect(page.get_by_label("Email address")).to_have_value("ana.new@example.com")
+    assert oidc_site.email_of("ana") == "ana.new@example.com"
+    assert [e[:3] for e in oidc_site.events()[-2:]] == [
+        ("email_change", "ana", "ok"),
+        ("email_verify", "ana", "ok"),
+    ]
