@@ -4,11 +4,13 @@
 Only a personal token opens /v1/: a browser's session cookie is ignored there (and so CSRF,
 which protects cookie-authenticated changes, does not apply). The token's owner becomes
 `request.user` for the request, so every service records and checks them as if they had used
-the pages; audit entries written meanwhile say which token was used.
+the pages; audit entries written meanwhile say which token was used. A call without a token of
+ours is refused without an audit entry (it could come from anyone).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
@@ -26,6 +28,8 @@ from batches.services.connections import connections_for
 from .errors import ApiError, upstream_error
 from .models import CONNECTION_HEADER, ApiToken, Scope
 from .services.tokens import TokenRefused, token_authenticate
+
+logger = logging.getLogger(__name__)
 
 View = Callable[..., HttpResponse]
 
@@ -61,7 +65,7 @@ def token_rule(*permissions: str, scope: str = Scope.READ) -> Callable[[View], V
                         _audit_refusal(request, refusal, token=token)
                         return refusal.response()
             except ApiError as error:  # the token itself was refused
-                _audit_refusal(request, error, token=getattr(error, "token", None))
+                _refused_token(request, error)
                 return error.response()
 
         checked.permissions = permissions  # read by the access tests, as for @rule
@@ -141,6 +145,22 @@ def connection_pick(user: Any, slug: str | None) -> Connection:
         f"Name the connection with the {CONNECTION_HEADER} header: one of {slugs}.",
         code="connection_required",
         param=CONNECTION_HEADER,
+    )
+
+
+def _refused_token(request: HttpRequest, error: ApiError) -> None:
+    """A token refused: in the trail when it is one of ours (expired, revoked, its account
+    disabled: the entry names its owner). A missing or made-up token is anyone's, so it is only
+    logged: a stranger's calls write nothing durable and leave the page cache alone (issue 19)."""
+    token = getattr(error, "token", None)
+    if token is not None:
+        _audit_refusal(request, error, token=token)
+        return
+    logger.warning(
+        "API call refused, no token of ours: %s %r: %s",
+        request.method,
+        request.path[:200],
+        error.code,
     )
 
 

@@ -30,6 +30,7 @@ from .models import (
     PriceOverride,
     SyncState,
     WebhookDelivery,
+    WebhookRefusals,
 )
 from .services.connections import connection_test
 from .services.webhooks import webhook_secret_problem
@@ -451,6 +452,15 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
     search_fields = ("webhook_id", "batch_openai_id", "detail")
     list_select_related = ("connection",)
     date_hierarchy = "received_at"
+
+
+@admin.register(WebhookRefusals)
+class WebhookRefusalsAdmin(ReadOnlyAdmin):
+    """Deliveries refused before their signature was verified: a count per connection, since
+    anyone who knows the URL can send them (services/webhooks.py)."""
+
+    list_display = ("connection", "count", "last_at", "last_reason")
+    list_select_related = ("connection",)
 
 
 # --- Notifications: team channels and the outbox ---------------------------------------------

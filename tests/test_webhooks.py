@@ -11,7 +11,14 @@ import pytest
 from cryptography.fernet import Fernet
 from django.db import IntegrityError, transaction
 
-from batches.models import Batch, Connection, Event, WebhookDelivery, default_connection
+from batches.models import (
+    Batch,
+    Connection,
+    Event,
+    WebhookDelivery,
+    WebhookRefusals,
+    default_connection,
+)
 from batches.services import batch_upsert
 from batches.services import webhooks as service
 from batches.services.webhooks import (
@@ -22,7 +29,6 @@ from batches.services.webhooks import (
     WebhookNotConfigured,
     WebhookOtherConnection,
     WebhookPayloadInvalid,
-    WebhookReplayed,
     WebhookSignatureMismatch,
     WebhookTimestampOutOfRange,
     webhook_receive,
@@ -340,7 +346,8 @@ def test_a_batch_cached_as_finished_already_is_accepted_and_left_alone(research)
     assert WebhookDelivery.objects.get().detail == "cached as completed already: nothing to refresh"
 
 
-def test_a_replayed_webhook_id_is_refused_and_changes_nothing_however_often(research):
+def test_a_redelivered_webhook_id_is_accepted_again_and_changes_nothing_however_often(research):
+    # OpenAI delivers again when it did not get our 200: answering it as accepted stops that.
     batch = cache(research, "batch_abc123")
     deliver(research)
     Batch.objects.filter(pk=batch.pk).update(next_refresh_at=later(60))  # the worker's lease
@@ -348,47 +355,58 @@ def test_a_replayed_webhook_id_is_refused_and_changes_nothing_however_often(rese
 
     outcomes = [deliver(research, now=later(n)) for n in (1, 2)]
 
-    assert [type(o.error) for o in outcomes] == [WebhookReplayed, WebhookReplayed]
+    assert all(o.accepted and o.duplicate for o in outcomes)
     assert snapshot() == before
     rows = list(WebhookDelivery.objects.order_by("id").values_list("accepted", "detail"))
-    assert rows == [
-        (True, "cached as in_progress: refresh requested"),
-        (False, "this webhook-id was processed already"),
-        (False, "this webhook-id was processed already"),
-    ]
-    actions = list(Event.objects.order_by("id").values_list("action", flat=True))
-    assert actions == ["webhook", "webhook_refused", "webhook_refused"]
+    assert rows == [(True, "cached as in_progress: refresh requested")]
+    assert list(Event.objects.values_list("action", flat=True)) == ["webhook"]
 
 
-def test_the_database_refuses_a_second_accepted_delivery_with_the_same_id(research):
+def test_the_database_refuses_a_second_delivery_with_the_same_id(research):
     # The guard when two deliveries of one id arrive at once: both may get past the checks,
     # only one row can be written.
     WebhookDelivery.objects.create(connection=research, webhook_id="wh_1", accepted=True)
-    WebhookDelivery.objects.create(connection=research, webhook_id="wh_1", accepted=False)
 
-    with pytest.raises(IntegrityError), transaction.atomic():
-        WebhookDelivery.objects.create(connection=research, webhook_id="wh_1", accepted=True)
+    for accepted in (True, False):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            WebhookDelivery.objects.create(
+                connection=research, webhook_id="wh_1", accepted=accepted
+            )
 
 
-def test_a_delivery_that_loses_the_race_is_refused_as_a_replay(research):
+def test_a_delivery_that_loses_the_race_is_a_duplicate_and_changes_nothing(research, monkeypatch):
     batch = cache(research, "batch_abc123")
-    # Another process accepted this id a moment ago.
-    WebhookDelivery.objects.create(connection=research, webhook_id=WEBHOOK_ID, accepted=True)
     before = snapshot()
+    # Another process accepts this id between our first look and our write.
+    real_filter = WebhookDelivery.objects.filter
+    looks = []
 
+    def racing(*args, **kwargs):
+        looks.append(kwargs)
+        if len(looks) > 1:
+            return real_filter(*args, **kwargs)
+        WebhookDelivery.objects.create(
+            connection=research, webhook_id=WEBHOOK_ID, accepted=True, detail="theirs"
+        )
+        return real_filter(*args, **kwargs).none()  # the look came just before
+
+    monkeypatch.setattr(WebhookDelivery.objects, "filter", racing, raising=False)
     outcome = deliver(research)
 
-    assert isinstance(outcome.error, WebhookReplayed)
+    assert outcome.accepted and outcome.duplicate
+    assert outcome.delivery.detail == "theirs"
     assert snapshot() == before
     assert Batch.objects.get(pk=batch.pk).next_refresh_at != NOW_DT
+    assert not Event.objects.exists()
 
 
-def test_a_refused_delivery_does_not_block_the_genuine_one_with_the_same_id(research):
+def test_a_forged_delivery_does_not_block_the_genuine_one_with_the_same_id(research):
     cache(research, "batch_abc123")
     forged = signed_headers(BODY, secret=OTHER_SECRET)
     assert not deliver(research, headers=forged).accepted
 
     assert deliver(research).accepted
+    assert WebhookDelivery.objects.get().accepted
 
 
 def test_the_same_webhook_id_on_two_connections_is_two_deliveries(research, finance):
@@ -417,6 +435,17 @@ def test_an_unknown_event_type_does_not_use_up_its_webhook_id(research):
     deliver(research, event_body(kind="batch.paused"))
 
     assert deliver(research).accepted
+    assert WebhookDelivery.objects.get().accepted  # the refused row became the accepted one
+
+
+def test_a_signed_refusal_delivered_again_is_recorded_once(research):
+    body = event_body(kind="batch.paused")
+    outcomes = [deliver(research, body, now=later(n)) for n in (0, 1, 2)]
+
+    assert [isinstance(o.error, WebhookEventUnsupported) for o in outcomes] == [True] * 3
+    assert [o.duplicate for o in outcomes] == [False, True, True]
+    assert WebhookDelivery.objects.count() == 1
+    assert Event.objects.count() == 1
 
 
 @pytest.mark.parametrize(
@@ -511,24 +540,21 @@ def test_a_delivery_just_inside_the_five_minutes_is_accepted(research, seconds):
     assert deliver(research, headers=headers).accepted
 
 
-def test_refused_deliveries_are_recorded_without_unverified_claims(research):
+def test_an_unverified_delivery_is_only_counted(research):
     cache(research, "batch_abc123")
     forged = signed_headers(BODY, secret=OTHER_SECRET)
 
-    outcome = deliver(research, headers=forged)
+    outcomes = [deliver(research, headers=forged, now=later(n)) for n in (0, 5)]
 
-    delivery = outcome.delivery
-    assert (delivery.accepted, delivery.webhook_id, delivery.detail) == (
-        False,
-        WEBHOOK_ID,
-        "no signature matches",
-    )
-    # What a forged body claims is not stored as if it were true.
-    assert (delivery.event_type, delivery.batch_openai_id) == ("", "")
-    event = Event.objects.get()
-    assert (event.action, event.outcome, event.detail) == (
-        "webhook_refused",
-        "failed",
+    assert [o.delivery for o in outcomes] == [None, None]
+    # Nothing the request said is stored: no row of its own, no audit entry.
+    assert not WebhookDelivery.objects.exists()
+    assert not Event.objects.exists()
+    counted = WebhookRefusals.objects.get()
+    assert (counted.connection, counted.count, counted.last_at, counted.last_reason) == (
+        research,
+        2,
+        later(5),
         "no signature matches",
     )
 
@@ -566,7 +592,8 @@ def test_a_disabled_connection_refuses_every_delivery(research):
     outcome = deliver(research)
 
     assert isinstance(outcome.error, WebhookNotConfigured)
-    assert outcome.delivery.detail == "the connection is disabled"
+    assert WebhookRefusals.objects.get().last_reason == "the connection is disabled"
+    assert not WebhookDelivery.objects.exists() and not Event.objects.exists()
 
 
 def test_a_connection_without_a_secret_refuses_every_delivery(research):
@@ -576,7 +603,9 @@ def test_a_connection_without_a_secret_refuses_every_delivery(research):
     outcome = deliver(research)
 
     assert isinstance(outcome.error, WebhookNotConfigured)
-    assert outcome.delivery.detail == "no webhook secret is set for this connection"
+    refusals = WebhookRefusals.objects.get()
+    assert refusals.last_reason == "no webhook secret is set for this connection"
+    assert not WebhookDelivery.objects.exists() and not Event.objects.exists()
 
 
 def test_a_secret_that_cannot_be_decrypted_refuses_deliveries_without_an_error(research, settings):

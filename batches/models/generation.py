@@ -1,14 +1,28 @@
-"""The cache generation: one number that grows with every committed write to what the cached
-pages show (batches, their tallies, events, result files, capacity waits, connections, people,
-groups, watches). Cached pages are kept under the generation they were drawn at
+"""The cache generation: one number that grows with every committed write that changes what a
+cached page shows. Cached pages are kept under the generation they were drawn at
 (batches/views/page_cache.py), so a write makes every older copy unreachable at once: nothing
 is invalidated one key at a time, and no process has to be told (djangoproject.com's
 dashboard keeps its cache this way).
 
-Writes reach it three ways: `post_save`/`post_delete`/`m2m_changed` receivers on the models
-the pages show (connected in `watch_writes`, from the app's ready()); the query sets of those
-models, whose `update`, `bulk_create` and `bulk_update` send no signal (`GenerationQuerySet`);
-and `bump()` called by code that writes with SQL of its own.
+The rule, in one place (`SHOWN`, below): a write raises the number when, and only when, it is
+to a row a page shows. That is every row of the models listed there, except
+
+- fields a model's query set names as `unseen_fields` (a refresh lease, a roll-up flag, when a
+  result file was last opened): a save or update of those alone raises nothing;
+- rows the model's predicate in `SHOWN` says no cached page shows: an audit `Event` with no
+  batch (sign-ins and failed sign-ins, refused API calls, token use, admin changes, webhooks
+  about batches not cached). The Activity page shows those, and it is drawn on every request,
+  never kept under the generation (tests/test_strangers.py checks that it shows them at once).
+
+Everything else is never watched, so it never raises the number: sessions, django-axes'
+failed-attempt rows, API tokens' `last_used_at`, the refused-webhook counters, webhook
+delivery rows, the outbox. This is what keeps a stranger's requests from emptying the page
+cache (issue 19): nothing an anonymous request may write is a row a page shows.
+
+Writes reach the number three ways: `post_save`/`post_delete`/`m2m_changed` receivers on the
+models in `SHOWN` (connected in `watch_writes`, from the app's ready()); the query sets of
+those models, whose `update`, `bulk_create` and `bulk_update` send no signal
+(`GenerationQuerySet`); and `bump()` called by code that writes with SQL of its own.
 
 The number is raised once per transaction, after it commits: raised earlier, a page drawn
 by another process before the commit would be kept under the new number with the old data.
@@ -18,6 +32,7 @@ The write is a one-row UPDATE in its own autocommit, so two transactions never w
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django.db import (
@@ -162,10 +177,31 @@ class GenerationQuerySet(models.QuerySet):
         return changed
 
 
-def _written(sender: Any, using: str, **kwargs: Any) -> None:
+# The models whose rows pages show, each with a predicate saying which of its rows (None: all).
+# Filled by `watch_writes`, which connects a receiver for each; see the module's docstring.
+SHOWN: dict[type[models.Model], Callable[[Any], bool] | None] = {}
+
+
+def shown(instance: models.Model) -> bool:
+    """Whether a page shows this row, by the rule above (its fields aside)."""
+    model = type(instance)
+    if model not in SHOWN:
+        return False
+    predicate = SHOWN[model]
+    return predicate is None or predicate(instance)
+
+
+def _event_shown(event: Any) -> bool:
+    """An audit entry is on a cached page only as part of its batch's page."""
+    return event.batch_id is not None
+
+
+def _written(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
     update_fields = kwargs.get("update_fields")
     unseen = getattr(sender._default_manager.get_queryset(), "unseen_fields", frozenset())
     if update_fields is not None and set(update_fields) <= unseen:
+        return
+    if not shown(instance):
         return
     bump(using)
 
@@ -176,9 +212,9 @@ def _m2m_written(sender: Any, action: str, using: str, **kwargs: Any) -> None:
 
 
 def watch_writes() -> None:
-    """Connect the receivers (from BatchesConfig.ready). Each names its sender: a receiver
-    for every model would make Django fetch each row of a bulk delete (results rows, sessions)
-    to send it a signal."""
+    """Declare what pages show (`SHOWN`) and connect the receivers (from BatchesConfig.ready).
+    Each names its sender: a receiver for every model would make Django fetch each row of a
+    bulk delete (results rows, sessions) to send it a signal."""
     from django.contrib.auth.models import Group, Permission, User
     from django.db.models.signals import m2m_changed, post_delete, post_save
 
@@ -189,21 +225,23 @@ def watch_writes() -> None:
     from .costs import PriceOverride
     from .notifications import Watch
 
-    shown = (
-        Batch,
-        BatchTally,
-        Event,
-        ResultFile,
-        CapacityLimit,
-        CapacityWait,
-        Connection,
-        PriceOverride,
-        Watch,
-        User,
-        Group,
-        Permission,
+    SHOWN.update(
+        {
+            Batch: None,
+            BatchTally: None,
+            Event: _event_shown,
+            ResultFile: None,
+            CapacityLimit: None,
+            CapacityWait: None,
+            Connection: None,
+            PriceOverride: None,
+            Watch: None,
+            User: None,
+            Group: None,
+            Permission: None,
+        }
     )
-    for model in shown:
+    for model in SHOWN:
         uid = f"bw-generation-{model._meta.label_lower}"
         post_save.connect(_written, sender=model, dispatch_uid=uid + "-save")
         post_delete.connect(_written, sender=model, dispatch_uid=uid + "-delete")

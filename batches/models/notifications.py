@@ -153,7 +153,10 @@ class Outbox(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    """One webhook OpenAI sent to batchweb, valid or not: processed once per `webhook-id`."""
+    """One webhook OpenAI sent to batchweb, accepted or refused: a delivery whose signature was
+    verified with the connection's secret (only OpenAI holds it). One row per `webhook-id`:
+    a redelivery of the same id finds its row and adds none. Deliveries refused before their
+    signature was verified are strangers' and are only counted (`WebhookRefusals`)."""
 
     connection = models.ForeignKey(
         Connection, on_delete=models.CASCADE, related_name="webhook_deliveries"
@@ -169,18 +172,37 @@ class WebhookDelivery(models.Model):
         ordering = ("-received_at", "-id")
         verbose_name_plural = "webhook deliveries"
         constraints = [
-            # Only accepted deliveries are unique: a refused one (a bad signature, say) must not
-            # stop the genuine delivery with the same id from being processed.
+            # Decides whether an id was seen before, also between two deliveries at once.
             models.UniqueConstraint(
-                fields=["connection", "webhook_id"],
-                condition=models.Q(accepted=True),
-                name="one_accepted_delivery",
+                fields=["connection", "webhook_id"], name="one_delivery_per_webhook_id"
             )
         ]
-        # The connection's page lists its latest deliveries; refused ones can be many.
+        # The connection's page lists its latest deliveries.
         indexes = [
             models.Index(fields=["connection", "-received_at", "-id"], name="webhook_latest")
         ]
 
     def __str__(self) -> str:
         return f"{self.webhook_id} {self.event_type} {self.batch_openai_id}"
+
+
+class WebhookRefusals(models.Model):
+    """Deliveries to a connection's webhook URL refused before their signature was verified
+    (no usable secret, a missing or wrong signature, a stale timestamp, a body too large):
+    anyone can send those, so they are counted in this one row per connection, updated in
+    place, and never kept one by one (issue 19: nothing durable from strangers)."""
+
+    connection = models.OneToOneField(
+        Connection, on_delete=models.CASCADE, primary_key=True, related_name="webhook_refusals"
+    )
+    count = models.PositiveBigIntegerField(default=0)
+    last_at = models.DateTimeField(null=True, blank=True)
+    # One of the service's own reasons (services/webhooks.py), never text from the request.
+    last_reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = "refused webhooks"
+        verbose_name_plural = "refused webhooks"
+
+    def __str__(self) -> str:
+        return f"{self.count} refused"

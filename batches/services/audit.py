@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from axes.helpers import get_cool_off
 from django.conf import settings
 from django.db.models import Q
 from django.http import HttpRequest
+from django.utils import timezone
 
 from ..models import Access, Event, EventQuerySet
 from .result_files import Echo, csv_safe
@@ -145,8 +147,23 @@ def audit_sign_in_failed(
     username = str(credentials.get("username") or "")[:150]
     detail = f"from {_client_address(request)}"
     if getattr(request, "bw_locked_out", False):  # refused by the throttle, password unchecked
-        detail += f"; refused: too many failed sign-ins, locked{_until(request, username)}"
+        refused = f"{detail}; refused:"
+        if _refusal_recorded(request, refused):
+            return
+        detail = f"{refused} too many failed sign-ins, locked{_until(request, username)}"
     Event.record(Event.Action.SIGN_IN_FAILED, username=username, detail=detail)
+
+
+def _refusal_recorded(request: HttpRequest, prefix: str) -> bool:
+    """Whether an attempt refused during this address's lockout is in the trail already: the
+    first is, the rest are not. django-axes bounds the failures it counts (a few per address
+    and lockout); this bounds the attempts it refuses unchecked, which it does not count, so
+    a stranger cannot grow the trail without end (issue 19)."""
+    entries = Event.objects.filter(action=Event.Action.SIGN_IN_FAILED, detail__startswith=prefix)
+    cool_off = get_cool_off(request)  # None: locked until an admin unlocks
+    if cool_off is not None:
+        entries = entries.filter(at__gte=timezone.now() - cool_off)
+    return entries.exists()
 
 
 def audit_locked_out(

@@ -10,8 +10,17 @@ OpenAI signs each delivery the Standard Webhooks way (see providers-webhooks-pri
 
 `webhook_verify()` checks exactly that and raises one of the `WebhookError` family, each with a
 short reason that is safe to send back and to store (never the secret or a signature).
-`webhook_receive()` verifies, parses, dispatches on the event's `type` string and records every
-delivery, accepted or not, as a `WebhookDelivery` row and an audit `Event`.
+`webhook_receive()` verifies, parses, dispatches on the event's `type` string and records what
+it may:
+
+- a delivery refused before its signature is verified (the connection takes no webhooks, a
+  header is missing, no signature matches, the timestamp is off, the body is too large) may
+  come from anyone who knows the URL: it is only counted, in the connection's one
+  `WebhookRefusals` row (`webhook_refuse`), with no row of its own and no audit entry;
+- a delivery signed with the connection's secret comes from OpenAI: it is kept as a
+  `WebhookDelivery` row and an audit `Event`, accepted or refused, once per `webhook-id`. A
+  redelivery of an id seen before (OpenAI retries when its 200 was lost) is answered as the
+  first one was and writes nothing.
 
 Nothing here calls upstream: the body is thin (an event id and a batch id), so an accepted
 delivery only makes the cached batch due (`next_refresh_at = now`) and the worker's next pass,
@@ -34,9 +43,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from ..models import Batch, Connection, ConnectionKeyError, Event, WebhookDelivery
+from ..models import (
+    Batch,
+    Connection,
+    ConnectionKeyError,
+    Event,
+    WebhookDelivery,
+    WebhookRefusals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -109,10 +126,6 @@ class WebhookPayloadInvalid(WebhookError):
 
 class WebhookEventUnsupported(WebhookError):
     reason = "this event type is not handled"
-
-
-class WebhookReplayed(WebhookError):
-    reason = "this webhook-id was processed already"
 
 
 class WebhookOtherConnection(WebhookError):
@@ -246,11 +259,14 @@ def webhook_parse(body: bytes) -> WebhookEvent:
 
 @dataclass(frozen=True)
 class WebhookOutcome:
-    """What became of one delivery; `error` is None when it was accepted."""
+    """What became of one delivery; `error` is None when it was accepted. `delivery` is its row
+    (None for a delivery refused before its signature was verified: those are only counted);
+    `duplicate` says the row was there already (a redelivery)."""
 
-    delivery: WebhookDelivery
+    delivery: WebhookDelivery | None
     error: WebhookError | None = None
     batch: Batch | None = None
+    duplicate: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -258,7 +274,9 @@ class WebhookOutcome:
 
     @property
     def reason(self) -> str:
-        return self.error.reason if self.error else self.delivery.detail
+        if self.error:
+            return self.error.reason
+        return self.delivery.detail if self.delivery else ""
 
 
 def webhook_endpoint_problem(connection: Connection) -> WebhookError | None:
@@ -283,15 +301,15 @@ def webhook_receive(
     body: bytes,
     now: dt.datetime | None = None,
 ) -> WebhookOutcome:
-    """Verify, parse and act on one delivery to `connection`'s URL; record it either way.
+    """Verify, parse and act on one delivery to `connection`'s URL.
 
-    Accepted: a `batch.*` ending, correctly signed within 5 minutes, whose `webhook-id` was not
-    accepted before and whose batch is not one of another connection's. The cached batch, when
-    it is still running, is made due for the worker's next pass. Everything else is refused
-    with one of the `WebhookError` family and changes nothing but the records.
+    Accepted: a `batch.*` ending, correctly signed within 5 minutes, whose batch is not one of
+    another connection's. The cached batch, when it is still running, is made due for the
+    worker's next pass. A `webhook-id` accepted before is answered as accepted again
+    (`duplicate`) and changes nothing. Everything else is refused with one of the
+    `WebhookError` family: counted when the signature was not verified, recorded when it was.
     """
     now = now or timezone.now()
-    event: WebhookEvent | None = None
     try:
         problem = webhook_endpoint_problem(connection)
         if problem is not None:
@@ -301,6 +319,15 @@ def webhook_receive(
         webhook_id = webhook_verify(
             secret=connection.webhook_secret(), headers=headers, body=body, now=now
         )
+    except WebhookError as error:
+        return webhook_refuse(connection=connection, error=error, now=now)
+
+    # From here on the sender holds the connection's secret: it is OpenAI.
+    seen = WebhookDelivery.objects.filter(connection=connection, webhook_id=webhook_id).first()
+    if seen is not None and seen.accepted:
+        return WebhookOutcome(delivery=seen, duplicate=True)
+    event: WebhookEvent | None = None
+    try:
         event = webhook_parse(body)
         if event.type not in BATCH_EVENTS:
             raise WebhookEventUnsupported(f"event type {event.type} is not handled")
@@ -309,8 +336,8 @@ def webhook_receive(
         with transaction.atomic():
             return _accept(connection=connection, webhook_id=webhook_id, event=event, now=now)
     except WebhookError as error:
-        return webhook_refuse(
-            connection=connection, headers=headers, error=error, event=event, now=now
+        return _refuse_signed(
+            connection=connection, webhook_id=webhook_id, error=error, event=event, now=now
         )
 
 
@@ -335,21 +362,27 @@ def _accept(
         detail = f"cached as {batch.status} already: nothing to refresh"
     else:
         detail = f"cached as {batch.status}: refresh requested"
+    fields = {
+        "event_type": event.type,
+        "batch_openai_id": event.batch_openai_id,
+        "received_at": now,
+        "accepted": True,
+        "detail": detail[:255],
+    }
     try:
-        # The constraint (one accepted row per connection and webhook-id) decides whether this
-        # id was seen before, also between two deliveries arriving at once.
+        # The constraint (one row per connection and webhook-id) decides whether this id was
+        # seen before, also between two deliveries arriving at once.
         with transaction.atomic():
             delivery = WebhookDelivery.objects.create(
-                connection=connection,
-                webhook_id=webhook_id,
-                event_type=event.type,
-                batch_openai_id=event.batch_openai_id,
-                received_at=now,
-                accepted=True,
-                detail=detail[:255],
+                connection=connection, webhook_id=webhook_id, **fields
             )
     except IntegrityError:
-        raise WebhookReplayed() from None
+        # Refused once (this version did not handle it then, say), or accepted a moment ago
+        # by another process: only the first of those is taken up now.
+        seen = WebhookDelivery.objects.filter(connection=connection, webhook_id=webhook_id)
+        if not seen.filter(accepted=False).update(**fields):
+            return WebhookOutcome(delivery=seen.first(), duplicate=True)
+        delivery = seen.get()
     if batch is not None and not batch.is_terminal:
         # Only while still running: the worker may have finished it a moment ago.
         mine.filter(pk=batch.pk, running=True).update(next_refresh_at=now)
@@ -372,20 +405,16 @@ def _accept(
     return WebhookOutcome(delivery=delivery, batch=batch)
 
 
-def webhook_refuse(
+def _refuse_signed(
     *,
     connection: Connection,
-    headers: Mapping[str, str],
+    webhook_id: str,
     error: WebhookError,
-    event: WebhookEvent | None = None,
-    now: dt.datetime | None = None,
+    event: WebhookEvent | None,
+    now: dt.datetime,
 ) -> WebhookOutcome:
-    """Record a refused delivery (also used by the view for bodies it would not read).
-
-    `event` is given only once the signature was verified: what an unverified body claims is
-    not worth storing."""
-    now = now or timezone.now()
-    webhook_id = _storable_id(_headers(headers).get(ID_HEADER, ""))
+    """Record a delivery OpenAI signed but batchweb does not take (an event type it does not
+    handle, a body it cannot read, a batch of another connection): once per `webhook-id`."""
     batch_openai_id = _storable_id(event.batch_openai_id) if event else ""
     # Attach the batch only when it is this connection's (an audit entry takes its connection
     # from its batch).
@@ -394,30 +423,54 @@ def webhook_refuse(
         if batch_openai_id
         else None
     )
-    with transaction.atomic():
-        delivery = WebhookDelivery.objects.create(
-            connection=connection,
-            webhook_id=webhook_id,
-            event_type=event.type if event else "",
-            batch_openai_id=batch_openai_id,
-            received_at=now,
-            accepted=False,
-            detail=error.reason[:255],
-        )
-        Event.record(
-            Event.Action.WEBHOOK_REFUSED,
-            connection=connection,
-            batch=batch,
-            batch_openai_id=batch_openai_id,
-            target=f"webhook {webhook_id}" if webhook_id else "webhook",
-            detail=f"{event.type}: {error.reason}" if event else error.reason,
-        )
-    logger.warning(
-        "webhook %s: refused %s: %s", connection.slug, webhook_id or "(no id)", error.reason
-    )
+    try:
+        with transaction.atomic():
+            delivery = WebhookDelivery.objects.create(
+                connection=connection,
+                webhook_id=webhook_id,
+                event_type=event.type if event else "",
+                batch_openai_id=batch_openai_id,
+                received_at=now,
+                accepted=False,
+                detail=error.reason[:255],
+            )
+            Event.record(
+                Event.Action.WEBHOOK_REFUSED,
+                connection=connection,
+                batch=batch,
+                batch_openai_id=batch_openai_id,
+                target=f"webhook {webhook_id}",
+                detail=f"{event.type}: {error.reason}" if event else error.reason,
+            )
+    except IntegrityError:
+        # A redelivery: its row and audit entry are there already.
+        seen = WebhookDelivery.objects.filter(connection=connection, webhook_id=webhook_id)
+        return WebhookOutcome(delivery=seen.first(), error=error, batch=batch, duplicate=True)
+    logger.warning("webhook %s: refused %s: %s", connection.slug, webhook_id, error.reason)
     return WebhookOutcome(delivery=delivery, error=error, batch=batch)
 
 
+def webhook_refuse(
+    *, connection: Connection, error: WebhookError, now: dt.datetime | None = None
+) -> WebhookOutcome:
+    """Count a delivery refused before its signature was verified (also used by the view for
+    bodies it would not read): one row per connection, updated in place. Nothing from the
+    request is stored: anyone can send these."""
+    now = now or timezone.now()
+    counted = {"count": F("count") + 1, "last_at": now, "last_reason": error.reason[:255]}
+    row = WebhookRefusals.objects.filter(connection=connection)
+    if not row.update(**counted):
+        try:
+            with transaction.atomic():
+                WebhookRefusals.objects.create(
+                    connection=connection, count=1, last_at=now, last_reason=counted["last_reason"]
+                )
+        except IntegrityError:  # another process made the row a moment ago
+            row.update(**counted)
+    logger.warning("webhook %s: refused unverified delivery: %s", connection.slug, error.reason)
+    return WebhookOutcome(delivery=None, error=error)
+
+
 def _storable_id(raw: str) -> str:
-    """A header's id as it may be stored and shown: printable ASCII, at most 128 characters."""
+    """An id as it may be stored and shown: printable ASCII, at most 128 characters."""
     return "".join(ch for ch in raw[: MAX_ID_LENGTH * 4] if "!" <= ch <= "~")[:MAX_ID_LENGTH]

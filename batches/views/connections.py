@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from .. import roles
-from ..models import Batch, BatchTally, Connection, SyncState
+from ..models import Batch, BatchTally, Connection, SyncState, WebhookRefusals
 from ..services import connections as connection_services
 from ..services import webhooks as webhook_services
 from .access import rule
@@ -153,8 +153,8 @@ WEBHOOK_DELIVERIES_SHOWN = 10
 
 def _webhook_facts(request: HttpRequest, connection: Connection) -> dict[str, Any]:
     """The URL to register with OpenAI, where the secret comes from (its last 4 characters at
-    most), why deliveries would be refused outright, and the latest deliveries, each with
-    whether its batch is cached here (to link it)."""
+    most), why deliveries would be refused outright, the latest deliveries, each with
+    whether its batch is cached here (to link it), and the count of unverified ones refused."""
     deliveries = list(connection.webhook_deliveries.all()[:WEBHOOK_DELIVERIES_SHOWN])
     named = {d.batch_openai_id for d in deliveries if d.batch_openai_id}
     cached = set(
@@ -168,4 +168,6 @@ def _webhook_facts(request: HttpRequest, connection: Connection) -> dict[str, An
         "secret_source": connection.webhook_secret_source(),
         "problem": problem.reason if problem else "",
         "deliveries": [(d, d.batch_openai_id in cached) for d in deliveries],
+        # Refused before the signature was checked: counted, not listed (services/webhooks.py).
+        "refusals": WebhookRefusals.objects.filter(connection=connection).first(),
     }

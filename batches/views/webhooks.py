@@ -3,18 +3,20 @@
 The signature is the authentication (see services/webhooks.py). The view reads the raw body,
 hands it to `webhook_receive` and turns the outcome into a status code, here and only here:
 
-- 200 `{"ok": true}`: accepted; the worker's next pass fetches the batch.
+- 200 `{"ok": true}`: accepted; the worker's next pass fetches the batch. Also for a
+  `webhook-id` accepted before (OpenAI redelivers when our 200 was lost): nothing is done again.
 - 400: a webhook header missing or malformed, a body that is not an event, or an event type
   other than the four `batch.*` endings.
 - 401: no signature matches, or the timestamp is more than 5 minutes off.
 - 404: no such connection, a disabled one, or one without a usable webhook secret. The same
   answer for all three, so the URL tells outsiders nothing; the connection's page says which.
 - 405: not a POST.
-- 409: a `webhook-id` accepted before.
 - 413: a body over 1 MB.
 - 422: a batch that only another connection has.
 
-Every answer is JSON (`{"error": reason}` for refusals) and never a 500 for junk input.
+Every answer is JSON (`{"error": reason}` for refusals) and never a 500 for junk input. A refusal
+before the signature is verified writes nothing but its connection's refusal count (shown on the
+connection's page); an unknown slug writes nothing at all (services/webhooks.py).
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ STATUS: dict[type[webhooks.WebhookError], int] = {
     webhooks.WebhookEventUnsupported: 400,
     webhooks.WebhookTimestampOutOfRange: 401,
     webhooks.WebhookSignatureMismatch: 401,
-    webhooks.WebhookReplayed: 409,
     webhooks.WebhookOtherConnection: 422,
 }
 
@@ -91,7 +92,7 @@ def openai_webhook(request: HttpRequest, slug: str) -> JsonResponse:
         except OSError:  # UnreadablePostError among others: the sender went away
             error = webhooks.WebhookPayloadInvalid("the body could not be read")
     if error is not None:
-        webhooks.webhook_refuse(connection=connection, headers=request.headers, error=error)
+        webhooks.webhook_refuse(connection=connection, error=error)
         return _refused(error)
 
     outcome = webhooks.webhook_receive(connection=connection, headers=request.headers, body=body)
