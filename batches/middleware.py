@@ -1,4 +1,6 @@
-"""Sessions that end after BATCHWEB_SESSION_IDLE_MINUTES without a person's request.
+"""What every signed-in request passes through: sessions that end after
+BATCHWEB_SESSION_IDLE_MINUTES without a person's request, and `Cache-Control: private,
+no-store` on every answer (PrivateNoStoreMiddleware, below).
 
 The session's expiry (SESSION_COOKIE_AGE, the idle time) is pushed forward by saving the
 session, at most once a minute, on requests a person makes. Live updates (htmx GETs, every few
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import resolve_url
+from django.utils.cache import cc_delim_re
+from django.utils.functional import SimpleLazyObject
 
 SEEN = "_bw_seen"  # when the expiry was last pushed forward (Unix seconds)
 REFRESH_SECONDS = 60
@@ -52,3 +56,55 @@ def session_started(*, request: HttpRequest | None, **kwargs: object) -> None:
     first requests after it need not write."""
     if request is not None and hasattr(request, "session"):
         request.session[SEEN] = int(time.time())
+
+
+# --- Nothing a signed-in person is sent is kept by a browser or a proxy ------------------------
+
+PRIVATE_NO_STORE = "private, no-store"
+
+
+class PrivateNoStoreMiddleware:
+    """Every answer to a signed-in request (pages, fragments, CSV exports, result downloads,
+    /v1/ answers to a token) is sent with `Cache-Control: private, no-store`: no shared cache
+    keeps it, and no browser writes it to disk, where the next person at a shared computer
+    or the back button after sign-out would find it. The one place this is decided.
+
+    A view's own value is kept when it is as strict for what matters: `no-store` anywhere
+    (never_cache, the token page), or `private` with `no-cache`: the live polls
+    (views/batches.py `live_poll`), which answer 304 to the ETag the browser already holds;
+    a browser sends If-None-Match only for a copy it stored, so `no-store` there would turn
+    every poll back into a full answer. Their copy stays in that browser only, and it is
+    asked about again each time. Anything weaker (`public`, a `max-age`) is replaced.
+
+    Anonymous answers and static files (WhiteNoise answers before this) are left as they are.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if _signed_in(request) and not _strict_enough(response.get("Cache-Control", "")):
+            response["Cache-Control"] = PRIVATE_NO_STORE
+        return response
+
+
+def _signed_in(request: HttpRequest) -> bool:
+    """Signed in with the session, or just now (sign-in replaces `request.user`), or sending
+    credentials (a /v1/ token: also the answers given before the token is looked at, such as
+    a 405 or an unknown /v1/ path). Without a session cookie the lazy user is anonymous: not
+    asked, so no session is loaded for nothing."""
+    if "Authorization" in request.headers:
+        return True
+    user = getattr(request, "user", None)
+    if user is None:
+        return False
+    session = getattr(request, "session", None)
+    if isinstance(user, SimpleLazyObject) and not (session and session.session_key):
+        return False
+    return bool(user.is_authenticated)
+
+
+def _strict_enough(value: str) -> bool:
+    directives = {d.split("=", 1)[0].strip().lower() for d in cc_delim_re.split(value) if d}
+    return "no-store" in directives or {"private", "no-cache"} <= directives

@@ -72,6 +72,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every answer to a signed-in request (pages, exports, downloads, /v1/ with a token) is
+    # sent with Cache-Control: private, no-store unless its view said something as strict.
+    "batches.middleware.PrivateNoStoreMiddleware",
     "batches.middleware.SessionIdleMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -333,6 +336,10 @@ SYNC_HOUSEKEEPING_EVERY_SECONDS = env.float(
 
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
+# A monitor that sends it as `Authorization: Bearer <token>` to /healthz gets each
+# connection's sync ages by name; without it /healthz gives counts only. Empty: names only
+# for a signed-in Admin.
+HEALTH_TOKEN = env.str("BATCHWEB_HEALTH_TOKEN", default="")
 
 # --- Caches (README: "Benchmarks") -----------------------------------------------------------
 # Per process. "rows" keeps the list's rendered rows (batches/views/rows.py), keyed by the
