@@ -35,6 +35,8 @@ def _announced_length(request: HttpRequest) -> int:
 
 
 def _megabytes(size: int) -> str:
+    if size < 1024 * 1024:
+        return f"{size:,} bytes"
     return f"{size / (1024 * 1024):,.0f} MB"
 
 

@@ -93,7 +93,7 @@ def test_a_batch_is_created_on_the_connection_the_form_names(
             {
                 "connection": "second",
                 "input_file": handle,
-                "submission_token": "tok-second",
+                "submission_token": "tok-second-0123456789abc",
                 "completion_window": "24h",
             },
         )
