@@ -13,7 +13,7 @@ from django.core.exceptions import FieldDoesNotExist
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from .models import AccountEmail, Connection, Event
+from .models import AccountEmail, CompanyIdentity, Connection, Event
 from .services import addresses
 
 
@@ -138,3 +138,22 @@ class AuditedUserAdmin(AuditedAdmin, UserAdmin):
 @admin.register(Group)
 class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
     pass
+
+
+@admin.register(CompanyIdentity)
+class CompanyIdentityAdmin(AuditedAdmin):
+    """Which provider account (issuer + subject) each batchweb account is linked to. Made only by
+    a company sign-in (services/signin.py); an admin may remove a link (audited), after which
+    the next sign-in of that subject is linked again by the address rule or gets an account of
+    its own."""
+
+    list_display = ("user", "subject", "issuer", "created_at")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "user__email", "subject")
+    readonly_fields = ("user", "issuer", "subject", "created_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

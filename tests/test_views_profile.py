@@ -284,3 +284,24 @@ def test_an_admin_can_vouch_for_addresses_already_there(client, admin_user, view
     assert not addresses.email_trusted(user=submitter)
     event = Event.objects.get(action="admin_change")
     assert (event.target, event.detail) == ("user vic", "vouched for the address")
+
+
+def test_an_admin_sees_company_links_and_may_only_remove_one(client, admin_user, viewer):
+    from batches.models import CompanyIdentity
+
+    link = CompanyIdentity.objects.create(
+        user=viewer, issuer="https://sso.example.test", subject="sub-vic"
+    )
+    client.force_login(admin_user)
+
+    listing = page_of(client.get(reverse("admin:batches_companyidentity_changelist")))
+    assert "sub-vic" in listing and "vic" in listing
+    assert client.get(reverse("admin:batches_companyidentity_add")).status_code == 403
+    response = client.post(
+        reverse("admin:batches_companyidentity_delete", args=[link.pk]), {"post": "yes"}
+    )
+
+    assert response.status_code == 302
+    assert not CompanyIdentity.objects.exists()
+    event = Event.objects.get(action="admin_delete")
+    assert event.target == "company identity sub-vic at https://sso.example.test"
