@@ -18,6 +18,7 @@ import responses
 from django.conf import settings
 from django.contrib.auth.models import Group, User
 
+from batches.models import Connection
 from tests.openapi import validate_payload, validate_request
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -146,6 +147,20 @@ def submitter_client(client, submitter):
 def viewer_client(client, viewer):
     client.force_login(viewer)
     return client
+
+
+@pytest.fixture
+def research(db) -> Connection:
+    """A second connection, restricted to the group Research (modules with a Research of
+    their own, with a secret or another URL, define it again)."""
+    connection = Connection.objects.create(
+        name="Research",
+        slug="research",
+        base_url="https://research.example.test/v1",
+        key_env="RESEARCH_KEY",
+    )
+    connection.groups.add(Group.objects.create(name="Research"))
+    return connection
 
 
 @pytest.fixture

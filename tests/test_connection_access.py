@@ -12,24 +12,11 @@ from django.contrib.auth.models import Group, User
 from django.urls import URLPattern, reverse
 
 from batches import urls as batch_urls
-from batches.models import Batch, BatchTally, Connection, Event, default_connection
+from batches.models import Batch, BatchTally, Event, default_connection
 from batches.services import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def research(db) -> Connection:
-    """A second connection, restricted to the group Research."""
-    connection = Connection.objects.create(
-        name="Research",
-        slug="research",
-        base_url="https://research.example.test/v1",
-        key_env="RESEARCH_KEY",
-    )
-    connection.groups.add(Group.objects.create(name="Research"))
-    return connection
 
 
 @pytest.fixture

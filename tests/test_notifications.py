@@ -141,18 +141,6 @@ def channel(name: str, url: str = HOOK, *, kind=Channel.Kind.SLACK, secret="", *
     return made
 
 
-@pytest.fixture
-def research(db) -> Connection:
-    connection = Connection.objects.create(
-        name="Research",
-        slug="research",
-        base_url="https://research.example.test/v1",
-        key_env="RESEARCH_KEY",
-    )
-    connection.groups.add(Group.objects.create(name="Research"))
-    return connection
-
-
 # --- Who is told ------------------------------------------------------------------------------
 
 

@@ -8,10 +8,10 @@ import html
 import pytest
 from cryptography.fernet import Fernet
 from django.conf import settings
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.urls import reverse
 
-from batches.models import Batch, Channel, Connection, Event, NotificationPreference, Outbox, Watch
+from batches.models import Batch, Channel, Event, NotificationPreference, Outbox, Watch
 from batches.services import batch_upsert
 from batches.services.notifications import settings_channel
 from tests.conftest import make_batch
@@ -43,18 +43,6 @@ def running(db) -> Batch:
 @pytest.fixture
 def finished(db) -> Batch:
     return batch_upsert(payload=make_batch(id="batch_w2", status="completed")).batch
-
-
-@pytest.fixture
-def research(db) -> Connection:
-    connection = Connection.objects.create(
-        name="Research",
-        slug="research",
-        base_url="https://research.example.test/v1",
-        key_env="RESEARCH_KEY",
-    )
-    connection.groups.add(Group.objects.create(name="Research"))
-    return connection
 
 
 # --- Watch ------------------------------------------------------------------------------------

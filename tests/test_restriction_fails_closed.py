@@ -20,18 +20,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def research(db) -> Connection:
-    connection = Connection.objects.create(
-        name="Research",
-        slug="research",
-        base_url="https://research.example.test/v1",
-        key_env="RESEARCH_KEY",
-    )
-    connection.groups.add(Group.objects.create(name="Research"))
-    return connection
-
-
-@pytest.fixture
 def secret(research) -> Batch:
     return batch_upsert(
         payload=make_batch(id="batch_secret", status="completed", metadata={"job": "classified"}),

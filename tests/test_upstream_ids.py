@@ -14,7 +14,6 @@ import re
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import Group
 from django.core import signing
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.urls.converters import IntConverter
@@ -24,7 +23,7 @@ from api.models import ApiFile
 from api.services.tokens import token_create
 from batches.converters import STRICT
 from batches.forms import BatchCreateForm
-from batches.models import Batch, Connection, default_connection
+from batches.models import Batch, default_connection
 from batches.openai_client import (
     ClientConfig,
     InvalidId,
@@ -299,18 +298,6 @@ def test_the_create_form_refuses_a_file_id_of_another_shape(value):
 
 
 # --- Files a token can read ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def research(db) -> Connection:
-    connection = Connection.objects.create(
-        name="Research",
-        slug="research",
-        base_url="https://research.example.test/v1",
-        key_env="RESEARCH_KEY",
-    )
-    connection.groups.add(Group.objects.create(name="Research"))
-    return connection
 
 
 def test_a_read_token_reads_the_output_of_a_batch_its_owner_may_see(client, upstream, read_token):
