@@ -148,3 +148,37 @@ def test_a_pass_builds_the_results_table_of_a_batch_made_here_that_finished_late
     assert batch.results_ingested_at is not None
     rows = dict(ResultRow.objects.filter(batch=batch).values_list("custom_id", "ok"))
     assert rows == {"a": True, "b": False, "c": False}  # c never ran
+
+
+def test_the_pass_that_sees_a_batch_end_prices_and_summarizes_it_at_once(upstream, settings):
+    """Not at the next housekeeping (up to a minute later): the page that shows it ended shows
+    its cost and its results too."""
+    settings.SYNC_HOUSEKEEPING_EVERY_SECONDS = 3600
+    upstream.get(f"{API}/batches", json=make_list([]))
+    sync_pass(connection=default_connection(), full=True)  # housekeeping done: not due again
+    running = make_batch(id="batch_ends", status="in_progress", output_file_id=None)
+    batch_upsert(payload=running)
+    ended = finished("batch_ends", timezone.now())
+    upstream.get(f"{API}/batches", json=make_list([ended]))
+    upstream.get(f"{API}/batches/batch_ends", json=ended)
+    upstream.get(f"{API}/files/file-out-batch_ends/content", body=output_lines())
+
+    result = sync_pass(connection=default_connection(), full=True)
+
+    batch = Batch.objects.get(openai_id="batch_ends")
+    assert batch.status == "completed"
+    assert batch.cost_computed_at is not None
+    assert batch.result_summary["succeeded"] == 1 and result.summarized == 1
+
+
+def test_a_pass_that_stores_nothing_new_prices_nothing(upstream, settings):
+    settings.SYNC_HOUSEKEEPING_EVERY_SECONDS = 3600
+    upstream.get(f"{API}/batches", json=make_list([]))
+    sync_pass(connection=default_connection(), full=True)
+    old = finished("batch_priced_later", timezone.now() - dt.timedelta(days=3))
+    batch_upsert(payload=old)  # stored before the pass: housekeeping's to price
+    upstream.get(f"{API}/batches", json=make_list([old]))
+
+    sync_pass(connection=default_connection(), full=True)
+
+    assert Batch.objects.get(openai_id="batch_priced_later").cost_computed_at is None

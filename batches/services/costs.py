@@ -344,11 +344,20 @@ def batch_cost_store(*, batch: Batch, now: dt.datetime | None = None) -> Cost | 
     return cost
 
 
-def costs_due(*, connection: Connection, limit: int = 5, now: dt.datetime | None = None) -> int:
-    """Store the cost of a few finished batches that have none yet; for the worker."""
+def costs_due(
+    *,
+    connection: Connection,
+    limit: int = 5,
+    now: dt.datetime | None = None,
+    synced_since: dt.datetime | None = None,
+) -> int:
+    """Store the cost of a few finished batches that have none yet; for the worker.
+    `synced_since`: only batches stored since then (those a sync pass just saw end)."""
     pending = Batch.objects.filter(
         connection=connection, running=False, cost_computed_at=None
     ).select_related("connection")
+    if synced_since is not None:
+        pending = pending.filter(synced_at__gte=synced_since)
     done = 0
     for batch in pending.order_by("-created_at")[:limit]:
         batch_cost_store(batch=batch, now=now)

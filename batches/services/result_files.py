@@ -301,17 +301,21 @@ def summaries_due(
     client: OpenAIClient | None = None,
     limit: int = 5,
     finished_since: dt.datetime | None = None,
+    synced_since: dt.datetime | None = None,
 ) -> int:
     """Summarize finished batches that have none yet; for the worker. Returns how many.
 
     `finished_since` keeps the worker to batches that finished lately: a first sync of an old
     organisation would otherwise download every result file it ever made. Older batches are
-    summarized when someone opens their results.
+    summarized when someone opens their results. `synced_since`: only batches stored since then
+    (those a sync pass just saw end).
     """
     done = 0
     pending = Batch.objects.filter(
         connection=connection, running=False, summary_computed_at=None
     ).exclude(output_file_id="", error_file_id="")
+    if synced_since is not None:
+        pending = pending.filter(synced_at__gte=synced_since)
     if finished_since is not None:
         pending = pending.filter(
             Q(completed_at__gte=finished_since)

@@ -562,6 +562,10 @@ def sync_pass(
             now=now,
             stop=stop,
         )
+        if result.new or result.changed:
+            ended_chores(
+                connection=connection, client=client, since=pass_start, now=clock(), result=result
+            )
         if housekeeping_due(connection):
             housekeeping(connection=connection, client=client, now=clock(), result=result)
         # Capacity: submit again what waits for room, once the refreshed cache shows some.
@@ -579,6 +583,29 @@ def sync_pass(
             SyncState.get(connection).record_success(now=clock())
     result.duration = time.monotonic() - started
     return result
+
+
+def ended_chores(
+    *,
+    connection: Connection,
+    client: OpenAIClient,
+    since: dt.datetime,
+    now: dt.datetime,
+    result: PassResult,
+) -> None:
+    """Price and summarize the batches this pass stored finished, so that a batch's page shows
+    its cost and results as soon as it shows it ended, not at the next housekeeping (up to a
+    minute later). Only batches stored since SINCE (the pass's start), with housekeeping's
+    bounds: a first sync's old history is left to it."""
+    costs_due(connection=connection, limit=100, now=now, synced_since=since)
+    window = dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
+    result.summarized += summaries_due(
+        connection=connection,
+        client=client,
+        limit=3,
+        finished_since=since - window,
+        synced_since=since,
+    )
 
 
 # When this process last did each connection's chores (connection id -> monotonic seconds).

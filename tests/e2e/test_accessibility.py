@@ -93,12 +93,19 @@ def test_no_page_has_a_serious_violation(ids, page_as, new_page, axe, scheme):
     if found := blocking(axe, page):
         problems["sam confirm page"] = found
     checked += 1
+    # A page carrying a message (the list after Save, Sync now, a new batch, ...).
+    page.goto("/profile/")
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("status")).to_contain_text("Your notification settings are saved")
+    if found := blocking(axe, page):
+        problems["sam page with a message"] = found
+    checked += 1
     signed_out = new_page(color_scheme=scheme)
     signed_out.goto("/accounts/login/")
     if found := blocking(axe, signed_out):
         problems["sign-in page"] = found
     checked += 1
-    assert checked >= 16
+    assert checked >= 17
     assert not problems, "\n".join(f"{where}: {found}" for where, found in problems.items())
 
 
