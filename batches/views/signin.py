@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from typing import Any
-from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import auth, messages
@@ -144,19 +143,11 @@ def company_callback(request: HttpRequest) -> HttpResponse:
 def sign_out(request: HttpRequest) -> HttpResponse:
     """Sign out here, and at the provider too when the session came from it (the browser goes
     to its end_session_endpoint, which sends it back to the sign-in page)."""
-    id_token = request.session.get(ID_TOKEN, "")
-    end_session = ""
-    if id_token and signin.oidc_enabled():
-        try:
-            end_session = signin.provider_metadata().get("end_session_endpoint", "")
-        except signin.ProviderUnavailable:
-            end_session = ""  # signed out here all the same
+    at_provider = signin.sign_out_url(
+        id_token=request.session.get(ID_TOKEN, ""),
+        back_to=request.build_absolute_uri(reverse("login")),
+    )
     auth.logout(request)
-    if end_session:
-        query = {
-            "id_token_hint": id_token,
-            "post_logout_redirect_uri": request.build_absolute_uri(reverse("login")),
-            "client_id": settings.OIDC_RP_CLIENT_ID,
-        }
-        return HttpResponseRedirect(f"{end_session}?{urlencode(query)}")
+    if at_provider:
+        return HttpResponseRedirect(at_provider)
     return redirect(settings.LOGOUT_REDIRECT_URL)

@@ -1,12 +1,6 @@
-"""Signing in: company sign-in (OpenID Connect, through mozilla-django-oidc), the password
-switch, and what guards both (django-axes' throttle, the client's address).
-
-Company sign-in is on when OIDC_ISSUER_URL and OIDC_CLIENT_ID are set. The provider's endpoints
-come from its discovery document, fetched once per process (a failed fetch is tried again at the
-next sign-in). At every sign-in the provider's groups (the OIDC_GROUPS_CLAIM claim) decide the
-person's groups here through OIDC_ROLE_MAP: the groups it names are added and removed to match,
-so a change at the provider applies at the next sign-in; groups it does not name are left to the
-admins.
+"""Which account a sign-in is, and the authentication backends that sign people in: the
+password backend and the company (OpenID Connect) one, both keeping the person of a session in
+the cache (`KeptUsers`).
 
 Which account a company sign-in is, is decided by one function, `company_account_for`: the
 account linked to the provider's subject (`iss` + `sub`, what the ID token signs), recorded at
@@ -19,210 +13,37 @@ someone typed on their profile never decides anything, and never refuses anyone.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
 import requests
-from axes.backends import AxesStandaloneBackend
-from axes.exceptions import AxesBackendPermissionDenied
-from axes.handlers.database import AxesDatabaseHandler
-from axes.helpers import get_cool_off, get_failure_limit
 from django.conf import settings
 from django.contrib.auth.backends import ModelBackend
-from django.contrib.auth.models import Group
-from django.core import checks
 from django.core.cache import caches
 from django.core.exceptions import SuspiciousOperation
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Sum
 from django.http import HttpRequest
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
-from .. import roles
-from ..models import AccountEmail, CompanyIdentity, generation
-from .addresses import email_set, email_trusted
+from ...models import AccountEmail, CompanyIdentity, generation
+from ..addresses import email_set, email_trusted
+from .oidc import (
+    SignInRefused,
+    email_verified_claim,
+    groups_claim,
+    provider_metadata,
+    provider_name,
+    roles_apply,
+    subject_of,
+)
 
 log = logging.getLogger(__name__)
 
+# The dotted path AUTHENTICATION_BACKENDS names and every company session stores: the package
+# re-exports the class, so this path stays valid wherever the class lives.
 COMPANY_BACKEND = "batches.services.signin.CompanyBackend"
-ROLES = (roles.VIEWERS, roles.SUBMITTERS, roles.OPERATORS, roles.ADMINS)
-
-
-class SignInRefused(Exception):
-    """A company sign-in refused. The message is for the person; `detail` for the audit trail
-    (never a token); `username` the name or address the provider gave, when known."""
-
-    def __init__(self, message: str, *, detail: str = "", username: str = "") -> None:
-        super().__init__(message)
-        self.detail = detail or message
-        self.username = username
-
-
-class ProviderUnavailable(SignInRefused):
-    """The provider's discovery document could not be read."""
-
-
-# --- Settings ---------------------------------------------------------------------------------
-
-
-def oidc_enabled() -> bool:
-    return bool(settings.OIDC_ISSUER_URL and settings.OIDC_RP_CLIENT_ID)
-
-
-def provider_name() -> str:
-    return settings.OIDC_PROVIDER_NAME
-
-
-def parse_role_map(text: str) -> dict[str, set[str]]:
-    """`batch-admins=Admins, batch-ops=Operators` -> {provider group: {group here}}. A provider
-    group may be named twice to give two groups. ValueError says what is wrong."""
-    mapping: dict[str, set[str]] = {}
-    for item in text.split(","):
-        if not item.strip():
-            continue
-        theirs, sep, ours = (part.strip() for part in item.partition("="))
-        if not sep or not theirs or not ours:
-            raise ValueError(f"{item.strip()!r} is not of the form provider-group=Role")
-        mapping.setdefault(theirs, set()).add(ours)
-    return mapping
-
-
-def check_sign_in_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
-    """Start-up checks (registered in apps.py): company sign-in settings that cannot work."""
-    messages: list[checks.CheckMessage] = []
-    try:
-        mapping = parse_role_map(settings.OIDC_ROLE_MAP)
-    except ValueError as error:
-        messages.append(
-            checks.Error(
-                f"OIDC_ROLE_MAP cannot be read: {error}.",
-                hint="For example OIDC_ROLE_MAP=batch-admins=Admins,batch-ops=Operators",
-                id="batches.E010",
-            )
-        )
-        mapping = {}
-    others = sorted({g for targets in mapping.values() for g in targets} - set(ROLES))
-    if others:
-        messages.append(
-            checks.Warning(
-                f"OIDC_ROLE_MAP names {', '.join(others)}: not one of batchweb's roles "
-                f"({', '.join(ROLES)}).",
-                hint="That is fine for a group made in the admin site (one that limits a "
-                "connection, say); a group that does not exist is skipped at sign-in.",
-                id="batches.W010",
-            )
-        )
-    if settings.OIDC_ISSUER_URL and not settings.OIDC_RP_CLIENT_ID:
-        messages.append(
-            checks.Error(
-                "OIDC_ISSUER_URL is set but OIDC_CLIENT_ID is not: company sign-in is off.",
-                hint="Set OIDC_CLIENT_ID and OIDC_CLIENT_SECRET to the client registered at "
-                "your provider.",
-                id="batches.E011",
-            )
-        )
-    if oidc_enabled() and not mapping:
-        messages.append(
-            checks.Warning(
-                "Company sign-in is on but OIDC_ROLE_MAP is empty: people who sign in with "
-                "it get no role and see nothing until an admin gives them one.",
-                hint="For example OIDC_ROLE_MAP=batch-admins=Admins,batch-users=Viewers",
-                id="batches.W011",
-            )
-        )
-    if not settings.BATCHWEB_PASSWORD_SIGNIN and not oidc_enabled():
-        messages.append(
-            checks.Warning(
-                "BATCHWEB_PASSWORD_SIGNIN is false and company sign-in is not configured: "
-                "only superusers can sign in.",
-                hint="Set OIDC_ISSUER_URL, OIDC_CLIENT_ID and OIDC_CLIENT_SECRET, or set "
-                "BATCHWEB_PASSWORD_SIGNIN=true.",
-                id="batches.W012",
-            )
-        )
-    return messages
-
-
-# --- The provider's discovery document -------------------------------------------------------
-
-_metadata: dict[str, dict[str, Any]] = {}
-_metadata_lock = threading.Lock()
-
-
-def provider_metadata() -> dict[str, Any]:
-    """The provider's discovery document (`/.well-known/openid-configuration`), fetched once
-    per process and kept; a failure is not kept, so the next sign-in tries again."""
-    issuer = settings.OIDC_ISSUER_URL.rstrip("/")
-    with _metadata_lock:
-        if issuer in _metadata:
-            return _metadata[issuer]
-        url = f"{issuer}/.well-known/openid-configuration"
-        down = (
-            f"{provider_name()} cannot be reached right now, so company sign-in is not "
-            "possible. Try again in a few minutes; if it goes on, tell your batchweb admin."
-        )
-        try:
-            response = requests.get(url, timeout=settings.OIDC_TIMEOUT)
-            response.raise_for_status()
-            document = response.json()
-        except ValueError as error:  # requests' JSONDecodeError is one too
-            raise ProviderUnavailable(down, detail="discovery document is not JSON") from error
-        except requests.RequestException as error:
-            status = getattr(error.response, "status_code", None)
-            why = f"HTTP {status}" if status else type(error).__name__
-            raise ProviderUnavailable(
-                down, detail=f"discovery document unavailable ({why})"
-            ) from error
-        needed = ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri")
-        missing = [key for key in needed if not isinstance(document, dict) or not document.get(key)]
-        if missing:
-            raise ProviderUnavailable(down, detail=f"discovery document lacks {', '.join(missing)}")
-        if str(document["issuer"]).rstrip("/") != issuer:
-            raise ProviderUnavailable(
-                down, detail=f"discovery document names another issuer ({document['issuer']})"
-            )
-        _metadata[issuer] = document
-        return document
-
-
-def forget_provider_metadata() -> None:
-    with _metadata_lock:
-        _metadata.clear()
-
-
-# --- Roles ------------------------------------------------------------------------------------
-
-
-def roles_apply(*, user: Any, provider_groups: list[str]) -> list[str]:
-    """Give USER exactly the groups OIDC_ROLE_MAP maps PROVIDER_GROUPS to, among the groups the
-    map names (others are left alone). Returns the mapped groups USER is now in."""
-    mapping = parse_role_map(settings.OIDC_ROLE_MAP)
-    managed = {group for targets in mapping.values() for group in targets}
-    wanted = {group for theirs in provider_groups for group in mapping.get(theirs, ())}
-    current = set(user.groups.filter(name__in=managed).values_list("name", flat=True))
-    if current - wanted:
-        user.groups.remove(*Group.objects.filter(name__in=current - wanted))
-    if wanted - current:
-        adding = list(Group.objects.filter(name__in=wanted - current))
-        if missing := (wanted - current) - {group.name for group in adding}:
-            log.warning("OIDC_ROLE_MAP names groups that do not exist: %s", sorted(missing))
-        user.groups.add(*adding)
-    return sorted(user.groups.filter(name__in=managed).values_list("name", flat=True))
-
-
-def _groups_claim(claims: dict[str, Any]) -> list[str] | None:
-    value = claims.get(settings.OIDC_GROUPS_CLAIM)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [str(v) for v in value]
-    return None
 
 
 # --- Which account a sign-in is -------------------------------------------------------------
@@ -235,12 +56,6 @@ class CompanyAccount:
 
     user: Any
     linked_by: Literal["subject", "address", "new"]
-
-
-def email_verified_claim(claims: dict[str, Any]) -> bool:
-    """The provider says the address is verified: `true` (some providers send the string)."""
-    value = claims.get("email_verified")
-    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def company_account_for(*, issuer: str, subject: str, claims: dict[str, Any]) -> CompanyAccount:
@@ -291,24 +106,6 @@ def company_account_for(*, issuer: str, subject: str, claims: dict[str, Any]) ->
 
 
 # --- Authentication backends ------------------------------------------------------------------
-
-
-class ThrottleBackend(AxesStandaloneBackend):
-    """django-axes' gate (first in AUTHENTICATION_BACKENDS): refuses an account or address with
-    too many recent failures, and marks the request so its audit entry says why."""
-
-    def authenticate(
-        self,
-        request: HttpRequest,
-        username: str | None = None,
-        password: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        try:
-            return super().authenticate(request, username, password, **kwargs)
-        except AxesBackendPermissionDenied:
-            request.bw_locked_out = True
-            raise
 
 
 class KeptUsers:
@@ -442,7 +239,7 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
 
     def filter_users_by_claims(self, claims: dict[str, Any]) -> Any:
         """The library's lookup, answered by `company_account_for` (never by address alone)."""
-        issuer, subject = _subject_of(claims)
+        issuer, subject = subject_of(claims)
         found = company_account_for(issuer=issuer, subject=subject, claims=claims)
         users = self.UserModel.objects
         return users.filter(pk=found.user.pk) if found.user is not None else users.none()
@@ -468,9 +265,9 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
                 detail="email not verified",
                 username=who,
             )
-        issuer, subject = _subject_of(claims)
+        issuer, subject = subject_of(claims)
         user = company_account_for(issuer=issuer, subject=subject, claims=claims).user
-        provider_groups = _groups_claim(claims)
+        provider_groups = groups_claim(claims)
         if provider_groups is None:
             if user is not None:
                 roles_apply(user=user, provider_groups=[])  # no claim: no roles
@@ -559,52 +356,9 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
         return user
 
 
-def _subject_of(claims: dict[str, Any]) -> tuple[str, str]:
-    """The provider's account a sign-in is: the ID token's issuer (checked against
-    OIDC_ISSUER_URL already) and subject."""
-    issuer = str(claims.get("iss") or settings.OIDC_ISSUER_URL).rstrip("/")
-    subject = str(claims.get("sub") or "")
-    if not subject or len(subject) > 255 or len(issuer) > 255:
-        raise SignInRefused(
-            f"The answer from {provider_name()} did not say who you are, so nobody was signed "
-            "in. Tell your batchweb admin.",
-            detail="no usable subject (sub) claim",
-        )
-    return issuer, subject
-
-
 def _why(error: Exception) -> str:
     if isinstance(error, jwt.InvalidSignatureError) or "verification failed" in str(error):
         return "bad signature"
     if isinstance(error, jwt.ExpiredSignatureError):
         return "expired"
     return str(error)[:200] or type(error).__name__
-
-
-# --- The throttle's helpers -------------------------------------------------------------------
-
-
-def client_address(request: HttpRequest) -> str:
-    """The address sign-ins are counted by (AXES_CLIENT_IP_CALLABLE) and audited from. Behind a
-    proxy (DJANGO_BEHIND_PROXY=true) the last X-Forwarded-For entry, the one our proxy added;
-    earlier entries are the client's to invent."""
-    if settings.SECURE_PROXY_SSL_HEADER:
-        forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
-        if forwarded.strip():
-            return forwarded.split(",")[-1].strip()[:64]
-    return str(request.META.get("REMOTE_ADDR") or "")[:64]
-
-
-def locked_until(request: HttpRequest, username: str | None) -> dt.datetime | None:
-    """When the lockout that refuses this account or address ends, or None if none does."""
-    credentials = {settings.AXES_USERNAME_FORM_FIELD: username} if username else None
-    cool_off = get_cool_off(request)
-    if cool_off is None:
-        return None
-    limit = get_failure_limit(request, credentials)
-    ends = []
-    for attempts in AxesDatabaseHandler().get_user_attempts(request, credentials):
-        seen = attempts.aggregate(failures=Sum("failures_since_start"), last=Max("attempt_time"))
-        if (seen["failures"] or 0) >= limit and seen["last"]:
-            ends.append(seen["last"] + cool_off)
-    return max(ends) if ends else None
