@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+# The test OpenID provider of the company sign-in browser tests (see its rule below).
+OIDC_DIR := tests/oidc
+OIDC_STAMP := $(OIDC_DIR)/node_modules/.package-lock.json
 
 .PHONY: run test lint format worker simulator clean bench bench-smoke bench-all
 
@@ -22,9 +25,21 @@ run: $(STAMP)
 	@test -s $(DATA)/encryption_key || (umask 077; $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > $(DATA)/encryption_key)
 	$(PY) manage.py serve
 
-## Run the whole test suite (browser tests run when Chromium is installed)
-test: $(STAMP)
+## Run the whole test suite (browser tests run when Chromium is installed; the company sign-in
+## ones also need the test OpenID provider, installed below when npm is present)
+test: $(STAMP) $(OIDC_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## The company sign-in browser tests' OpenID provider (npm, tests/oidc): installed when `npm` is
+## on PATH and node_modules is missing or older than the lock file; without npm nothing is done
+## and tests/e2e/test_oidc.py is skipped with the reason. The stamp is npm's own record of what
+## `npm ci` installed, so an `npm ci` run by hand (or by CI) counts too.
+$(OIDC_STAMP): $(OIDC_DIR)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		echo "Installing the test OpenID provider (npm ci in $(OIDC_DIR))"; \
+		(cd $(OIDC_DIR) && npm ci --no-audit --no-fund) && touch $@ \
+			|| echo "npm ci failed in $(OIDC_DIR): the company sign-in browser tests will be skipped"; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
