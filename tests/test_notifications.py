@@ -40,6 +40,8 @@ from batches.models import (
 from batches.services import batch_upsert, notifications
 from batches.services.notifications import (
     SETTINGS_CHANNEL_NAME,
+    delivery,
+    messages,
     notifications_deliver,
     notifications_enqueue,
     outbox_claim_due,
@@ -416,7 +418,7 @@ def test_an_unlabelled_batch_is_named_by_its_id_and_upstream_errors_are_quoted(s
 
 
 def test_a_cost_is_said_once_batchweb_knows_it(submitter, monkeypatch, encryption_key):
-    monkeypatch.setattr(notifications, "batch_cost_text", lambda batch: "$4.20")
+    monkeypatch.setattr(messages, "batch_cost_text", lambda batch: "$4.20")
     channel("Slack")
     channel("JSON", JSON_HOOK, kind=Channel.Kind.JSON, secret="shh")
     start()
@@ -540,7 +542,7 @@ def test_a_claim_that_runs_past_half_its_lease_gives_the_rest_back(
     watch(viewer, batch)
     finish()
     ticks = iter([0.0, 0.0, 31.0])
-    monkeypatch.setattr(notifications, "_monotonic", lambda: next(ticks, 99.0))
+    monkeypatch.setattr(delivery, "_monotonic", lambda: next(ticks, 99.0))
 
     result = notifications_deliver(now=now)
 
