@@ -472,7 +472,7 @@ def test_building_the_results_table_of_a_batch_without_usage_stores_its_cost(
 
 def test_the_workers_housekeeping_stores_the_cost_of_a_batch_that_ended(db):
     from batches.services import PassResult, get_client
-    from batches.services.sync import housekeeping
+    from batches.services.housekeeping import housekeeping
 
     batch = ended(usage=usage(2_000_000, 1_000_000))
     connection = default_connection()

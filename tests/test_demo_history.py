@@ -17,7 +17,7 @@ from django.core.management import call_command
 from batches.management.commands import serve
 from batches.models import Batch, Connection
 from batches.roles import SUBMITTERS
-from batches.services import sync
+from batches.services import housekeeping
 from batches.services.costs import NO_BATCH_PRICE, USAGE_UNKNOWN
 from simulator import SimulatorServer
 from simulator.history import CREATOR_KEY, LABEL_KEY, PEOPLE, batch_count
@@ -48,7 +48,7 @@ def demo(history_server: SimulatorServer, monkeypatch) -> Connection:
     """What `manage.py serve` sets up in demo mode before the worker starts."""
     monkeypatch.setenv(serve.DEMO_KEY_ENV, serve.DEMO_KEY)
     # A fresh worker process: its first pass does the chores (costs among them).
-    monkeypatch.setattr(sync, "_last_housekeeping", {})
+    monkeypatch.setattr(housekeeping, "_last_housekeeping", {})
     serve._demo_people()
     return serve._demo_connection(history_server.base_url)
 
@@ -116,7 +116,7 @@ def test_running_the_demo_again_duplicates_nothing(
     with SimulatorServer(api_key=serve.DEMO_KEY, clock=later, history_days=30) as again:
         serve._demo_people()
         serve._demo_connection(again.base_url)
-        sync._last_housekeeping.clear()
+        housekeeping._last_housekeeping.clear()
         worker_pass()
 
     after = dict(Batch.objects.filter(connection=demo).values_list("openai_id", "cost_usd"))

@@ -14,7 +14,8 @@ from batches.services.estimates import (
     forecast,
     progress_snapshots_thin,
 )
-from batches.services.sync import PassResult, housekeeping
+from batches.services.housekeeping import housekeeping
+from batches.services.sync import PassResult
 from tests.conftest import make_batch
 
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=dt.UTC)

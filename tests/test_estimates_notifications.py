@@ -9,7 +9,8 @@ from django.contrib.auth.models import User
 
 from batches.models import Batch, NotificationPreference, Outbox, Watch, default_connection
 from batches.services import batch_upsert, get_client, notifications_at_risk
-from batches.services.sync import PassResult, housekeeping
+from batches.services.housekeeping import housekeeping
+from batches.services.sync import PassResult
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

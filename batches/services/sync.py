@@ -13,6 +13,8 @@ Two ways in:
      full walk every `SYNC_FULL_EVERY_SECONDS`, followed by `BatchTally.rebuild()`.
   3. `refresh_due_batches()`: claims running batches whose `next_refresh_at` has come, soonest
      first (`batches_claim_due()`), and retrieves each (`batch_refresh_scheduled()`).
+  4. The chores of services/housekeeping.py: at once for batches this pass stored finished
+     (`ended_chores()`), and all of them on their own schedule (`housekeeping_due()`).
 
 The schedule lives on the model (`Batch.schedule_refresh`): every stored payload, whatever
 stored it, reschedules its batch, soon when it changed and a little later each time it did not.
@@ -56,12 +58,7 @@ from ..openai_client import (
 from .batches import batch_upsert, batches_insert_new
 from .capacity import capacity_waits_due
 from .connections import get_client
-from .costs import costs_due
-from .estimates import progress_snapshots_thin
-from .notifications import notifications_at_risk
-from .result_files import results_cleanup, results_due, summaries_due
-from .spend import spend_rollup
-from .submissions import submissions_cleanup
+from .housekeeping import ended_chores, housekeeping, housekeeping_due
 
 logger = logging.getLogger(__name__)
 
@@ -583,67 +580,6 @@ def sync_pass(
             SyncState.get(connection).record_success(now=clock())
     result.duration = time.monotonic() - started
     return result
-
-
-def ended_chores(
-    *,
-    connection: Connection,
-    client: OpenAIClient,
-    since: dt.datetime,
-    now: dt.datetime,
-    result: PassResult,
-) -> None:
-    """Price and summarize the batches this pass stored finished, so that a batch's page shows
-    its cost and results as soon as it shows it ended, not at the next housekeeping (up to a
-    minute later). Only batches stored since SINCE (the pass's start), with housekeeping's
-    bounds: a first sync's old history is left to it."""
-    costs_due(connection=connection, limit=100, now=now, synced_since=since)
-    window = dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
-    result.summarized += summaries_due(
-        connection=connection,
-        client=client,
-        limit=3,
-        finished_since=since - window,
-        synced_since=since,
-    )
-
-
-# When this process last did each connection's chores (connection id -> monotonic seconds).
-_last_housekeeping: dict[int, float] = {}
-
-
-def housekeeping_due(connection: Connection) -> bool:
-    """Chores look at every finished batch: once a minute per worker is plenty, every pass
-    (every few seconds) would make them the most expensive part of an idle pass."""
-    last = _last_housekeeping.get(connection.pk, -float("inf"))
-    if time.monotonic() - last < settings.SYNC_HOUSEKEEPING_EVERY_SECONDS:
-        return False
-    _last_housekeeping[connection.pk] = time.monotonic()
-    return True
-
-
-def housekeeping(
-    *, connection: Connection, client: OpenAIClient, now: dt.datetime, result: PassResult
-) -> None:
-    """The worker's small chores after the refreshes: summarize what finished lately, remove
-    local files nobody needs any more (result copies past retention, unconfirmed uploads), thin
-    the progress history of finished batches, and warn of running batches at risk of expiring."""
-    since = now - dt.timedelta(seconds=settings.SYNC_SUMMARY_WINDOW_SECONDS)
-    result.summarized = summaries_due(
-        connection=connection, client=client, limit=3, finished_since=since
-    )
-    results_due(connection=connection, client=client, finished_since=since)
-    results_cleanup(now=now)
-    submissions_cleanup(now=now)
-    # Costs: computed once per finished batch, here rather than on a page view. No HTTP, a few
-    # queries each (about 1 ms on SQLite): 100 a pass prices a demo's month of history in the
-    # first pass, and 100,000 batches of a first sync in under a day, for 0.1 s a minute.
-    costs_due(connection=connection, limit=100, now=now)
-    # Spend: roll up the days whose batches changed, so the spend page reads a few rows a day.
-    spend_rollup(connection=connection, seconds=2.0)
-    # Finish-time estimates: bound the snapshot history, and warn of batches at risk.
-    progress_snapshots_thin(now=now, finished_since=since)
-    notifications_at_risk(now=now, connection=connection)
 
 
 def _walk_for_pass(

@@ -68,7 +68,7 @@ from batches.models import (
     default_connection,
 )
 from batches.openai_client import OpenAIError, UpstreamUnavailable
-from batches.services import sync
+from batches.services import housekeeping
 from simulator import SimulatorServer
 from tests.integration.conftest import API_KEY, calls, chat_line
 
@@ -136,7 +136,7 @@ def quick(settings) -> None:
     settings.OPENAI_READ_TIMEOUT = 3.0
     settings.SYNC_BACKOFF_MIN_SECONDS = 10.0
     settings.SYNC_BACKOFF_MAX_SECONDS = 600.0
-    sync._last_housekeeping.clear()
+    housekeeping._last_housekeeping.clear()
 
 
 @pytest.fixture
