@@ -28,6 +28,7 @@ class BatchesConfig(AppConfig):
         post_migrate.connect(ensure_roles, sender=self)
         post_migrate.connect(ensure_default_connection, sender=self)
         generation.watch_writes()  # cached pages: every write raises the generation
+        post_migrate.connect(generation.migrated, sender=self, dispatch_uid="bw-migrated")
         post_delete.connect(spend.batch_deleted, sender=Batch, dispatch_uid="bw-spend-deleted")
         auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
         auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")

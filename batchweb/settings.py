@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from batchweb.version import code_version
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -341,25 +343,51 @@ LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
 # for a signed-in Admin.
 HEALTH_TOKEN = env.str("BATCHWEB_HEALTH_TOKEN", default="")
 
-# --- Caches (README: "Benchmarks") -----------------------------------------------------------
-# Per process. "rows" keeps the list's rendered rows (batches/views/rows.py), keyed by the
-# state of each batch: correct whatever the backend, shared or not, so a multi-process setup
-# gets correctness from the key, never from invalidation. About 2 KB a row.
+# --- Caches (docs/architecture.md: "Caching") ------------------------------------------------
+# CACHE_URL chooses where rendered rows and pages are kept: in each process (the default), or
+# in one cache every web process shares, e.g. CACHE_URL=redis://127.0.0.1:6379/0 (the
+# documented choice for more than one web process or machine). Either way a cached copy is
+# never older than the last write it shows: its key holds the cache generations
+# (batches/models/generation.py) and the code's version, so nothing is ever invalidated by hand.
+# What is about one person (the signed-in account, its permissions, what it may see) stays in
+# "people", per process whatever CACHE_URL says: no account (nor its password hash) is ever
+# written to a shared cache.
+_SHARED = env.cache_url("CACHE_URL", default="locmemcache://")
+_SHARED_IS_LOCAL = _SHARED["BACKEND"].endswith("LocMemCache")
+if _SHARED["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same, but an unreachable Redis is an empty cache, not an error (batchweb/cache.py).
+    _SHARED["BACKEND"] = "batchweb.cache.ForgivingRedisCache"
+
+
+def _shared(location: str, timeout: int, entries: int) -> dict:
+    """One alias of the cache CACHE_URL names: in this process, or shared under keys that name
+    the alias and the code's version (a deploy never reads what the old code wrote)."""
+    if _SHARED_IS_LOCAL:
+        return {
+            **_SHARED,
+            "LOCATION": location,
+            "TIMEOUT": timeout,
+            "OPTIONS": {"MAX_ENTRIES": entries},
+        }
+    return {**_SHARED, "KEY_PREFIX": f"{location}-{code_version()}", "TIMEOUT": timeout}
+
+
 CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "rows": {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "batchweb-rows",
-        "TIMEOUT": 24 * 3600,
-        "OPTIONS": {"MAX_ENTRIES": env.int("BATCHWEB_ROW_CACHE_ENTRIES", default=5000)},
-    },
+    "default": _shared("batchweb-default", 300, 1000),
+    # The list's rendered rows (batches/views/rows.py), keyed by what each row shows of its
+    # batch. About 2 KB a row.
+    "rows": _shared(
+        "batchweb-rows", 24 * 3600, env.int("BATCHWEB_ROW_CACHE_ENTRIES", default=5000)
+    ),
     # Whole page bodies (the list, batch pages, live rows) per cache generation and person:
     # batches/views/page_cache.py. Each is kept a minute at most.
-    "pages": {
+    "pages": _shared("batchweb-pages", 60, env.int("BATCHWEB_PAGE_CACHE_ENTRIES", default=2000)),
+    # The person of a session, their permissions and access, per cache generation: per process.
+    "people": {
         "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "batchweb-pages",
+        "LOCATION": "batchweb-people",
         "TIMEOUT": 60,
-        "OPTIONS": {"MAX_ENTRIES": env.int("BATCHWEB_PAGE_CACHE_ENTRIES", default=2000)},
+        "OPTIONS": {"MAX_ENTRIES": 5000},
     },
 }
 

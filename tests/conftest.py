@@ -67,14 +67,16 @@ def page_cache_per_test(request, monkeypatch) -> Iterator[None]:
 
     from batches.models import generation
 
-    caches["pages"].clear()
+    for alias in ("pages", "people"):
+        caches[alias].clear()
     from api.services.batches import _unreachable_until
 
     _unreachable_until.clear()  # the API's rest after an unreachable upstream, per process
     if not request.node.get_closest_marker("real_commits"):
         monkeypatch.setattr(generation, "_on_commit", lambda func, using=None: func())
     yield
-    caches["pages"].clear()
+    for alias in ("pages", "people"):
+        caches[alias].clear()
 
 
 @pytest.fixture(autouse=True)

@@ -80,6 +80,7 @@ def count_queries(get: Callable[[], object]) -> tuple[int, int]:
     for drawn in (True, False):
         if drawn:
             caches["pages"].clear()
+            caches["people"].clear()
         with CaptureQueriesContext(connection) as captured:
             response = get()
         assert response.status_code == 200, response.status_code

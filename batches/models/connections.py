@@ -326,7 +326,7 @@ class Access:
         return [c.pk for c in self.connections]
 
 
-CACHE_ALIAS = "pages"  # settings.CACHES: per process, entries kept a minute at most
+CACHE_ALIAS = "people"  # settings.CACHES: per process always, entries kept a minute at most
 
 
 def access_for(user: Any) -> Access:
@@ -339,7 +339,7 @@ def access_for(user: Any) -> Access:
     if not getattr(user, "is_authenticated", False):
         return Access((), False)
     # Kept for the cache generation too: a change to connections, groups or people raises it.
-    key = f"access:{generation.as_first_read(user)}:{user.pk}"
+    key = f"access:{generation.of(user).everyone}:{user.pk}"
     access = caches[CACHE_ALIAS].get(key)
     if access is None:
         access = _access_now(user)

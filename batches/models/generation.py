@@ -1,8 +1,16 @@
-"""The cache generation: one number that grows with every committed write that changes what a
-cached page shows. Cached pages are kept under the generation they were drawn at
-(batches/views/page_cache.py), so a write makes every older copy unreachable at once: nothing
-is invalidated one key at a time, and no process has to be told (djangoproject.com's
-dashboard keeps its cache this way).
+"""The cache generations: numbers that grow with every committed write that changes what a
+cached page shows, one for everyone (people, groups, permissions, connections, prices) and one
+per connection (its batches, their tallies, result files, capacity, watches, audit entries of
+its batches). Cached pages are kept under the numbers they were drawn at
+(batches/views/page_cache.py): everyone's and those of the connections the page shows. A write
+makes every older copy unreachable at once: nothing is invalidated one key at a time, and no
+process has to be told (djangoproject.com's dashboard keeps its cache this way). A sync pass
+that changes a batch of one connection leaves the pages of the others, and the pages of people
+who may not see it, as they were.
+
+Which number a row is part of is decided in one place, `scope_of` (and `scope_path` for query
+sets): the connection it names, directly or through its batch; everyone's for a row of no
+connection.
 
 The rule, in one place (`SHOWN`, below): a write raises the number when, and only when, it is
 to a row a page shows. That is every row of the models listed there, except
@@ -24,19 +32,24 @@ models in `SHOWN` (connected in `watch_writes`, from the app's ready()); the que
 those models, whose `update`, `bulk_create` and `bulk_update` send no signal
 (`GenerationQuerySet`); and `bump()` called by code that writes with SQL of its own.
 
-The number is raised once per transaction, after it commits: raised earlier, a page drawn
+Each number is raised once per transaction, after it commits: raised earlier, a page drawn
 by another process before the commit would be kept under the new number with the old data.
 The write is a one-row UPDATE in its own autocommit, so two transactions never wait on it.
+Migrations raise everyone's number when they end (`migrated`): a data migration changes rows
+without the receivers.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 from django.db import (
     DatabaseError,
+    IntegrityError,
     OperationalError,
     ProgrammingError,
     connections,
@@ -45,13 +58,21 @@ from django.db import (
     transaction,
 )
 
-ROW = 1
+ROW = 1  # everyone's generation; each connection's is the row that names it
 
 
 class CacheGeneration(models.Model):
-    """The one row (id 1) that holds the number."""
+    """One number: everyone's (id 1, no connection: people, groups, connections, prices) or
+    one connection's (its batches, their tallies, results, capacity, watches)."""
 
     value = models.BigIntegerField(default=0)
+    connection = models.OneToOneField(
+        "batches.Connection",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+    )
 
     class Meta:
         verbose_name = "cache generation"
@@ -60,75 +81,145 @@ class CacheGeneration(models.Model):
         return f"generation {self.value}"
 
 
-def current() -> int:
-    """The number now (0 before the first write): one read of one row by its key, in SQL of
-    its own (the ORM's compiling cost more than the query on a page served from the cache)."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The numbers as read at one moment: everyone's and each connection's (0: never raised)."""
+
+    everyone: int = 0
+    by_connection: tuple[tuple[int, int], ...] = ()
+
+    def of(self, connection_id: int) -> int:
+        return dict(self.by_connection).get(connection_id, 0)
+
+    def scope(self, connection_ids: Iterable[int]) -> tuple[int, ...]:
+        """What a page about CONNECTION_IDS is drawn from: everyone's number, then each of
+        theirs, in order: part of the page's cache key."""
+        numbers = dict(self.by_connection)
+        return (self.everyone, *(numbers.get(pk, 0) for pk in sorted(connection_ids)))
+
+    @property
+    def total(self) -> int:
+        """The sum of all numbers: grows with every raise, whichever it is."""
+        return self.everyone + sum(value for _pk, value in self.by_connection)
+
+
+def snapshot() -> Snapshot:
+    """All the numbers now: one read of a few rows (one per connection), in SQL of its own (the
+    ORM's compiling cost more than the query on a page served from the cache)."""
     alias = router.db_for_read(CacheGeneration)
     table = connections[alias].ops.quote_name(CacheGeneration._meta.db_table)
     with connections[alias].cursor() as cursor:
-        cursor.execute(f"SELECT value FROM {table} WHERE id = %s", [ROW])  # noqa: S608
-        found = cursor.fetchone()
-    return found[0] if found else 0
+        cursor.execute(f"SELECT id, connection_id, value FROM {table}")  # noqa: S608
+        rows = cursor.fetchall()
+    everyone = next((value for pk, conn, value in rows if pk == ROW), 0)
+    by_connection = tuple(sorted((conn, value) for _pk, conn, value in rows if conn is not None))
+    return Snapshot(everyone, by_connection)
 
 
-def as_first_read(holder: Any) -> int:
-    """`current()`, kept on `holder` (the request's user) and read again only when this thread
-    has written since (a request that refreshes a batch, then draws its page)."""
+def current() -> int:
+    """How many times any number was raised (`Snapshot.total`): to tell whether a write raised
+    one (tests, benchmarks)."""
+    return snapshot().total
+
+
+def of(holder: Any) -> Snapshot:
+    """`snapshot()`, kept on `holder` (the request's user) and read again only when this
+    thread has written since (a request that refreshes a batch, then draws its page)."""
     writes = _writes.get()
     if getattr(holder, "_bw_generation_writes", None) != writes:
-        holder._bw_generation = current()
+        holder._bw_generation = snapshot()
         holder._bw_generation_writes = writes
     return holder._bw_generation
 
 
-def keep(holder: Any, value: int) -> None:
-    """Have `as_first_read(holder)` answer `value`, just read by the caller."""
+def keep(holder: Any, value: Snapshot) -> None:
+    """Have `of(holder)` answer `value`, just read by the caller."""
     holder._bw_generation = value
     holder._bw_generation_writes = _writes.get()
 
 
-# Writes this thread has made (and commits it has seen) that raise the number: a number read
-# before one of them is read again.
+# Writes this thread has made (and commits it has seen) that raise a number: numbers read
+# before one of them are read again.
 _writes: contextvars.ContextVar[int] = contextvars.ContextVar("bw_generation_writes", default=0)
 
+EVERYONE = None  # the scope of a row of no connection
 
-def bump(using: str | None = None) -> None:
-    """Raise the number once the current transaction commits (at once outside one); several
-    writes in one transaction raise it once."""
+
+def bump(using: str | None = None, scope: int | None = EVERYONE) -> None:
+    """Raise SCOPE's number (a connection's id, or EVERYONE) once the current transaction
+    commits (at once outside one); several writes in one transaction raise each scope once."""
     _writes.set(_writes.get() + 1)
     alias = using or router.db_for_write(CacheGeneration)
     connection = connections[alias]
+    _pending(alias).add(scope)
     # Already due at this commit: the callback is in Django's list for the transaction.
     if connection.in_atomic_block and any(
-        func is _raise for _sids, func, *_ in connection.run_on_commit
+        getattr(func, "func", None) is _raise_pending
+        for _sids, func, *_ in connection.run_on_commit
     ):
         return
-    _on_commit(_raise, using=alias)
+    _on_commit(partial(_raise_pending, alias), using=alias)
 
 
 # Django's TestCase never commits, so the tests' conftest runs the callback at once instead.
 _on_commit = transaction.on_commit
 
 
-def _raise() -> None:
+def _pending(alias: str) -> set[int | None]:
+    """The scopes written in this thread's transaction on ALIAS, not raised yet."""
+    return connections[alias].__dict__.setdefault("_bw_generation_scopes", set())
+
+
+def _raise_pending(alias: str) -> None:
+    """Raise every scope written in the transaction that just committed, everyone's first."""
+    pending = _pending(alias)
+    scopes = sorted(pending, key=lambda scope: -1 if scope is None else scope)
+    pending.clear()
+    for scope in scopes:
+        _raise(alias, scope)
+
+
+def _raise(alias: str, scope: int | None) -> None:
+    """One UPDATE of one row in its own autocommit (made at its first raise)."""
     _writes.set(_writes.get() + 1)
+    rows = CacheGeneration.objects.using(alias)
+    mine = rows.filter(pk=ROW) if scope is None else rows.filter(connection_id=scope)
     try:
-        with transaction.atomic():
-            if not CacheGeneration.objects.filter(pk=ROW).update(value=models.F("value") + 1):
-                CacheGeneration.objects.get_or_create(pk=ROW, defaults={"value": 1})
+        if mine.update(value=models.F("value") + 1):
+            return
+        with transaction.atomic(using=alias):
+            if scope is None:
+                rows.get_or_create(pk=ROW, defaults={"value": 1})
+            else:
+                rows.create(connection_id=scope, value=1)
+    except IntegrityError:
+        # Made by another process meanwhile (raise it), or its connection is gone (no page
+        # shows it any more: nothing to raise).
+        mine.update(value=models.F("value") + 1)
     except (OperationalError, ProgrammingError):
-        # No table yet: a `migrate` to an earlier migration writes roles (post_migrate); no
-        # page is served from the cache by a database that old.
-        tables = connections[router.db_for_write(CacheGeneration)].introspection.table_names()
-        if CacheGeneration._meta.db_table not in tables:
+        # No table (or column) yet: a `migrate` to an earlier migration writes roles
+        # (post_migrate); no page is served from the cache by a database that old.
+        if _table_is_older(alias):
             return
         raise
 
 
+def _table_is_older(alias: str) -> bool:
+    with connections[alias].cursor() as cursor:
+        tables = connections[alias].introspection.table_names(cursor)
+        if CacheGeneration._meta.db_table not in tables:
+            return True
+        columns = connections[alias].introspection.get_table_description(
+            cursor, CacheGeneration._meta.db_table
+        )
+    return "connection_id" not in {column.name for column in columns}
+
+
 def advance_past(value: int, using: str | None = None) -> None:
-    """Make the number larger than `value` and than it is now: after a restore brought back
-    an older one, pages cached since under the numbers in between are never served. (Nothing
-    to do when the restored database predates the table: `migrate` makes it.)"""
+    """Make everyone's number larger than `value` and than it is now: after a restore brought
+    back an older one, pages cached since under the numbers in between are never served
+    (everyone's number is part of every key). (Nothing to do when the restored database
+    predates the table: `migrate` makes it.)"""
     alias = using or router.db_for_write(CacheGeneration)
     try:
         now = CacheGeneration.objects.using(alias).filter(pk=ROW).values_list("value", flat=True)
@@ -139,7 +230,7 @@ def advance_past(value: int, using: str | None = None) -> None:
 
 
 def read_or_zero(using: str | None = None) -> int:
-    """`current()`, or 0 when the table does not exist (yet)."""
+    """Everyone's number, or 0 when the table does not exist (yet)."""
     alias = using or router.db_for_write(CacheGeneration)
     try:
         with transaction.atomic(using=alias):
@@ -151,30 +242,76 @@ def read_or_zero(using: str | None = None) -> int:
         return 0
 
 
+def scope_of(instance: models.Model) -> int | None:
+    """Whose number a row is part of: the connection it names, directly or through its batch;
+    EVERYONE for a row of no connection (a person, a group, a connection itself, a price)."""
+    if type(instance)._meta.label_lower == "batches.connection":
+        return EVERYONE
+    connection_id = getattr(instance, "connection_id", None)
+    if connection_id is not None:
+        return connection_id
+    batch_id = getattr(instance, "batch_id", None)
+    if batch_id is None:
+        return EVERYONE
+    batch = instance._state.fields_cache.get("batch")
+    if batch is not None:
+        return batch.connection_id
+    from .batches import Batch
+
+    found = Batch.objects.filter(pk=batch_id).values_list("connection_id", flat=True).first()
+    return found if found is not None else EVERYONE
+
+
+def scope_path(model: type[models.Model]) -> str | None:
+    """The same for a query set of MODEL: the lookup that gives each row's connection."""
+    if model._meta.label_lower == "batches.connection":
+        return None
+    names = {f.name for f in model._meta.get_fields()}
+    if "connection" in names or "connection_id" in names:  # a key, or a plain column (tallies)
+        return "connection_id"
+    if "batch" in names:
+        return "batch__connection_id"
+    return None
+
+
 class GenerationQuerySet(models.QuerySet):
-    """Bulk writes of a model the pages show raise the generation (they send no signals).
-    `unseen_fields` are bookkeeping no page shows (a lease, a roll-up flag): an update of
-    those alone changes nothing on a page."""
+    """Bulk writes of a model the pages show raise the numbers of the connections they touch
+    (they send no signals). `unseen_fields` are bookkeeping no page shows (a lease, a roll-up
+    flag): an update of those alone changes nothing on a page."""
 
     unseen_fields: ClassVar[frozenset[str]] = frozenset()
 
     def update(self, **kwargs: Any) -> int:
+        if set(kwargs) <= self.unseen_fields:
+            return super().update(**kwargs)
+        scopes = self._scopes()
         changed = super().update(**kwargs)
-        if changed and not set(kwargs) <= self.unseen_fields:
-            bump(self.db)
+        if changed:
+            for scope in scopes:
+                bump(self.db, scope)
         return changed
 
     def bulk_create(self, objs: Any, *args: Any, **kwargs: Any) -> list:
         made = super().bulk_create(objs, *args, **kwargs)
-        if made:
-            bump(self.db)
+        for scope in {scope_of(obj) for obj in made}:
+            bump(self.db, scope)
         return made
 
     def bulk_update(self, objs: Any, fields: Any, *args: Any, **kwargs: Any) -> int:
+        objs = list(objs)
         changed = super().bulk_update(objs, fields, *args, **kwargs)
         if changed and not set(fields) <= self.unseen_fields:
-            bump(self.db)
+            for scope in {scope_of(obj) for obj in objs}:
+                bump(self.db, scope)
         return changed
+
+    def _scopes(self) -> set[int | None]:
+        """The connections of the rows about to be written (one small query)."""
+        path = scope_path(self.model)
+        if path is None:
+            return {EVERYONE}
+        found = set(self.order_by().values_list(path, flat=True).distinct())
+        return {EVERYONE if scope is None else scope for scope in found}
 
 
 # The models whose rows pages show, each with a predicate saying which of its rows (None: all).
@@ -203,12 +340,13 @@ def _written(sender: Any, instance: Any, using: str, **kwargs: Any) -> None:
         return
     if not shown(instance):
         return
-    bump(using)
+    bump(using, scope_of(instance))
 
 
 def _m2m_written(sender: Any, action: str, using: str, **kwargs: Any) -> None:
+    # People's groups and permissions, connections' groups: who may see what, everyone's.
     if action in ("post_add", "post_remove", "post_clear"):
-        bump(using)
+        bump(using, EVERYONE)
 
 
 def watch_writes() -> None:
@@ -254,3 +392,9 @@ def watch_writes() -> None:
         m2m_changed.connect(
             _m2m_written, sender=through, dispatch_uid=f"bw-generation-m2m-{through._meta.label}"
         )
+
+
+def migrated(*, using: str = "default", **kwargs: Any) -> None:
+    """After `migrate` (post_migrate): a data migration may have changed what pages show
+    without sending signals, so every page is drawn again."""
+    bump(using, EVERYONE)

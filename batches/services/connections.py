@@ -96,7 +96,8 @@ def _dormant(connection: Connection, user: Any) -> bool:
     see it."""
     if not connection.from_settings or settings.OPENAI_API_KEY:
         return False
-    key = f"dormant:{generation.as_first_read(user)}:{connection.pk}"  # writes raise it
+    # Its batches' writes raise the connection's number.
+    key = f"dormant:{generation.of(user).of(connection.pk)}:{connection.pk}"
     dormant = caches["pages"].get(key)
     if dormant is None:
         dormant = not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()

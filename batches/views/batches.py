@@ -344,7 +344,7 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
 @rule(roles.VIEW)
 @require_GET
 def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
-    pk, ended = batch_state_for(request.user, slug, openai_id)
+    pk, ended, connection_id = batch_state_for(request.user, slug, openai_id)
     batch, refresh_error = None, None
     if not ended:  # asked upstream first: the page shows what it says now
         batch = batch_for(request.user, slug, openai_id)
@@ -361,6 +361,7 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         ),
         title=openai_id,
         vary=(pk, refresh_error),
+        about=[connection_id],
     )
 
 

@@ -24,16 +24,17 @@ def batch_for(user: Any, slug: str, openai_id: str) -> Batch:
     return batch
 
 
-def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool]:
-    """The id of the batch `batch_for` would find, and whether it has ended: enough to serve
-    its page from the cache, in one small query (the connection comes from what the person
-    may see). 404 in the same cases as `batch_for`."""
+def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, int]:
+    """The id of the batch `batch_for` would find, whether it has ended, and its connection's
+    id: enough to serve its page from the cache, in one small query (the connection comes
+    from what the person may see). 404 in the same cases as `batch_for`."""
     connection = next((c for c in access_for(user).connections if c.slug == slug), None)
     if connection is None:
         raise Http404("No such batch.")
-    # Kept for the cache generation, which any write to batches raises.
+    # Kept for the connection's cache generation, which any write to its batches raises.
     digest = hashlib.blake2b(openai_id.encode(), digest_size=16).hexdigest()  # any text
-    key = f"batch-state:{generation.as_first_read(user)}:{connection.pk}:{digest}"
+    numbers = ".".join(map(str, generation.of(user).scope([connection.pk])))
+    key = f"batch-state:{numbers}:{connection.pk}:{digest}"
     found = caches["pages"].get(key)
     if found is None:
         found = (
@@ -45,4 +46,4 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool]:
             raise Http404("No such batch.")
         caches["pages"].set(key, found)
     pk, running = found
-    return pk, not running
+    return pk, not running, connection.pk

@@ -5,8 +5,9 @@ A page is its body (the list, the batch) inside the site's frame (base.html: the
 freshness line, outage banners, messages). The body is most of the work: queries, 50 rows,
 filters, a timeline. It is kept under a key made of:
 
-- the cache generation (batches/models/generation.py), raised after every committed write to
-  what the bodies show, so a body is never older than the last write when it is served;
+- the cache generations (batches/models/generation.py): everyone's and those of the
+  connections the page shows, raised after every committed write to what the bodies show, so
+  a body is never older than the last write when it is served;
 - the person (their id: the body holds buttons for their role, their watch, only the
   connections they may see) and the connections they may see now;
 - the page, the full path (query string included) and whatever the view adds (the batch);
@@ -22,15 +23,16 @@ Two things change with the clock or the request, and are put in at serve time: "
 mark replaced by this request's token). The rest that moves with the clock (finish-time
 estimates, "expires in") may be up to TIMEOUT_SECONDS old.
 
-The default cache is per process (LocMemCache, the "pages" alias); a shared one (Redis,
-memcached) works unchanged, since the key, not the process, says what a page shows.
+The default cache is per process (LocMemCache, the "pages" alias); with CACHE_URL one cache
+(Redis) is shared by every web process, since the key, not the process, says what a page
+shows, and the keys name the code's version (settings.CACHES).
 """
 
 from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import cache as once
 from pathlib import Path
 from typing import Any
@@ -63,18 +65,21 @@ def framed(
     title: str = "",
     vary: tuple[Any, ...] = (),
     frame_template: str = FRAME_TEMPLATE,
+    about: Iterable[int] | None = None,
 ) -> HttpResponse:
     """The page: the body from the cache (drawn by `body_template` with `context()` when the
     cache has none for this key) in its frame. The whole page is kept too, for as long as the
     freshness line and banners it shows stay the same; a request with a message to show draws
-    its frame."""
+    its frame. ABOUT: the connections whose batches the body shows (default: every one the
+    person may see); a write to another connection's batches keeps it."""
+    about = tuple(about) if about is not None else tuple(access_for(request.user).ids)
     if len(messages.get_messages(request)):  # counted, not read: they stay for the page
-        html = _frame(request, frame_template, body_template, context, title, vary)
+        html = _frame(request, frame_template, body_template, context, title, vary, about)
         return HttpResponse(_served(request, html))
-    key = _key(request, frame_template, (vary, title, frame_template, _freshness(request)))
+    key = _key(request, frame_template, (vary, title, frame_template, _freshness(request)), about)
     html = caches[CACHE_ALIAS].get(key)
     if html is None:
-        html = _frame(request, frame_template, body_template, context, title, vary)
+        html = _frame(request, frame_template, body_template, context, title, vary, about)
         caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
     return HttpResponse(_served(request, html))
 
@@ -86,8 +91,9 @@ def _frame(
     context: Callable[[], dict[str, Any]],
     title: str,
     vary: tuple[Any, ...],
+    about: tuple[int, ...],
 ) -> str:
-    body = mark_safe(_body(request, body_template, context, vary))  # noqa: S308 - drawn escaped
+    body = mark_safe(_body(request, body_template, context, vary, about))  # noqa: S308
     with ago_later():
         return render_to_string(
             frame_template, {"body": body, "title": title, "csrf_token": _CSRF_MARK}, request
@@ -99,10 +105,11 @@ def _body(
     template: str,
     context: Callable[[], dict[str, Any]],
     vary: tuple[Any, ...],
+    about: tuple[int, ...],
 ) -> str:
     """`template` drawn with `context()`, or its copy from the cache, with its marks in."""
     pages = caches[CACHE_ALIAS]
-    key = _key(request, template, vary)
+    key = _key(request, template, vary, about)
     html = pages.get(key)
     if html is None:
         with ago_later():
@@ -137,10 +144,12 @@ def _freshness(request: HttpRequest) -> tuple[Any, ...]:
         return tuple(cursor.fetchall())
 
 
-def _key(request: HttpRequest, template: str, vary: tuple[Any, ...]) -> str:
+def _key(request: HttpRequest, template: str, vary: tuple[Any, ...], about: tuple[int, ...]) -> str:
     user = request.user
     parts = (
-        generation.as_first_read(user),  # read again if the request has written since
+        # Everyone's number and those of the connections shown; read again if the request has
+        # written since.
+        generation.of(user).scope(about),
         user.pk,
         access_for(user).ids,
         template,

@@ -2,8 +2,9 @@
 
 Rendering 50 rows through the template engine was most of a list request (issue 14); a row
 changes only when its batch does. A row's key is a digest of everything it may show: every
-field of the batch as loaded, its connection's slug and name, its creator's name, its
-finish-time estimate in words, and the templates' own text. Any write to a batch (a sync, a
+field of the batch as loaded (but the bookkeeping no page shows, such as the time of the last
+sync), its connection's slug and name, its creator's name, its finish-time estimate in words,
+and the templates' own text. Any write to a batch (a sync, a
 label, a cost, a rename) changes the key, so a cached row is never older than the batch just
 read from the database; nothing is ever invalidated, old keys just age out.
 
@@ -12,9 +13,10 @@ query returned (filtered by what the person may see), and a row holds nothing th
 who looks (no buttons, no request). The one part that changes with the clock, "created 3 h
 ago", is kept as reltime's mark and put in by the page cache at serve time.
 
-The default cache is per process (LocMemCache): each gunicorn worker keeps its own rows. A
-shared cache (Redis, memcached) would work unchanged; correctness never depends on sharing,
-since the key follows the batch's state in the database every worker reads.
+The default cache is per process (LocMemCache): each gunicorn worker keeps its own rows. With
+CACHE_URL (Redis) every web process shares them; correctness never depends on sharing, since
+the key follows the batch's state in the database every worker reads, and the cache's keys
+name the code's version (settings.CACHES).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import Batch
+from ..models.batches import BatchQuerySet
 from ..templatetags.batchweb import ago_later
 from .page_cache import templates_digest
 
@@ -61,8 +64,11 @@ def rendered_rows(
 
 def _key(batch: Batch, *, show_connection: bool, oob: bool) -> str:
     eta = getattr(batch, "eta", None)
-    # Every field as loaded, not the estimate (it holds the time of the request).
-    state = [(k, v) for k, v in batch.__dict__.items() if k[0] != "_" and k != "eta"]
+    # Every field as loaded but those no page shows (`unseen_fields`: the refresh lease, the
+    # time of the last sync, which every pass moves), and not the estimate (it holds the time
+    # of the request).
+    unseen = BatchQuerySet.unseen_fields | {"eta"}
+    state = [(k, v) for k, v in batch.__dict__.items() if k[0] != "_" and k not in unseen]
     parts: tuple[Any, ...] = (
         state,
         batch.connection.slug,

@@ -109,18 +109,20 @@ def company_account_for(*, issuer: str, subject: str, claims: dict[str, Any]) ->
 
 
 class KeptUsers:
-    """The person of a session, kept in the cache for the cache generation (which every change
-    to people raises: a new password, deactivation, groups) instead of read on every request."""
+    """The person of a session, kept for everyone's cache generation (which every change to
+    people raises: a new password, deactivation, groups) instead of read on every request. In
+    the "people" cache, per process whatever CACHE_URL says: an account holds its password
+    hash, which no shared cache is given."""
 
     def get_user(self, user_id: Any) -> Any:
-        current = generation.current()
-        key = f"user:{current}:{type(self).__name__}:{user_id}"
-        user = caches["pages"].get(key)
+        current = generation.snapshot()
+        key = f"user:{current.everyone}:{type(self).__name__}:{user_id}"
+        user = caches["people"].get(key)
         if user is None:
             user = super().get_user(user_id)
             if user is None:
                 return None
-            caches["pages"].set(key, user)
+            caches["people"].set(key, user)
         elif hasattr(self, "user_can_authenticate") and not self.user_can_authenticate(user):
             return None
         generation.keep(user, current)  # the rest of the request reads it from the person
@@ -143,11 +145,11 @@ class PasswordBackend(KeptUsers, ModelBackend):
         if obj is not None or not user_obj.is_active or user_obj.is_anonymous:
             return super().get_all_permissions(user_obj, obj)
         if not hasattr(user_obj, "_perm_cache"):
-            key = f"perms:{generation.as_first_read(user_obj)}:{user_obj.pk}"
-            found = caches["pages"].get(key)
+            key = f"perms:{generation.of(user_obj).everyone}:{user_obj.pk}"
+            found = caches["people"].get(key)
             if found is None:
                 found = super().get_all_permissions(user_obj)
-                caches["pages"].set(key, found)
+                caches["people"].set(key, found)
             user_obj._perm_cache = found
         return user_obj._perm_cache
 
