@@ -83,7 +83,9 @@ def test_a_batch_made_from_the_form_runs_to_completion_and_its_results_open(
     settings.DATA_DIR = tmp_path
     lines = [azure_line(f"req-{i}") for i in range(1, 4)]
 
-    checked = upload_and_confirm(submitter_client, connection, lines, tmp_path, "tok-az")
+    checked = upload_and_confirm(
+        submitter_client, connection, lines, tmp_path, "tok-az".ljust(24, "_")
+    )
     created = submitter_client.post(checked["Location"])
 
     batch = Batch.objects.get(connection=connection)
@@ -108,7 +110,9 @@ def test_a_line_naming_another_deployment_is_refused_before_anything_is_sent(
     server, connection = azure
     lines = [azure_line("req-1"), azure_line("req-2", model="gpt-4o")]
 
-    response = upload_and_confirm(submitter_client, connection, lines, tmp_path, "tok-dep")
+    response = upload_and_confirm(
+        submitter_client, connection, lines, tmp_path, "tok-dep".ljust(24, "_")
+    )
 
     assert response.status_code == 400
     assert "is not a deployment of this connection" in response.content.decode()
@@ -121,7 +125,9 @@ def test_azure_s_full_token_queue_on_create_is_explained_and_creates_nothing(
     server, connection = azure
     server.sim.set_limits({"enqueued_token_limit": 1})
     lines = [azure_line(f"req-{i}") for i in range(1, 4)]
-    checked = upload_and_confirm(submitter_client, connection, lines, tmp_path, "tok-full")
+    checked = upload_and_confirm(
+        submitter_client, connection, lines, tmp_path, "tok-full".ljust(24, "_")
+    )
 
     page = submitter_client.post(checked["Location"])
 
@@ -132,7 +138,7 @@ def test_azure_s_full_token_queue_on_create_is_explained_and_creates_nothing(
     assert not Batch.objects.filter(connection=connection).exists()
     failed = Event.objects.get(action=Event.Action.CREATE_FAILED)
     assert failed.connection == connection
-    submission = Submission.objects.get(token="tok-full")
+    submission = Submission.objects.get(token="tok-full".ljust(24, "_"))
     assert submission.state == Submission.State.FAILED
     # Once there is room, trying again creates the batch (the file is not uploaded twice).
     server.sim.set_limits({"enqueued_token_limit": None})
@@ -169,7 +175,7 @@ def test_the_create_form_keeps_azure_s_output_expiry_range(azure, submitter_clie
             "connection": connection.slug,
             "input_file_id": "file-x",
             "endpoint": "/v1/chat/completions",
-            "submission_token": "tok-exp",
+            "submission_token": "tok-exp".ljust(24, "_"),
             "completion_window": "24h",
             "output_expires_after_hours": "24",
         },
