@@ -134,7 +134,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "batch-list"
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Signing in (README: "Company sign-in") -------------------------------------------------
+# --- Signing in (docs/sign-in.md) -------------------------------------------------
 AUTHENTICATION_BACKENDS = [
     "batches.services.signin.ThrottleBackend",  # django-axes: refuses locked accounts/addresses
     "batches.services.signin.PasswordBackend",
@@ -210,7 +210,7 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-# --- HTTPS and browser protections (README: "Running in production") -------------------------
+# --- HTTPS and browser protections (docs/production.md) -------------------------
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -396,12 +396,12 @@ CACHES = {
 # removed by the worker; they are fetched again when someone opens them.
 RESULT_RETENTION_DAYS = env.int("BATCHWEB_RESULT_RETENTION_DAYS", default=7)
 
-# --- Health check (README: "Running in production") -----------------------------------------
+# --- Health check (docs/production.md) -----------------------------------------
 # Load balancers probe /healthz over plain HTTP inside the network: it answers there too,
 # rather than redirecting to HTTPS (it holds no secret and sets no cookie).
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
 
-# --- Logs (README: "Running in production") -------------------------------------------------
+# --- Logs (docs/production.md) -------------------------------------------------
 # One line per record on standard error, with the request's id (X-Request-ID): key=value pairs
 # ("text", the default) or one JSON object ("json") for a log collector. gunicorn's access log
 # is gunicorn's own and is left as it is.

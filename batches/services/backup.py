@@ -1,6 +1,6 @@
 """Backing up and restoring an installation: the database, the files in `data/`, and the keys.
 
-A backup is a folder (README, "Backup and restore"):
+A backup is a folder (docs/backup.md):
 
     manifest.json         what is in it, written last: a folder without it is not a backup
     database.sqlite3      SQLite: a copy made with SQLite's online backup API

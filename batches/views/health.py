@@ -10,7 +10,7 @@ The ages per connection (`workers`) are for a monitor that sends `Authorization:
 One query for anyone (a signed-in Admin's session and groups aside), no session started or
 written, nothing cached on the way. A stale worker does not make it fail: the web process can
 still serve every page from the cache, so a load balancer should keep sending people to it; a
-monitor alerts on `late` instead (README, "Running in production").
+monitor alerts on `late` instead (docs/production.md, "Health check").
 """
 
 from __future__ import annotations

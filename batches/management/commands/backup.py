@@ -1,6 +1,6 @@
 """`manage.py backup DIR`: the database, the data folder and the key files, into a new folder.
 
-Safe while the web and worker processes run (README, "Backup and restore")."""
+Safe while the web and worker processes run (docs/backup.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`manage.py restore DIR`: put a backup back, replacing the database, the data folder's files
-and the key files. Stop the web and worker processes first (README, "Backup and restore")."""
+and the key files. Stop the web and worker processes first (docs/backup.md)."""
 
 from __future__ import annotations
 

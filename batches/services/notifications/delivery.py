@@ -42,7 +42,7 @@ logger = logging.getLogger(__name__)
 WEBHOOK_TIMEOUT = 10.0
 EMAIL_TIMEOUT = 10.0
 
-# Headers of the JSON body's signature (see README, "Notifications").
+# Headers of the JSON body's signature (see docs/notifications.md).
 SIGNATURE_HEADER = "X-Batchweb-Signature"
 TIMESTAMP_HEADER = "X-Batchweb-Timestamp"
 DELIVERY_HEADER = "X-Batchweb-Delivery"
