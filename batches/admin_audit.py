@@ -143,9 +143,9 @@ class AuditedGroupAdmin(AuditedAdmin, GroupAdmin):
 @admin.register(CompanyIdentity)
 class CompanyIdentityAdmin(AuditedAdmin):
     """Which provider account (issuer + subject) each batchweb account is linked to. Made only by
-    a company sign-in (services/signin.py); an admin may remove a link (audited), after which
-    the next sign-in of that subject is linked again by the address rule or gets an account of
-    its own."""
+    a company sign-in (services/signin/backends.py); an admin may remove a link (audited),
+    after which the next sign-in of that subject is linked again by the address rule or gets an
+    account of its own."""
 
     list_display = ("user", "subject", "issuer", "created_at")
     list_select_related = ("user",)

@@ -1,6 +1,6 @@
 """Who a person is: the company provider's account a batchweb account is linked to, and where
-the account's email address came from (the rules that use them are in services/signin.py and
-services/addresses.py).
+the account's email address came from (the rules that use them are in
+services/signin/backends.py and services/addresses.py).
 
 An address anyone could type decides nothing: a company sign-in is linked by the provider's
 subject (`CompanyIdentity`), and an address links an account only when an admin, the

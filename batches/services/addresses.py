@@ -5,7 +5,7 @@ and only by someone who vouches for it: an admin (the admin site), the company p
 sign-in whose claims say the address is verified), or the person after opening a link mailed
 to the new address. An address typed on the profile page waits as `AccountEmail.pending` and
 is used for nothing until its link is opened, neither for notifications nor for linking a
-company sign-in (`email_trusted`, the rule services/signin.py asks).
+company sign-in (`email_trusted`, the rule services/signin/backends.py asks).
 
 The link carries a token signed with the secret key (`TimestampSigner`, salted for this one
 purpose), bound to the account's id and the address, and good for `LINK_MAX_AGE`; it works
