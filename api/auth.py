@@ -19,11 +19,10 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from batches import roles
-from batches.models import Connection, Event, access_for
+from batches.models import DEFAULT_SLUG, Connection, Event
 from batches.models.audit import audit_via
 from batches.openai_client import OpenAIError
 from batches.services import ServiceError
-from batches.services.connections import connections_for
 
 from .errors import ApiError, upstream_error
 from .models import CONNECTION_HEADER, ApiToken, Scope
@@ -105,32 +104,36 @@ def _check(request: HttpRequest, token: ApiToken, permissions: tuple[str, ...], 
             f"{user.get_username()} does not have it.",
             code="insufficient_role",
         )
-    request.connection = connection_pick(user, request.headers.get(CONNECTION_HEADER))
+    slug = (request.headers.get(CONNECTION_HEADER) or "").strip()
+    request.connection = _named(user, slug) if slug else _default(user)
 
 
-def connection_pick(user: Any, slug: str | None) -> Connection:
-    """The connection a request names in its header, or the default one: the connection
-    called `default` when the person may use it, else the only one they may use."""
-    slug = (slug or "").strip()
-    if slug:
-        found = next((c for c in access_for(user).connections if c.slug == slug), None)
-        if found is None:
-            raise ApiError(
-                403,
-                f"You may not use a connection “{slug[:50]}” (or there is none by that name).",
-                code="connection_forbidden",
-                param=CONNECTION_HEADER,
-            )
-        if not found.enabled:
-            raise ApiError(
-                403,
-                f"The connection “{found.slug}” is disabled.",
-                code="connection_disabled",
-                param=CONNECTION_HEADER,
-            )
-        return found
-    usable = connections_for(user, usable=True)
-    default = next((c for c in usable if c.slug == "default"), None)
+def _named(user: Any, slug: str) -> Connection:
+    """The connection the request names, among those `Connection.objects.visible_to` gives
+    the token's owner; one they may not see is refused as one that does not exist."""
+    found = Connection.objects.visible_to(user).get(slug)
+    if found is None:
+        raise ApiError(
+            403,
+            f"You may not use a connection “{slug[:50]}” (or there is none by that name).",
+            code="connection_forbidden",
+            param=CONNECTION_HEADER,
+        )
+    if not found.enabled:
+        raise ApiError(
+            403,
+            f"The connection “{found.slug}” is disabled.",
+            code="connection_disabled",
+            param=CONNECTION_HEADER,
+        )
+    return found
+
+
+def _default(user: Any) -> Connection:
+    """No header: the connection called `default` when the person may use it, else the only
+    one they may use (`Connection.objects.listed_to(user, usable=True)`)."""
+    usable = Connection.objects.listed_to(user, usable=True)
+    default = next((c for c in usable if c.slug == DEFAULT_SLUG), None)
     if default is not None:
         return default
     if len(usable) == 1:

@@ -1,8 +1,7 @@
 from django.conf import settings
 from django.http import HttpRequest
 
-from .models import SyncState
-from .services.connections import connections_for
+from .models import Connection, SyncState
 
 
 def dashboard(request: HttpRequest) -> dict:
@@ -19,7 +18,7 @@ def dashboard(request: HttpRequest) -> dict:
 def _dashboard(request: HttpRequest) -> dict:
     connections = [
         c
-        for c in connections_for(request.user)
+        for c in Connection.objects.listed_to(request.user)
         if c.enabled and not (c.from_settings and not settings.OPENAI_API_KEY)
     ]
     states = {s.connection_id: s for s in SyncState.objects.filter(connection__in=connections)}

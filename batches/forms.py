@@ -8,6 +8,7 @@ from django import forms
 
 from . import storage
 from .jsonl_check import ENDPOINTS
+from .models import ListFilters
 from .openai_client import is_upstream_id
 
 METADATA_ROWS = 14  # the API's 16 pairs less the 2 batchweb stamps
@@ -200,6 +201,12 @@ class BatchFilterForm(forms.Form):
     creator = forms.CharField(required=False, max_length=150)
     connection = forms.SlugField(required=False, max_length=50)
     label = forms.CharField(required=False, max_length=512)
+
+    def filters(self) -> ListFilters:
+        """The filters given; unknown or malformed values are ignored rather than failing."""
+        if not self.is_valid():
+            return ListFilters()
+        return ListFilters(**{k: v for k, v in self.cleaned_data.items() if v})
 
 
 class LabelForm(forms.Form):

@@ -6,6 +6,7 @@ keep one upstream session per thread and connection."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 import time
 
@@ -15,17 +16,19 @@ from django.contrib.auth.models import Group, User
 from django.db import connection as db
 from django.db.models import Q
 from django.forms.models import model_to_dict
+from django.http import HttpResponse
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
 from api import reads
-from api.auth import connection_pick
+from api.auth import token_rule
 from api.models import ApiToken
 from api.services import batches as api_batches
 from api.services.tokens import token_authenticate, token_create
-from batches.models import Batch, Connection, access_for
-from batches.services.connections import connections_for
+from batches import roles
+from batches.models import Batch, Connection
 
 pytestmark = pytest.mark.django_db
 
@@ -120,27 +123,43 @@ def test_the_token_read_gives_the_same_token_and_owner_as_the_orm(submitter):
     assert reads.token_by_prefix("0" * 8) is None
 
 
-def test_connection_pick_refuses_and_chooses_as_before(people, conns):
-    from api.errors import ApiError
+def picked(user: User, slug: str | None) -> tuple[object, User | None]:
+    """What `@token_rule` makes of a request by `user` naming `slug` in the connection header
+    (None: no header): the connection's slug, or the refusal; and the request's user."""
+    plain = token_create(user=user, name="pick", scope="read", days=30).plain
+    seen: dict[str, User] = {}
 
-    outsider, member = fresh(people["outsider"]), fresh(people["member"])
-    with pytest.raises(ApiError) as refused:
-        connection_pick(outsider, conns[1].slug)
-    assert refused.value.code == "connection_forbidden"
-    assert "“speed-1”" in refused.value.message
-    with pytest.raises(ApiError) as disabled:
-        connection_pick(fresh(people["both"]), conns[2].slug)
-    assert disabled.value.code == "connection_disabled"
-    assert connection_pick(member, f" {conns[1].slug} ").pk == conns[1].pk
-    # No header: the default connection (or the only usable one), from the same access as
-    # connections_for reads.
-    user = fresh(people["member"])
-    usable = connections_for(fresh(people["member"]), usable=True)
+    @token_rule(roles.VIEW)
+    def view(request):
+        seen["user"] = request.user
+        return HttpResponse(request.connection.slug)
+
+    headers = {"HTTP_AUTHORIZATION": bearer(plain)}
+    if slug is not None:
+        headers["HTTP_X_BATCHWEB_CONNECTION"] = slug
+    response = view(RequestFactory().get("/v1/batches", **headers))
+    if response.status_code != 200:
+        return (response.status_code, json.loads(response.content)["error"]), seen.get("user")
+    return response.content.decode(), seen["user"]
+
+
+def test_the_connection_header_refuses_and_chooses_as_before(people, conns, monkeypatch):
+    monkeypatch.setenv("SPEED_KEY", "sk-speed")
+    (status, error), _ = picked(people["outsider"], conns[1].slug)
+    assert (status, error["code"]) == (403, "connection_forbidden")
+    assert "“speed-1”" in error["message"]
+    (status, error), _ = picked(people["both"], conns[2].slug)
+    assert (status, error["code"]) == (403, "connection_disabled")
+    assert picked(people["member"], f" {conns[1].slug} ")[0] == conns[1].slug
+    # No header: the default connection (or the only usable one), from the same answer as
+    # Connection.objects.listed_to reads, kept on the request's user.
+    usable = Connection.objects.listed_to(fresh(people["member"]), usable=True)
     expected = next((c for c in usable if c.slug == "default"), None) or usable[0]
-    assert connection_pick(user, None).pk == expected.pk
-    assert user._batchweb_access == access_for(fresh(people["member"]))
-    assert [c.pk for c in connections_for(user)] == [
-        c.pk for c in connections_for(fresh(people["member"]))
+    slug, user = picked(people["member"], None)
+    assert slug == expected.slug
+    assert user._batchweb_access == Connection.objects.visible_to(fresh(people["member"]))
+    assert [c.pk for c in Connection.objects.listed_to(user)] == [
+        c.pk for c in Connection.objects.listed_to(fresh(people["member"]))
     ]
 
 
@@ -233,7 +252,8 @@ def test_the_list_makes_as_many_queries_whatever_the_cache_holds(client, down, c
         # Reads only: no write of the token's last use, no audit entry.
         assert all(sql.startswith("SELECT") for sql in statements), statements
         # The API's own: the token with its owner and the page, each once; the connections
-        # the owner may use come from the cache (kept per cache generation, see access_for).
+        # the owner may use come from the cache (kept per cache generation, see
+        # Connection.objects.visible_to).
         for table in ("API_APITOKEN", "BATCHES_BATCH"):
             assert sum(f'FROM "{table}"' in sql for sql in statements) == 1, (table, statements)
         assert not any('FROM "BATCHES_CONNECTION"' in sql for sql in statements), statements

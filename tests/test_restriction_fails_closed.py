@@ -12,7 +12,7 @@ from django.contrib.auth.models import Group, User
 from django.urls import reverse
 
 from api.services.tokens import token_create
-from batches.models import Batch, Connection, access_for
+from batches.models import Batch, Connection
 from batches.services import batch_upsert
 from tests.conftest import make_batch, make_list
 
@@ -74,9 +74,9 @@ def test_adding_it_from_the_group_s_side_marks_it_too(db):
 def test_without_its_last_group_only_admins_see_it(research, member, viewer, admin, how):
     lose_last_group(research, how)
 
-    assert research.pk not in access_for(fresh(member)).ids
-    assert research.pk not in access_for(fresh(viewer)).ids
-    assert research.pk in access_for(fresh(admin)).ids
+    assert research.pk not in Connection.objects.visible_to(fresh(member)).ids
+    assert research.pk not in Connection.objects.visible_to(fresh(viewer)).ids
+    assert research.pk in Connection.objects.visible_to(fresh(admin)).ids
 
 
 @pytest.mark.parametrize("how", ["removed", "group deleted"])
@@ -145,7 +145,7 @@ def test_the_api_refuses_it_to_a_former_member_and_serves_an_admin(
 def test_a_connection_never_restricted_stays_open_to_everyone(viewer, db):
     connection = Connection.objects.create(name="Open", slug="open", base_url="https://o.test/v1")
 
-    assert connection.pk in access_for(fresh(viewer)).ids
+    assert connection.pk in Connection.objects.visible_to(fresh(viewer)).ids
 
 
 # --- The admin form ---------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def test_removing_the_last_group_in_the_admin_keeps_it_closed(client, admin_user
     assert response.status_code == 302, response.content.decode()[:2000]
     research.refresh_from_db()
     assert research.restricted and not research.groups.exists()
-    assert research.pk not in access_for(fresh(viewer)).ids
+    assert research.pk not in Connection.objects.visible_to(fresh(viewer)).ids
     form = client.get(reverse("admin:batches_connection_change", args=[research.pk]))
     assert (
         "only Admins can see it; add a group or make it open to everyone" in form.content.decode()
@@ -199,7 +199,7 @@ def test_open_to_everyone_opens_it_again(client, admin_user, research, viewer):
     assert response.status_code == 302
     research.refresh_from_db()
     assert not research.restricted
-    assert research.pk in access_for(fresh(viewer)).ids
+    assert research.pk in Connection.objects.visible_to(fresh(viewer)).ids
 
 
 def test_open_to_everyone_with_groups_chosen_is_refused(client, admin_user, research):

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, models, transaction
 from django.db import connection as db_connection
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from ..payloads import clean_json, clean_text
-from .connections import Connection, access_for, default_connection_id
+from .connections import Access, Connection, default_connection_id
 from .costs import dollars
 from .generation import GenerationQuerySet
 
@@ -81,6 +84,73 @@ SPEND_FIELDS = frozenset(
     }
 )
 
+# The list's status tabs: key (the `status` filter), title, and the statuses each shows (None:
+# all). `cancelling` is still running (it may take 10 min): it counts under Running, so the
+# tabs partition All.
+STATUS_TABS = [
+    ("", "All", None),
+    ("running", "Running", RUNNING_STATUSES),
+    ("completed", "Completed", frozenset({Status.COMPLETED})),
+    ("failed", "Failed", frozenset({Status.FAILED})),
+    ("expired", "Expired", frozenset({Status.EXPIRED})),
+    ("cancelled", "Cancelled", frozenset({Status.CANCELLED})),
+]
+
+
+def tab_totals(counts: dict[str, int]) -> dict[str, int]:
+    """Each tab's count, from counts per status (`status_counts`). Running is any status
+    that is not an ending, even one batchweb does not know, as `in_tab("running")` finds."""
+    totals = {}
+    for key, _title, statuses in STATUS_TABS:
+        if key == "running":
+            totals[key] = sum(n for s, n in counts.items() if s not in TERMINAL_STATUSES)
+        else:
+            totals[key] = sum(n for s, n in counts.items() if statuses is None or s in statuses)
+    return totals
+
+
+@dataclass(frozen=True)
+class ListFilters:
+    """The list's filters (and its CSV export's), as BatchFilterForm read them: "" for none.
+    In the form's order, which is the order of the page's URLs."""
+
+    q: str = ""
+    status: str = ""
+    endpoint: str = ""
+    model: str = ""
+    creator: str = ""
+    connection: str = ""
+    label: str = ""
+
+    def params(self) -> dict[str, str]:
+        """The filters given, for URLs."""
+        return {k: v for k, v in asdict(self).items() if v}
+
+    @cached_property
+    def creator_id(self) -> int | None:
+        """The id of the person named by `creator` (None: no such person), read once for the
+        rows and the tallies alike: by id, the (created_by, created_at) index serves the
+        page."""
+        if not self.creator:
+            return None
+        return (
+            get_user_model()
+            .objects.filter(username=self.creator)
+            .values_list("pk", flat=True)
+            .first()
+        )
+
+
+@dataclass(frozen=True)
+class KeysetPage:
+    """One page of the list, newest first, and the ids to page from: `newer` (its first row,
+    for `before=`) when there are newer rows, `older` (its last, for `after=`) when older."""
+
+    batches: list[Batch] = field(default_factory=list)
+    newer: int | None = None
+    older: int | None = None
+
+
 # Metadata keys batchweb stamps on the batches it creates.
 TOKEN_KEY = "batchweb_token"  # noqa: S105 - a metadata key, not a secret
 USER_KEY = "batchweb_user"
@@ -99,11 +169,35 @@ class BatchQuerySet(GenerationQuerySet):
             "raw", "errors", "result_summary"
         )
 
-    def visible_to(self, user: Any) -> BatchQuerySet:
-        """Only the batches of connections the person may see. Someone who sees every
+    def visible_to(self, user: Any, *, connection: str = "") -> BatchQuerySet:
+        """Only the batches of connections the person may see (`Connection.objects.visible_to`,
+        the one rule), of the one called `connection` when given (none when they may not see
+        it: the same answer as for a connection that does not exist). Someone who sees every
         connection gets no extra condition, so the list's indexes serve the page as before."""
-        access = access_for(user)
-        return self if access.everything else self.filter(connection_id__in=access.ids)
+        ids = Connection.objects.visible_to(user).connection_ids(connection)
+        if ids is None:
+            return self
+        if not ids:
+            return self.none()
+        return (
+            self.filter(connection_id=ids[0]) if connection else self.filter(connection_id__in=ids)
+        )
+
+    def visible_one(self, user: Any, slug: str, openai_id: str) -> Batch | None:
+        """One batch by connection slug and id, or None when there is none the person may
+        see (the same answer for both, so ids reveal nothing). The connection comes from what
+        they may see, so a slug they may not see costs no query; the batch is one."""
+        connection = Connection.objects.visible_to(user).get(slug)
+        if connection is None:
+            return None
+        batch = (
+            self.select_related("created_by")
+            .filter(connection_id=connection.pk, openai_id=openai_id)
+            .first()
+        )
+        if batch is not None:
+            batch.connection = connection
+        return batch
 
     def running(self) -> BatchQuerySet:
         return self.filter(running=True)
@@ -114,9 +208,104 @@ class BatchQuerySet(GenerationQuerySet):
             return self
         return self.filter(search_text__contains=text.lower())
 
+    # --- The list (and its CSV export, its live rows) ------------------------------------
+
+    def listed(self, user: Any, filters: ListFilters) -> BatchQuerySet:
+        """The list's rows for `user` through `filters` (its tab included), as the page and
+        its CSV export show them."""
+        return (
+            self.for_list()
+            .visible_to(user, connection=filters.connection)
+            .matching(filters)
+            .in_tab(filters.status)
+        )
+
+    def matching(self, filters: ListFilters) -> BatchQuerySet:
+        """The filters other than the connection and the tab: endpoint, model, label, creator,
+        search."""
+        rows = self
+        if filters.endpoint:
+            rows = rows.filter(endpoint=filters.endpoint)
+        if filters.model:
+            rows = rows.filter(model=filters.model)
+        if filters.label:
+            rows = rows.filter(label=filters.label)
+        if filters.creator:
+            if filters.creator_id is None:
+                return rows.none()
+            rows = rows.filter(created_by_id=filters.creator_id)
+        return rows.search(filters.q)
+
+    def in_tab(self, status: str) -> BatchQuerySet:
+        """The batches a status tab (STATUS_TABS) shows, or of one status; any other value
+        filters nothing."""
+        if status == "running":
+            return self.filter(running=True)
+        for key, _title, statuses in STATUS_TABS:
+            if key and key == status:
+                return self.filter(status__in=statuses)
+        if status in Status.values:
+            return self.filter(status=status)
+        return self
+
     def status_counts(self) -> dict[str, int]:
+        """How many of these batches have each status: counted, row by row."""
         rows = self.order_by().values("status").annotate(n=Count("id"))
         return {row["status"]: row["n"] for row in rows}
+
+    def tab_counts(self, user: Any, filters: ListFilters) -> dict[str, int]:
+        """Counts per status of what `user` sees through `filters` (the tab aside), for the
+        list's tabs. From the tallies, whose size does not grow with the number of batches,
+        when they key on every filter given (endpoint, model, creator); a search or a label
+        has to count the rows it matches."""
+        if filters.q or filters.label:
+            rows = self.visible_to(user, connection=filters.connection).matching(filters)
+            return rows.status_counts()
+        tallies = BatchTally.objects.visible_to(user, connection=filters.connection)
+        return tallies.matching(filters).status_counts()
+
+    def keyset_page(
+        self, *, after: int | None, before: int | None, size: int, access: Access | None = None
+    ) -> KeysetPage:
+        """Newest first, `size` at a time, by (created_at, id) after or before the row of
+        that id, so deep pages stay cheap. With `access` (what the person sees), each row gets
+        its connection object from there rather than from a join."""
+        rows = self
+        if access is not None:
+            rows = rows.select_related(None).select_related("created_by")
+        anchors = self.model.objects
+        # "(created_at, id) < anchor", written as a range on created_at so the index is used.
+        if after and (anchor := anchors.filter(pk=after).values("created_at").first()):
+            rows = rows.filter(created_at__lte=anchor["created_at"]).exclude(
+                created_at=anchor["created_at"], id__gte=after
+            )
+            page = list(rows.order_by("-created_at", "-id")[: size + 1])
+            has_older, has_newer = len(page) > size, True
+            page = page[:size]
+        elif before and (anchor := anchors.filter(pk=before).values("created_at").first()):
+            rows = rows.filter(created_at__gte=anchor["created_at"]).exclude(
+                created_at=anchor["created_at"], id__lte=before
+            )
+            page = list(rows.order_by("created_at", "id")[: size + 1])
+            has_newer, has_older = len(page) > size, True
+            page = page[:size][::-1]
+        else:
+            page = list(rows.order_by("-created_at", "-id")[: size + 1])
+            has_older, has_newer = len(page) > size, False
+            page = page[:size]
+        if access is not None:
+            access.attach(page)
+        if not page:
+            return KeysetPage()
+        return KeysetPage(
+            page, page[0].pk if has_newer else None, page[-1].pk if has_older else None
+        )
+
+    def label_choices(self, user: Any, *, connection: str = "", limit: int) -> list[str]:
+        """The label filter's choices for `user` (of the connection called `connection`, when
+        given), in order, at most `limit` (`label_choices`)."""
+        ids = Connection.objects.visible_to(user).connection_ids(connection)
+        return label_choices(connection_ids=ids, limit=limit)
 
     def update(self, **kwargs: Any) -> int:
         """As QuerySet.update, and a change to what the spend roll-ups sum marks the batches'
@@ -778,6 +967,51 @@ class ResultRow(models.Model):
         return not self.source
 
 
+class BatchTallyQuerySet(GenerationQuerySet):
+    def visible_to(self, user: Any, *, connection: str = "") -> BatchTallyQuerySet:
+        """The tallies of what `user` may see, as `BatchQuerySet.visible_to`."""
+        ids = Connection.objects.visible_to(user).connection_ids(connection)
+        if ids is None:
+            return self
+        if not ids:
+            return self.none()
+        return (
+            self.filter(connection_id=ids[0]) if connection else self.filter(connection_id__in=ids)
+        )
+
+    def matching(self, filters: ListFilters) -> BatchTallyQuerySet:
+        """The filters the tallies key on: endpoint, model, creator (not a label, nor a
+        search: `BatchQuerySet.tab_counts` counts rows for those)."""
+        tallies = self
+        if filters.endpoint:
+            tallies = tallies.filter(endpoint=filters.endpoint)
+        if filters.model:
+            tallies = tallies.filter(model=filters.model)
+        if filters.creator:
+            tallies = tallies.filter(creator_id=filters.creator_id or -1)
+        return tallies
+
+    def status_counts(self) -> dict[str, int]:
+        totals = self.values("status").annotate(n=Sum("count")).order_by()
+        return {row["status"]: row["n"] for row in totals if row["n"]}
+
+    def model_choices(self) -> models.QuerySet:
+        """The models of these tallies' batches, in order (the list's model filter)."""
+        counted = self.filter(count__gt=0).exclude(model="")
+        return counted.order_by("model").values_list("model", flat=True).distinct()
+
+    def creator_choices(self) -> models.QuerySet:
+        """The user names of those who made these tallies' batches, in order."""
+        ids = self.filter(count__gt=0).exclude(creator_id=0)
+        ids = ids.values_list("creator_id", flat=True).distinct()
+        return (
+            get_user_model()
+            .objects.filter(pk__in=list(ids))
+            .order_by("username")
+            .values_list("username", flat=True)
+        )
+
+
 class BatchTally(models.Model):
     """How many cached batches share one (connection, status, endpoint, model, creator): kept in
     step by every upsert, so the list's counts and filter choices cost the same at 1,000 or
@@ -790,7 +1024,7 @@ class BatchTally(models.Model):
     creator_id = models.BigIntegerField(default=0)
     count = models.BigIntegerField(default=0)
 
-    objects = GenerationQuerySet.as_manager()
+    objects = BatchTallyQuerySet.as_manager()
 
     class Meta:
         constraints = [

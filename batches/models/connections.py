@@ -4,7 +4,9 @@ servers), each with its own key, dialect, limits and the groups that may use it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +50,45 @@ class AuthStyle(models.TextChoices):
 
 class ConnectionKeyError(Exception):
     """A connection's key cannot be had; the message says why and what to change."""
+
+
+class ConnectionManager(models.Manager.from_queryset(GenerationQuerySet)):
+    """Who sees what, answered here and nowhere else (docs/architecture.md, "Who sees what"):
+    `visible_to(user)` runs the one rule (`_access_now`) and keeps its answer;
+    `BatchQuerySet.visible_to`, `BatchTally.objects.visible_to`, `EventQuerySet.visible_to`,
+    the lookups by slug and id (views/lookups.py) and the API's connection header all read
+    that answer."""
+
+    def visible_to(self, user: Any) -> Access:
+        """What `user` may see, in one query, kept on the user object for the rest of the
+        request (the list page, its filters and the freshness line all ask) and in the
+        "people" cache for the cache generation. Nothing for someone not signed in."""
+        cached = getattr(user, "_batchweb_access", None)
+        if cached is not None:
+            return cached
+        if not getattr(user, "is_authenticated", False):
+            return Access((), False)
+        # Kept for the cache generation too: a change to connections, groups or people raises it.
+        key = f"access:{generation.of(user).everyone}:{user.pk}"
+        access = caches[CACHE_ALIAS].get(key)
+        if access is None:
+            access = _access_now(user)
+            caches[CACHE_ALIAS].set(key, access)
+        user._batchweb_access = access
+        return access
+
+    def listed_to(self, user: Any, *, usable: bool = False) -> list[Connection]:
+        """The connections `visible_to(user)` holds, less the dormant default one, for pages
+        that list connections (menus, filters, the freshness line); with `usable`, only those
+        that take new batches (enabled, with a key). Name order."""
+        rows = getattr(user, "_batchweb_connections", None)
+        if rows is None:  # kept for the request: the page and the freshness line both ask
+            rows = [c for c in self.visible_to(user) if not _dormant(c, user)]
+            if getattr(user, "is_authenticated", False):
+                user._batchweb_connections = rows
+        if usable:
+            rows = [c for c in rows if c.enabled and c.has_key()]
+        return rows
 
 
 class Connection(models.Model):
@@ -143,7 +184,7 @@ class Connection(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
-    objects = GenerationQuerySet.as_manager()
+    objects = ConnectionManager()
 
     class Meta:
         ordering = ("name",)
@@ -267,9 +308,6 @@ class Connection(models.Model):
 
     # --- Access ----------------------------------------------------------------------------
 
-    def is_visible_to(self, user: Any) -> bool:
-        return self.pk in access_for(user).ids
-
     def restricted_to_no_group(self) -> bool:
         """Restricted once and no group left: only Admins see it (the rule is `_access_now`;
         this is for pages that say so)."""
@@ -313,43 +351,75 @@ class Connection(models.Model):
 
 @dataclass(frozen=True)
 class Access:
-    """The connections a person may see (name order), whether that is all of them, and whether
-    the person is an Admin (superuser or in the Admins group: sees connections restricted to
-    no group, and the details of failed sign-ins on the Activity page)."""
+    """What one person may see: the answer of `Connection.objects.visible_to`, kept for the
+    request and in the "people" cache. The connections (name order), whether that is all of
+    them, and whether the person is an Admin (superuser or in the Admins group: sees
+    connections restricted to no group, and the details of failed sign-ins on the Activity
+    page). Iterating it gives the connections; `connection in access` asks about one."""
 
     connections: tuple[Connection, ...]
     everything: bool
     admin: bool = False
 
-    @property
+    @cached_property
     def ids(self) -> list[int]:
         return [c.pk for c in self.connections]
+
+    def __iter__(self) -> Iterator[Connection]:
+        return iter(self.connections)
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def __contains__(self, connection: object) -> bool:
+        return isinstance(connection, Connection) and connection.pk in self.ids
+
+    def get(self, slug: str) -> Connection | None:
+        """The connection called `slug`, or None when there is none the person may see (the
+        same answer for both, so a slug reveals nothing). No query."""
+        return next((c for c in self.connections if c.slug == slug), None) if slug else None
+
+    def connection_ids(self, slug: str = "") -> list[int] | None:
+        """The connections a query about this person's batches is limited to (the one called
+        `slug`, when given): None for no limit (they see every connection and name none, so
+        the indexes serve the query as if there were no rule); [] for nothing (they named one
+        they may not see)."""
+        if slug:
+            found = self.get(slug)
+            return [found.pk] if found else []
+        return None if self.everything else self.ids
+
+    def attach(self, batches: Iterable[Any]) -> None:
+        """Give each batch its connection object from here: no join, no query."""
+        by_id = {c.pk: c for c in self.connections}
+        for batch in batches:
+            if batch.connection_id in by_id:
+                batch.connection = by_id[batch.connection_id]
 
 
 CACHE_ALIAS = "people"  # settings.CACHES: per process always, entries kept a minute at most
 
 
-def access_for(user: Any) -> Access:
-    """What `user` may see, in one query, kept on the user object for the rest of the request
-    (the list page, its filters and the freshness line all ask) and in the cache for the
-    cache generation."""
-    cached = getattr(user, "_batchweb_access", None)
-    if cached is not None:
-        return cached
-    if not getattr(user, "is_authenticated", False):
-        return Access((), False)
-    # Kept for the cache generation too: a change to connections, groups or people raises it.
-    key = f"access:{generation.of(user).everyone}:{user.pk}"
-    access = caches[CACHE_ALIAS].get(key)
-    if access is None:
-        access = _access_now(user)
-        caches[CACHE_ALIAS].set(key, access)
-    user._batchweb_access = access
-    return access
+def _dormant(connection: Connection, user: Any) -> bool:
+    """The connection configured by the environment while OPENAI_API_KEY is unset (demo mode,
+    or a team that uses only connections of its own) and it has no batches: nobody needs it
+    listed. Not a rule of access: it has nothing to show, and its page still answers."""
+    if not connection.from_settings or settings.OPENAI_API_KEY:
+        return False
+    from .batches import BatchTally  # batches.py imports this module
+
+    # Its batches' writes raise the connection's number.
+    key = f"dormant:{generation.of(user).of(connection.pk)}:{connection.pk}"
+    dormant = caches["pages"].get(key)
+    if dormant is None:
+        dormant = not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()
+        caches["pages"].set(key, dormant)
+    return dormant
 
 
 def _access_now(user: Any) -> Access:
-    """The one rule of who sees which connection:
+    """The one rule of who sees which connection (read only through
+    `Connection.objects.visible_to`, which keeps its answer):
 
     - superusers see every connection;
     - a connection with groups: members of one of them;

@@ -19,9 +19,7 @@ from .batches import (
 from .connections import (
     ConnectionNotReady,
     ConnectionTestResult,
-    connection_for,
     connection_test,
-    connections_for,
     get_client,
 )
 from .estimates import Eta, batch_eta, etas_attach
@@ -59,9 +57,7 @@ __all__ = [
     "batch_refresh",
     "batch_upsert",
     "batches_sync",
-    "connection_for",
     "connection_test",
-    "connections_for",
     "etas_attach",
     "get_client",
     "new_submission_token",

@@ -1,4 +1,5 @@
-"""Connections: the client for each, and which of them a person may use."""
+"""Connections: the client for each, and the test of one. Which of them a person may see
+and use is `Connection.objects.visible_to` / `listed_to` (models/connections.py)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,13 @@ from urllib.parse import urlsplit
 
 import requests
 from django.conf import settings
-from django.core.cache import caches
-from django.http import Http404
 
 from ..models import (
     AuthStyle,
-    BatchTally,
     Connection,
     ConnectionKeyError,
     Dialect,
-    access_for,
     default_connection,
-    generation,
 )
 from ..openai_client import (
     MAX_RETRY_AFTER,
@@ -75,43 +71,6 @@ def client_config(connection: Connection, *, interactive: bool = False) -> Clien
 def get_client(*, connection: Connection | None = None, interactive: bool = False) -> OpenAIClient:
     """The client of a connection (the default one when none is named)."""
     return OpenAIClient(client_config(connection or default_connection(), interactive=interactive))
-
-
-def connections_for(user: Any, *, usable: bool = False) -> list[Connection]:
-    """The connections a person may see (or, with `usable`, create batches on: enabled and with
-    a key), in name order."""
-    rows = getattr(user, "_batchweb_connections", None)
-    if rows is None:  # kept for the request: the page and the freshness line both ask
-        rows = [c for c in access_for(user).connections if not _dormant(c, user)]
-        if getattr(user, "is_authenticated", False):
-            user._batchweb_connections = rows
-    if usable:
-        rows = [c for c in rows if c.enabled and c.has_key()]
-    return rows
-
-
-def _dormant(connection: Connection, user: Any) -> bool:
-    """The connection configured by the environment while OPENAI_API_KEY is unset (demo mode,
-    or a team that uses only connections of its own) and it has no batches: nobody needs to
-    see it."""
-    if not connection.from_settings or settings.OPENAI_API_KEY:
-        return False
-    # Its batches' writes raise the connection's number.
-    key = f"dormant:{generation.of(user).of(connection.pk)}:{connection.pk}"
-    dormant = caches["pages"].get(key)
-    if dormant is None:
-        dormant = not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()
-        caches["pages"].set(key, dormant)
-    return dormant
-
-
-def connection_for(user: Any, slug: str) -> Connection:
-    """One connection by slug, or 404 for a person who may not see it (as for one that does
-    not exist, so a slug reveals nothing)."""
-    connection = next((c for c in access_for(user).connections if c.slug == slug), None)
-    if connection is None:
-        raise Http404("No such connection.")
-    return connection
 
 
 # --- Test connection -----------------------------------------------------------------------

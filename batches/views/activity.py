@@ -12,9 +12,8 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET
 
 from .. import roles
-from ..models import Event, access_for
+from ..models import Connection, Event
 from ..services.audit import EventFilters, events_csv, events_for, events_page, events_shown
-from ..services.connections import connections_for
 from .access import rule
 
 PAGE_SIZE = 100
@@ -69,7 +68,7 @@ def _cursor(request: HttpRequest) -> tuple[dt.datetime, int] | None:
 def activity(request: HttpRequest) -> HttpResponse:
     form = ActivityFilterForm(request.GET)
     filters = form.filters()
-    access = access_for(request.user)
+    access = Connection.objects.visible_to(request.user)
     events = events_for(access=access, filters=filters)
     page, more = events_page(events, before=_cursor(request), size=PAGE_SIZE)
     params = {k: v for k, v in request.GET.items() if v and k != "before"}
@@ -77,7 +76,7 @@ def activity(request: HttpRequest) -> HttpResponse:
     if more and page:
         last = page[-1]
         older = "?" + urlencode({**params, "before": f"{last.at.isoformat()}~{last.pk}"})
-    connections = connections_for(request.user)
+    connections = Connection.objects.listed_to(request.user)
     context = {
         "form": form,
         "events": page,
@@ -97,7 +96,7 @@ def activity(request: HttpRequest) -> HttpResponse:
 @require_GET
 def activity_export(request: HttpRequest) -> StreamingHttpResponse:
     filters = ActivityFilterForm(request.GET).filters()
-    access = access_for(request.user)
+    access = Connection.objects.visible_to(request.user)
     events = events_for(access=access, filters=filters)
     response = StreamingHttpResponse(
         events_csv(events, access=access), content_type="text/csv; charset=utf-8"

@@ -7,9 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
-from django.db.models import Sum
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.http import ConditionalGetMiddleware
 from django.shortcuts import redirect, render
@@ -24,15 +22,14 @@ from .. import roles, services
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
-    RUNNING_STATUSES,
-    TERMINAL_STATUSES,
+    STATUS_TABS,
     Batch,
-    BatchQuerySet,
     BatchTally,
+    Connection,
     Event,
+    ListFilters,
     Status,
-    access_for,
-    label_choices,
+    tab_totals,
 )
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
@@ -47,17 +44,6 @@ PAGE_SIZE = 50
 # The label filter offers at most this many labels (the search box finds the rest).
 LABEL_CHOICES = 200
 
-STATUS_TABS = [
-    ("", "All", None),
-    ("running", "Running", RUNNING_STATUSES),
-    ("completed", "Completed", {Status.COMPLETED}),
-    ("failed", "Failed", {Status.FAILED}),
-    ("expired", "Expired", {Status.EXPIRED}),
-    # `cancelling` is still running (it may take 10 min): it counts under Running, so the tabs
-    # partition All.
-    ("cancelled", "Cancelled", {Status.CANCELLED}),
-]
-
 
 @rule(roles.VIEW)
 @require_GET
@@ -71,49 +57,44 @@ def batch_list(request: HttpRequest) -> HttpResponse:
 
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
-    filters = _filters(request)
-    scope = _Scope(request.user, filters)
-    base = _filtered(filters, scope)
-    counts = _status_counts(filters, base, scope)
-    tabs = []
-    status = filters.get("status", "")
-    for key, label, statuses in STATUS_TABS:
-        if key == "running":  # any status that is not an ending, even one batchweb does not know
-            total = sum(n for s, n in counts.items() if s not in TERMINAL_STATUSES)
-        else:
-            total = sum(n for s, n in counts.items() if statuses is None or s in statuses)
-        tabs.append({"key": key, "label": label, "count": total, "active": key == status})
-    # Connections come from the scope, one object each, rather than joined into every row.
-    rows = _with_status(base, status).select_related(None).select_related("created_by")
-    page, newer, older = _keyset_page(request, rows)
-    scope.attach_connections(page)
-    params = {k: v for k, v in filters.items() if v}
-    live = [b for b in page if not b.is_terminal]
+    user, filters = request.user, _filters(request)
+    totals = tab_totals(Batch.objects.tab_counts(user, filters))
+    tabs = [
+        {"key": key, "label": title, "count": totals[key], "active": key == filters.status}
+        for key, title, _statuses in STATUS_TABS
+    ]
+    page = Batch.objects.listed(user, filters).keyset_page(
+        after=_int_param(request, "after"),
+        before=_int_param(request, "before"),
+        size=PAGE_SIZE,
+        access=Connection.objects.visible_to(user),  # connections attached, not joined
+    )
+    params = filters.params()
+    live = [b for b in page.batches if not b.is_terminal]
     services.etas_attach(batches=live)  # finish-time estimates: one query for the whole page
-    choices = scope.tallies().filter(count__gt=0)
-    creator_ids = choices.exclude(creator_id=0).values_list("creator_id", flat=True).distinct()
-    show_connection = len(scope.connections) > 1
-    context = {
-        "batches": page,
-        "rows": rendered_rows(page, show_connection=show_connection),
+    tallies = BatchTally.objects.visible_to(user, connection=filters.connection)
+    connections = Connection.objects.listed_to(user)
+    show_connection = len(connections) > 1
+    return {
+        "batches": page.batches,
+        "rows": rendered_rows(page.batches, show_connection=show_connection),
         "tabs": tabs,
         "params": params,
-        "newer_url": _page_url(params, before=newer) if newer else None,
-        "older_url": _page_url(params, after=older) if older else None,
+        "newer_url": _page_url(params, before=page.newer) if page.newer else None,
+        "older_url": _page_url(params, after=page.older) if page.older else None,
         "export_url": reverse("batch-export") + _page_url(params),
         "endpoints": ENDPOINTS,
-        "models": choices.exclude(model="").order_by("model").values_list("model", flat=True)
-        .distinct(),
-        "creators": get_user_model().objects.filter(pk__in=list(creator_ids))
-        .order_by("username").values_list("username", flat=True),
-        "connections": scope.connections,
+        "models": tallies.model_choices(),
+        "creators": tallies.creator_choices(),
+        "connections": connections,
         "show_connection": show_connection,
-        "labels": scope.labels(),
+        "labels": Batch.objects.label_choices(
+            user, connection=filters.connection, limit=LABEL_CHOICES
+        ),
         "filtered": bool(params),
         "live_ids": _live_ids(live),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
-    }  # fmt: skip
-    return context
+    }
 
 
 def live_poll(view: Any) -> Any:
@@ -163,7 +144,7 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
         f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
     ]
     services.etas_attach(batches=batches)  # finish-time estimates: one query for all rows
-    show_connection = len(services.connections_for(request.user)) > 1
+    show_connection = len(Connection.objects.listed_to(request.user)) > 1
     return {
         "batches": batches,
         "rows": rendered_rows(batches, show_connection=show_connection, oob=True),
@@ -199,10 +180,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
 @require_GET
 def batch_export(request: HttpRequest) -> StreamingHttpResponse:
     """The list as CSV, with the same filters as the page, streamed row by row."""
-    filters = _filters(request)
-    rows = _with_status(
-        _filtered(filters, _Scope(request.user, filters)), filters.get("status", "")
-    )
+    rows = Batch.objects.listed(request.user, _filters(request))
     response = StreamingHttpResponse(
         batches_csv(rows.order_by("-created_at", "-id")), content_type="text/csv; charset=utf-8"
     )
@@ -211,123 +189,8 @@ def batch_export(request: HttpRequest) -> StreamingHttpResponse:
     return response
 
 
-def _filters(request: HttpRequest) -> dict[str, str]:
-    """The list's filters; unknown or malformed values are ignored rather than failing."""
-    form = BatchFilterForm(request.GET)
-    return {k: v for k, v in form.cleaned_data.items() if v} if form.is_valid() else {}
-
-
-class _Scope:
-    """The connections a person may see, and the one the list is filtered to, if any."""
-
-    def __init__(self, user: Any, filters: dict[str, str]) -> None:
-        access = access_for(user)
-        self.connections = services.connections_for(user)
-        self.ids = access.ids
-        self.everything = access.everything
-        self.by_id = {c.pk: c for c in access.connections}
-        slug = filters.get("connection")
-        self.chosen = next((c for c in self.connections if c.slug == slug), None) if slug else None
-        self.nothing = bool(slug) and self.chosen is None
-
-    def batches(self) -> BatchQuerySet:
-        rows = Batch.objects.for_list()
-        if self.nothing:
-            return rows.none()
-        if self.chosen:
-            return rows.filter(connection=self.chosen)
-        return rows if self.everything else rows.filter(connection_id__in=self.ids)
-
-    def attach_connections(self, batches: list[Batch]) -> None:
-        for batch in batches:
-            if batch.connection_id in self.by_id:
-                batch.connection = self.by_id[batch.connection_id]
-
-    def labels(self) -> list[str]:
-        """The label filter's choices, in order."""
-        if self.nothing:
-            return []
-        ids = [self.chosen.pk] if self.chosen else None if self.everything else list(self.ids)
-        return label_choices(connection_ids=ids, limit=LABEL_CHOICES)
-
-    def tallies(self) -> Any:
-        if self.nothing:
-            return BatchTally.objects.none()
-        if self.chosen:
-            return BatchTally.objects.filter(connection_id=self.chosen.pk)
-        tallies = BatchTally.objects.all()
-        return tallies if self.everything else tallies.filter(connection_id__in=self.ids)
-
-
-def _filtered(filters: dict[str, str], scope: _Scope) -> BatchQuerySet:
-    rows = scope.batches()
-    if filters.get("endpoint"):
-        rows = rows.filter(endpoint=filters["endpoint"])
-    if filters.get("model"):
-        rows = rows.filter(model=filters["model"])
-    if filters.get("label"):
-        rows = rows.filter(label=filters["label"])
-    if filters.get("creator"):
-        # By id, so the (created_by, created_at) index serves the page.
-        creator = get_user_model().objects.filter(username=filters["creator"]).first()
-        rows = rows.filter(created_by_id=creator.pk if creator else None).exclude(created_by=None)
-    return rows.search(filters.get("q", ""))
-
-
-def _with_status(rows: BatchQuerySet, status: str) -> BatchQuerySet:
-    if status == "running":
-        return rows.filter(running=True)
-    for key, _label, statuses in STATUS_TABS:
-        if key and key == status:
-            return rows.filter(status__in=statuses)
-    if status in Status.values:
-        return rows.filter(status=status)
-    return rows
-
-
-def _status_counts(filters: dict[str, str], rows: BatchQuerySet, scope: _Scope) -> dict[str, int]:
-    """Counts per status. Without a search they come from the tallies, whose size does not
-    grow with the number of batches; a search has to count the rows it matches."""
-    if filters.get("q"):
-        return rows.status_counts()
-    tallies = scope.tallies()
-    if filters.get("endpoint"):
-        tallies = tallies.filter(endpoint=filters["endpoint"])
-    if filters.get("model"):
-        tallies = tallies.filter(model=filters["model"])
-    if filters.get("creator"):
-        user = get_user_model().objects.filter(username=filters["creator"]).first()
-        tallies = tallies.filter(creator_id=user.pk if user else -1)
-    totals = tallies.values("status").annotate(n=Sum("count")).order_by()
-    return {row["status"]: row["n"] for row in totals if row["n"]}
-
-
-def _keyset_page(request: HttpRequest, rows: Any) -> tuple[list[Batch], int | None, int | None]:
-    """Newest first, PAGE_SIZE at a time, by (created_at, id) so deep pages stay cheap."""
-    after = _int_param(request, "after")
-    before = _int_param(request, "before")
-    # "(created_at, id) < anchor", written as a range on created_at so the index is used.
-    if after and (anchor := Batch.objects.filter(pk=after).values("created_at").first()):
-        rows = rows.filter(created_at__lte=anchor["created_at"]).exclude(
-            created_at=anchor["created_at"], id__gte=after
-        )
-        page = list(rows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
-        has_older, has_newer = len(page) > PAGE_SIZE, True
-        page = page[:PAGE_SIZE]
-    elif before and (anchor := Batch.objects.filter(pk=before).values("created_at").first()):
-        rows = rows.filter(created_at__gte=anchor["created_at"]).exclude(
-            created_at=anchor["created_at"], id__lte=before
-        )
-        page = list(rows.order_by("created_at", "id")[: PAGE_SIZE + 1])
-        has_newer, has_older = len(page) > PAGE_SIZE, True
-        page = page[:PAGE_SIZE][::-1]
-    else:
-        page = list(rows.order_by("-created_at", "-id")[: PAGE_SIZE + 1])
-        has_older, has_newer = len(page) > PAGE_SIZE, False
-        page = page[:PAGE_SIZE]
-    if not page:
-        return page, None, None
-    return page, page[0].pk if has_newer else None, page[-1].pk if has_older else None
+def _filters(request: HttpRequest) -> ListFilters:
+    return BatchFilterForm(request.GET).filters()
 
 
 def _int_param(request: HttpRequest, name: str) -> int | None:
@@ -452,7 +315,7 @@ def batch_label(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse
 def sync_now(request: HttpRequest) -> HttpResponse:
     """Sync the connections the person may see (or the one named), each bounded: a person is
     waiting, and the rest of a long list is the worker's job."""
-    connections = [c for c in services.connections_for(request.user) if c.enabled]
+    connections = [c for c in Connection.objects.listed_to(request.user) if c.enabled]
     chosen = request.POST.get("connection", "")
     if chosen:
         connections = [c for c in connections if c.slug == chosen]

@@ -7,16 +7,15 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
 from .. import roles, services
 from ..models import Batch, CapacityWait, Connection, Submission
 from ..services import capacity
-from ..services.submissions import submission_find
 from .access import rule
-from .lookups import batch_for
+from .lookups import batch_for, submission_for
 
 
 @rule(roles.SUBMIT)
@@ -46,7 +45,7 @@ def batch_capacity_cancel(request: HttpRequest, slug: str, openai_id: str) -> Ht
 @require_POST
 def submission_capacity_wait(request: HttpRequest, token: str) -> HttpResponse:
     """The same, for a checked file whose create was refused for lack of room (Azure)."""
-    submission = _own_submission(request.user, token)
+    submission = submission_for(request.user, token)
     _usable(request.user, submission.connection)
     try:
         wait = capacity.capacity_wait_for_submission(submission=submission, user=request.user)
@@ -61,11 +60,7 @@ def submission_capacity_wait(request: HttpRequest, token: str) -> HttpResponse:
 @require_POST
 def submission_capacity_cancel(request: HttpRequest, token: str) -> HttpResponse:
     # An operator may stop anyone's wait (CapacityWait.may_cancel); others find only their own.
-    submission = submission_find(
-        token=token, user=request.user, others=request.user.has_perm(roles.CANCEL_ANY)
-    )
-    if submission is None or not submission.connection.is_visible_to(request.user):
-        raise Http404("No such submission.")
+    submission = submission_for(request.user, token, others=request.user.has_perm(roles.CANCEL_ANY))
     _cancel(request, capacity.active_wait(submission=submission))
     if submission.user_id == request.user.pk:
         return redirect("submission-confirm", token=submission.token)
@@ -86,17 +81,9 @@ def _cancel(request: HttpRequest, wait: CapacityWait | None) -> None:
         messages.success(request, "Stopped waiting: it will not be submitted again.")
 
 
-def _own_submission(user: Any, token: str) -> Submission:
-    """A person's own submission, or 404 (for someone else's too: tokens reveal nothing)."""
-    submission = submission_find(token=token, user=user)
-    if submission is None or not submission.connection.is_visible_to(user):
-        raise Http404("No such submission.")
-    return submission
-
-
 def _usable(user: Any, connection: Connection) -> None:
     """New batches only on a connection the person may use (enabled, with a key)."""
-    if connection not in services.connections_for(user, usable=True):
+    if connection not in Connection.objects.listed_to(user, usable=True):
         raise PermissionDenied(f"{connection.name} takes no new batches from you.")
 
 

@@ -19,6 +19,7 @@ from ..services import connections as connection_services
 from ..services import webhooks as webhook_services
 from .access import rule
 from .capacity import connection_panel as capacity_panel
+from .lookups import connection_for
 
 MANAGE_PERMISSION = "batches.change_connection"
 
@@ -93,7 +94,7 @@ def _can_manage(user: Any) -> bool:
 @rule(roles.VIEW)
 @require_GET
 def connection_list(request: HttpRequest) -> HttpResponse:
-    rows = _rows(connection_services.connections_for(request.user))
+    rows = _rows(Connection.objects.listed_to(request.user))
     return render(
         request,
         "batches/connections/list.html",
@@ -104,14 +105,14 @@ def connection_list(request: HttpRequest) -> HttpResponse:
 @rule(roles.VIEW)
 @require_GET
 def connection_detail(request: HttpRequest, slug: str) -> HttpResponse:
-    connection = connection_services.connection_for(request.user, slug)
+    connection = connection_for(request.user, slug)
     return _detail(request, connection)
 
 
 @rule(roles.MANAGE_CONNECTIONS)
 @require_POST
 def connection_test(request: HttpRequest, slug: str) -> HttpResponse:
-    connection = connection_services.connection_for(request.user, slug)
+    connection = connection_for(request.user, slug)
     result = connection_services.connection_test(connection=connection)
     return _detail(request, connection, result=result)
 

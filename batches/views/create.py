@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.files.uploadedfile import UploadedFile
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -21,12 +21,12 @@ from ..services.submissions import (
     StagingQuotaExceeded,
     SubmissionTokenTaken,
     submission_check_file,
-    submission_find,
     submission_for_file_id,
     submission_submit,
 )
 from .access import rule
 from .capacity import confirm_panel
+from .lookups import submission_for
 
 SHOWN_PROBLEMS = 50
 
@@ -40,7 +40,7 @@ def _error_status(error: Exception) -> int:
 @rule(roles.SUBMIT)
 @require_http_methods(["GET", "POST"])
 def batch_create(request: HttpRequest) -> HttpResponse:
-    connections = services.connections_for(request.user, usable=True)
+    connections = Connection.objects.listed_to(request.user, usable=True)
     if request.method == "GET":
         initial = {
             "submission_token": services.new_submission_token(),
@@ -94,13 +94,9 @@ def batch_create(request: HttpRequest) -> HttpResponse:
 def submission_confirm(request: HttpRequest, token: str) -> HttpResponse:
     """The summary of a checked file, and the button that uploads it and creates the batch.
     Found by token and owner: another person's is not found (a superuser may look at it)."""
-    submission = submission_find(
-        token=token,
-        user=request.user,
-        others=request.method == "GET" and request.user.is_superuser,
+    submission = submission_for(
+        request.user, token, others=request.method == "GET" and request.user.is_superuser
     )
-    if submission is None or not submission.connection.is_visible_to(request.user):
-        raise Http404("No such submission.")
     if submission.state == Submission.State.DONE and submission.batch_id:
         return redirect(submission.batch)
     if request.method == "GET":

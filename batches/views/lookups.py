@@ -1,4 +1,6 @@
-"""Finding what a person asked for, and nothing they may not see."""
+"""Finding what a person asked for by slug or id, and nothing they may not see: each lookup
+asks the one reader (`Connection.objects.visible_to`, `Batch.objects.visible_to`) and answers
+404 for what it does not hold, as for what does not exist, so ids and slugs reveal nothing."""
 
 from __future__ import annotations
 
@@ -8,18 +10,22 @@ from typing import Any
 from django.core.cache import caches
 from django.http import Http404
 
-from ..models import Batch, access_for, generation
+from ..models import Batch, Connection, Submission, generation
+from ..services.submissions import submission_find
+
+
+def connection_for(user: Any, slug: str) -> Connection:
+    """One connection by slug, or 404."""
+    connection = Connection.objects.visible_to(user).get(slug)
+    if connection is None:
+        raise Http404("No such connection.")
+    return connection
 
 
 def batch_for(user: Any, slug: str, openai_id: str) -> Batch:
-    """A batch by connection slug and id, or 404 when it does not exist or belongs to a
-    connection the person may not see (the same answer, so ids reveal nothing)."""
-    batch = (
-        Batch.objects.select_related("created_by", "connection")
-        .filter(connection__slug=slug, openai_id=openai_id)
-        .first()
-    )
-    if batch is None or not batch.connection.is_visible_to(user):
+    """A batch by connection slug and id, or 404."""
+    batch = Batch.objects.visible_one(user, slug, openai_id)
+    if batch is None:
         raise Http404("No such batch.")
     return batch
 
@@ -28,7 +34,7 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, in
     """The id of the batch `batch_for` would find, whether it has ended, and its connection's
     id: enough to serve its page from the cache, in one small query (the connection comes
     from what the person may see). 404 in the same cases as `batch_for`."""
-    connection = next((c for c in access_for(user).connections if c.slug == slug), None)
+    connection = Connection.objects.visible_to(user).get(slug)
     if connection is None:
         raise Http404("No such batch.")
     # Kept for the connection's cache generation, which any write to its batches raises.
@@ -47,3 +53,12 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, in
         caches["pages"].set(key, found)
     pk, running = found
     return pk, not running, connection.pk
+
+
+def submission_for(user: Any, token: str, *, others: bool = False) -> Submission:
+    """A checked file by its token: the person's own (anyone's with `others`), on a connection
+    they may see, or 404 (tokens reveal nothing)."""
+    submission = submission_find(token=token, user=user, others=others)
+    if submission is None or submission.connection not in Connection.objects.visible_to(user):
+        raise Http404("No such submission.")
+    return submission

@@ -46,8 +46,7 @@ from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
-from ..models import SyncState, access_for, generation
-from ..services.connections import connections_for
+from ..models import Connection, SyncState, generation
 from ..templatetags.batchweb import ago_later, fill_ago
 
 CACHE_ALIAS = "pages"
@@ -72,7 +71,9 @@ def framed(
     freshness line and banners it shows stay the same; a request with a message to show draws
     its frame. ABOUT: the connections whose batches the body shows (default: every one the
     person may see); a write to another connection's batches keeps it."""
-    about = tuple(about) if about is not None else tuple(access_for(request.user).ids)
+    if about is None:
+        about = Connection.objects.visible_to(request.user).ids
+    about = tuple(about)
     if len(messages.get_messages(request)):  # counted, not read: they stay for the page
         html = _frame(request, frame_template, body_template, context, title, vary, about)
         return HttpResponse(_served(request, html))
@@ -130,7 +131,7 @@ def _freshness(request: HttpRequest) -> tuple[Any, ...]:
     states of the connections the person may see, as rows (part of the whole page's key; one
     query in SQL of its own, since on a page served from the cache the ORM's work of making
     objects would cost more than the query)."""
-    ids = [c.pk for c in connections_for(request.user)]
+    ids = [c.pk for c in Connection.objects.listed_to(request.user)]
     if not ids:
         return ()
     alias = router.db_for_read(SyncState)
@@ -151,7 +152,7 @@ def _key(request: HttpRequest, template: str, vary: tuple[Any, ...], about: tupl
         # written since.
         generation.of(user).scope(about),
         user.pk,
-        access_for(user).ids,
+        Connection.objects.visible_to(user).ids,
         template,
         request.get_full_path(),
         vary,

@@ -23,8 +23,8 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
 from .. import charts, roles
+from ..models import Connection
 from ..models.costs import dollars
-from ..services.connections import connections_for
 from ..services.result_files import Echo, csv_safe
 from ..services.spend import Figures, Share, SpendQuery, SpendReport, spend_csv, spend_report
 from ..templatetags.batchweb import tokens as tokens_text
@@ -134,7 +134,7 @@ def _best_grain(start: dt.date, end: dt.date) -> str:
 def _query(request: HttpRequest) -> tuple[Choice, SpendQuery, list[Any], Any]:
     today = timezone.now().astimezone(dt.UTC).date()
     choice = _choice(SpendForm(request.GET), today)
-    connections = connections_for(request.user)
+    connections = Connection.objects.listed_to(request.user)
     chosen = None
     if choice.connection:
         chosen = next((c for c in connections if c.slug == choice.connection), None)

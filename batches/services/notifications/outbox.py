@@ -32,6 +32,7 @@ from ...models import (
     TERMINAL_STATUSES,
     Batch,
     Channel,
+    Connection,
     NotificationPreference,
     Outbox,
     Status,
@@ -64,7 +65,7 @@ def _may_be_told(user: Any, batch: Batch) -> bool:
     return (
         user.is_active
         and user.has_perm(PERMISSION_TO_READ)
-        and batch.connection.is_visible_to(user)
+        and batch.connection in Connection.objects.visible_to(user)
     )
 
 
