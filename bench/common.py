@@ -49,6 +49,56 @@ end
 """
 
 
+# Each request of a "drawn" figure asks for a URL no one asked for before (`_fresh=<thread>-<n>`
+# added to its query string), so the page cache never has it: the page is drawn as it is after
+# a write, with the rows that did not change still coming from the row cache.
+WRK_FRESH = """
+local threads = 0
+setup = function(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local sep = string.find(wrk.path, "?", 1, true) and "&" or "?"
+  return wrk.format(nil, wrk.path .. sep .. "_fresh=" .. tostring(tid) .. "-" .. counter)
+end
+"""
+
+
+class CountingUpstream:
+    """Where the benchmark's OPENAI_BASE_URL points: a loopback port that accepts each
+    connection, counts it and closes it at once, so every upstream call fails fast (as a closed
+    port would) and the benchmark can say how many calls each page made."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(128)
+        self.port = self._socket.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.calls += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 def bench_env(work: Path) -> dict[str, str]:
     """The environment batchweb runs in for a benchmark: production settings (DEBUG off), a
     data directory and SQLite database in `work` unless DATABASE_URL names another, and an
@@ -326,12 +376,18 @@ class Server:
 
 
 def wrk(
-    url: str, *, headers: dict[str, str], connections: int, duration: float
+    url: str,
+    *,
+    headers: dict[str, str],
+    connections: int,
+    duration: float,
+    fresh: bool = False,
 ) -> dict[str, float]:
     """Requests per second and latency percentiles (ms) of `url` under `connections` keep-alive
-    connections for `duration` seconds."""
+    connections for `duration` seconds; `fresh`: each request a URL never asked before
+    (WRK_FRESH), so that no page cache answers it."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT)
+        script.write(WRK_SCRIPT + (WRK_FRESH if fresh else ""))
     command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections)]
     # A slow page at 50 connections may take seconds: wrk's default 2 s timeout would count
     # it as an error instead of measuring it.

@@ -36,7 +36,7 @@ def child(requests: int, pages: list[str], top: int) -> dict:
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(User.objects.get(username="bench"))
     out = {}
-    for name, (path, auth) in PAGES.items():
+    for name, (path, auth, drawn) in PAGES.items():
         if pages and name not in pages:
             continue
         headers = {}
@@ -50,8 +50,10 @@ def child(requests: int, pages: list[str], top: int) -> dict:
         profile = cProfile.Profile()
         started = time.perf_counter()
         profile.enable()
-        for _ in range(requests):
-            client.get(url, **headers)
+        for number in range(requests):
+            # A drawn page: a URL nobody asked for (as run.py's WRK_FRESH), so no cache has it.
+            fresh = ("&" if "?" in url else "?") + f"_fresh={number}" if drawn else ""
+            client.get(url + fresh, **headers)
         profile.disable()
         ms = (time.perf_counter() - started) * 1000 / requests
         text = io.StringIO()
