@@ -568,9 +568,8 @@ def _reason_to_give_up(wait: CapacityWait, *, now: dt.datetime) -> str:
     owner = wait.user
     if owner is None or not owner.is_active:
         return "the person who asked for it no longer has an account"
-    if not owner.has_perm(roles.SUBMIT) or wait.connection not in Connection.objects.visible_to(
-        owner
-    ):
+    sees = wait.connection in Connection.objects.visible_to(owner)
+    if not owner.has_perm(roles.SUBMIT) or not sees:
         return f"{owner.get_username()} may no longer submit batches on {wait.connection.name}"
     if not wait.connection.enabled:
         return f"{wait.connection.name} was disabled"
