@@ -433,3 +433,21 @@ def test_a_payload_nested_as_deep_as_json_allows_is_stored(db):
     payload = {**hostile_payload(), "id": "batch_deep", "errors": {"data": deep}, "extra": deep}
     batch = batch_upsert(payload=payload).batch
     assert Batch.objects.get(pk=batch.pk).openai_id == "batch_deep"
+
+
+def test_a_filter_s_options_are_escaped_and_mark_the_chosen_one():
+    from types import SimpleNamespace
+
+    from batches.templatetags.batchweb import options
+
+    labels = ["<script>alert(1)</script>", 'a"b', "plain", "x" * 60]
+    html = options(labels, "plain", truncate=40)
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'value="a&quot;b"' in html
+    assert '<option value="plain" selected>plain</option>' in html
+    assert html.count(" selected") == 1
+    assert f'value="{"x" * 60}">{"x" * 39}…</option>' in html  # the whole value, shown cut
+    connections = [SimpleNamespace(slug="eu", name="EU <team>")]
+    assert options(connections, None, value="slug", text="name") == (
+        '<option value="eu">EU &lt;team&gt;</option>'
+    )

@@ -13,7 +13,9 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 from ..payloads import clean_text
 
@@ -140,6 +142,25 @@ def head(value: Any, count: int) -> list[Any]:
     """The first `count` items of any iterable (a dict's items too, which `slice` cannot cut):
     a hostile upstream may send thousands of metadata pairs where the API allows 16."""
     return list(itertools.islice(value, int(count)))
+
+
+@register.simple_tag
+def options(
+    items: Any, selected: Any, value: str = "", text: str = "", truncate: int = 0
+) -> SafeString:
+    """The <option>s of a filter's <select>, the SELECTED one marked: one escaped join instead
+    of a template loop (the list's label filter alone has up to 200, and drawing the list
+    afresh is what people wait for after every write). VALUE and TEXT name attributes of each
+    item (a connection's slug and name); without them the item is both."""
+    chosen = "" if selected is None else str(selected)
+    rows = []
+    for item in items:
+        shown = str(getattr(item, value) if value else item)
+        words = str(getattr(item, text) if text else item)
+        if truncate:
+            words = Truncator(words).chars(truncate)
+        rows.append((shown, " selected" if shown == chosen else "", words))
+    return format_html_join("", '<option value="{}"{}>{}</option>', rows)
 
 
 @register.simple_tag
