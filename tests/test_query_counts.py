@@ -150,6 +150,30 @@ def test_a_batch_page_makes_as_many_queries_with_30_events_as_with_1(viewer_clie
     assert counts[0] == counts[1]
 
 
+def test_a_running_batch_page_makes_as_many_queries_with_30_events_as_with_1(viewer_client, viewer):
+    counts = []
+    for events in (1, 30):
+        batch = fill(SMALL)[0]  # running: asks the worker, never upstream
+        for n in range(events):
+            Event.record(Event.Action.DOWNLOAD, user=viewer, batch=batch, detail=f"file {n}")
+        url = batch.get_absolute_url()
+        counts.append(count_queries(lambda url=url: viewer_client.get(url)))
+    assert counts[0] == counts[1]
+
+
+def test_a_running_batch_page_from_the_cache_costs_two_queries_more_than_a_finished_one(
+    viewer_client,
+):
+    batches = fill(SMALL)
+    running, finished = batches[0], batches[-1]
+
+    _, from_cache_running = count_queries(lambda: viewer_client.get(running.get_absolute_url()))
+    _, from_cache_finished = count_queries(lambda: viewer_client.get(finished.get_absolute_url()))
+
+    # The worker's state (for what the page says) and whether to ask it for a refresh.
+    assert from_cache_running == from_cache_finished + 2
+
+
 def test_the_results_page_makes_as_many_queries_for_60_results_as_for_3(viewer_client):
     counts = []
     for lines in (SMALL, LARGE):

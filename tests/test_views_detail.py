@@ -1,18 +1,23 @@
-"""The batch detail page: every field, a refresh of unfinished batches, and a calm fallback."""
+"""The batch detail page: every field, and a running batch's page drawn from the cache: it
+asks the sync worker for a refresh (at most once per DETAIL_REFRESH_SECONDS, however many
+look), says how fresh it is and what the worker is doing, and never calls upstream itself."""
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+import re
 
 import pytest
-import requests
 from django.conf import settings
+from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
-from batches.models import Batch, Event
-from batches.services import batch_upsert
-from tests.conftest import load_payload, make_batch
+from batches.models import Batch, Connection, Event, SyncState, default_connection
+from batches.services import batch_upsert, get_client
+from batches.services.sync import refresh_due_batches
+from tests.conftest import load_payload, make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
 KEY = settings.OPENAI_API_KEY
@@ -30,9 +35,40 @@ def text(response) -> str:
     return html.unescape(response.content.decode())
 
 
+def words(response) -> str:
+    """The page's text without its tags: "Cached <time …>10 min ago</time>." reads as said."""
+    return re.sub(r"<[^>]+>", "", text(response))
+
+
+def note(response) -> str:
+    """The running batch's freshness note, as words."""
+    part = text(response).split('id="detail-freshness"', 1)[1].split(">", 1)[1]
+    part = part.split("</div>", 1)[0]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", part))
+
+
 @pytest.fixture
 def running(db) -> Batch:
-    return batch_upsert(payload=make_batch(id="batch_run1")).batch
+    """A running batch last read from upstream ten minutes ago, next due in a few minutes."""
+    batch = batch_upsert(payload=make_batch(id="batch_run1"), now=ago(600)).batch
+    Batch.objects.filter(pk=batch.pk).update(next_refresh_at=ago(-240))
+    return Batch.objects.get(pk=batch.pk)
+
+
+def ago(seconds: float) -> dt.datetime:
+    return timezone.now() - dt.timedelta(seconds=seconds)
+
+
+def due_at(openai_id: str) -> dt.datetime | None:
+    return Batch.objects.get(openai_id=openai_id).next_refresh_at
+
+
+@pytest.fixture
+def worker_ok(db) -> SyncState:
+    """The sync worker made a pass over the default connection a moment ago."""
+    state = SyncState.get(default_connection())
+    state.record_success()
+    return state
 
 
 # --- Rendering ----------------------------------------------------------------------------------
@@ -179,12 +215,81 @@ def test_an_unknown_batch_id_is_a_friendly_404(viewer_client, upstream):
     assert len(upstream.calls) == 0
 
 
-# --- Refresh on open ----------------------------------------------------------------------------
+# --- A running batch: from the cache, asking the worker ------------------------------------------
 
 
-def test_an_unfinished_batch_is_refreshed_from_upstream_when_opened(
-    viewer_client, upstream, running
+def test_a_running_batch_page_is_drawn_from_the_cache_without_calling_upstream(
+    viewer_client, upstream, running, worker_ok
 ):
+    response = viewer_client.get(detail("batch_run1"))
+
+    assert response.status_code == 200
+    assert '<span class="badge s-in_progress">in progress</span>' in text(response)
+    assert "42 / 100" in text(response)  # the cached counts
+    assert note(response).strip() == (
+        "Cached 10 min ago. While this page is open, the sync worker fetches the batch from "
+        "upstream again every few seconds."
+    )
+    assert len(upstream.calls) == 0  # an unregistered call would fail loudly, too
+
+
+def test_opening_a_running_batch_makes_it_due_for_the_worker_now(viewer_client, running):
+    assert due_at("batch_run1") > timezone.now()  # on its schedule, a few minutes ahead
+
+    before = timezone.now()
+    viewer_client.get(detail("batch_run1"))
+
+    assert before <= due_at("batch_run1") <= timezone.now()
+
+
+def test_a_second_opening_within_the_bound_does_not_move_it_again(viewer_client, running, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    viewer_client.get(detail("batch_run1"))
+    asked = due_at("batch_run1")
+
+    for _ in range(3):
+        viewer_client.get(detail("batch_run1"))
+
+    assert due_at("batch_run1") == asked
+
+
+def test_many_people_looking_at_once_ask_once(running, viewer, submitter, operator):
+    asked = []
+    for person in (viewer, submitter, operator):
+        client = Client()
+        client.force_login(person)
+        client.get(detail("batch_run1"))
+        asked.append(due_at("batch_run1"))
+
+    assert len(set(asked)) == 1
+
+
+def test_a_batch_read_from_upstream_moments_ago_is_not_asked_for_again(viewer_client, db):
+    batch_upsert(payload=make_batch(id="batch_fresh"), now=ago(2))
+    Batch.objects.filter(openai_id="batch_fresh").update(next_refresh_at=ago(-300))
+
+    viewer_client.get(detail("batch_fresh"))
+
+    assert due_at("batch_fresh") > timezone.now() + dt.timedelta(seconds=200)
+
+
+def test_a_batch_its_schedule_makes_due_within_the_bound_is_left_alone(
+    viewer_client, running, settings
+):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    soon = ago(-3)
+    Batch.objects.filter(pk=running.pk).update(next_refresh_at=soon)
+
+    viewer_client.get(detail("batch_run1"))
+
+    assert due_at("batch_run1") == soon
+
+
+def test_the_worker_then_refreshes_it_once_however_many_looked(running, viewer, operator, upstream):
+    for person in (viewer, operator, viewer):
+        client = Client()
+        client.force_login(person)
+        client.get(detail("batch_run1"))
     upstream.get(
         f"{API}/batches/batch_run1",
         json=make_batch(
@@ -195,138 +300,73 @@ def test_an_unfinished_batch_is_refreshed_from_upstream_when_opened(
         ),
     )
 
-    response = viewer_client.get(detail("batch_run1"))
-
-    assert response.status_code == 200
-    content = text(response)
-    assert '<span class="badge s-finalizing">finalizing</span>' in content
-    assert "100 / 100" in content
-    assert "Could not refresh" not in content
-    assert len(upstream.calls) == 1
-    assert Batch.objects.get(openai_id="batch_run1").status == "finalizing"
-
-
-def test_a_refresh_that_finds_the_batch_completed_shows_it_completed(
-    viewer_client, upstream, running
-):
-    upstream.get(
-        f"{API}/batches/batch_run1",
-        json=make_batch(
-            id="batch_run1",
-            status="completed",
-            completed_at=1764005000,
-            output_file_id="file-out1",
-            request_counts={"total": 100, "completed": 100, "failed": 0},
-        ),
+    first = refresh_due_batches(
+        connection=default_connection(), client=get_client(), due_at=timezone.now()
+    )
+    client.get(detail("batch_run1"))  # read a moment ago: not asked again
+    second = refresh_due_batches(
+        connection=default_connection(), client=get_client(), due_at=timezone.now()
     )
 
-    content = text(viewer_client.get(detail("batch_run1")))
-
-    assert '<span class="badge s-completed">completed</span>' in content
-    assert "file-out1" in content
-    assert reverse("batch-cancel", args=["default", "batch_run1"]) not in content
-
-
-def test_a_gateway_id_with_a_dash_is_refreshed_too(viewer_client, upstream):
-    batch_upsert(payload=make_batch(id="batch-gw1", status="validating"))
-    upstream.get(f"{API}/batches/batch-gw1", json=make_batch(id="batch-gw1", status="in_progress"))
-
-    content = text(viewer_client.get(detail("batch-gw1")))
-
-    assert "in progress" in content
+    assert (first.refreshed, second.refreshed) == (1, 0)
     assert len(upstream.calls) == 1
+    page = client.get(detail("batch_run1"))
+    assert '<span class="badge s-finalizing">finalizing</span>' in text(page)
+    assert "100 / 100" in text(page)
+    assert note(page).strip().startswith("Cached just now.")
 
 
 @pytest.mark.parametrize("status", ["completed", "failed", "expired", "cancelled"])
-def test_a_finished_batch_is_not_refreshed(viewer_client, upstream, status):
-    batch_upsert(payload=make_batch(id="batch_end", status=status))
+def test_a_finished_batch_is_not_asked_for_and_its_page_does_not_poll(
+    viewer_client, upstream, status
+):
+    batch_upsert(payload=make_batch(id="batch_end", status=status), now=ago(600))
 
     response = viewer_client.get(detail("batch_end"))
 
     assert response.status_code == 200
+    content = text(response)
+    assert 'id="live-detail"' in content
+    assert "hx-get" not in content.split('id="live-detail"', 1)[1].split(">", 1)[0]
+    assert "hx-trigger" not in content
+    assert 'id="detail-freshness"' not in content
+    assert due_at("batch_end") is None
     assert len(upstream.calls) == 0
 
 
-def test_a_refresh_that_fails_with_500_renders_the_cache_with_the_request_id(
-    viewer_client, upstream, running, no_sleep
-):
-    upstream.get(
-        f"{API}/batches/batch_run1",
-        status=500,
-        json={"error": {"message": "The server had an error", "type": "server_error"}},
-        headers={"x-request-id": "req_detail500"},
+def test_a_running_batch_page_polls_its_live_update(viewer_client, running, worker_ok):
+    content = text(viewer_client.get(detail("batch_run1")))
+
+    poller = content.split('id="live-detail"', 1)[1].split(">", 1)[0]
+    live = reverse("batch-live", args=["default", "batch_run1"])
+    assert f'hx-get="{live}?seen=in_progress"' in poller
+    assert "every 5s" in poller
+
+
+# --- What the page says about the worker ------------------------------------------------------
+
+
+def test_a_failing_upstream_is_explained_beside_the_cached_copy(viewer_client, upstream, running):
+    SyncState.get(default_connection()).record_failure(
+        RuntimeError("Upstream answered with an error (HTTP 500): The server had an error"),
+        now=ago(120),
     )
 
-    response = viewer_client.get(detail("batch_run1"))
+    page = viewer_client.get(detail("batch_run1"))
 
-    assert response.status_code == 200
-    content = text(response)
-    assert "Could not refresh this batch from upstream" in content
-    assert "HTTP 500" in content
-    assert "The server had an error" in content
-    assert "req_detail500" in content
-    assert "in progress" in content  # the cached status
-    assert "42 / 100" in content  # the cached counts
-    assert "Traceback" not in content
-    # A page does not make someone wait through the full retry budget.
-    assert len(upstream.calls) == 2
-    assert len(no_sleep) == 1
-
-
-def test_a_refresh_that_times_out_renders_the_cache_with_a_notice(
-    viewer_client, upstream, running, no_sleep
-):
-    upstream.get(
-        f"{API}/batches/batch_run1", body=requests.exceptions.ReadTimeout("read timed out")
+    assert "Upstream is failing" in words(page)  # the frame's banner, with the error
+    assert "(HTTP 500): The server had an error" in words(page)
+    assert note(page).strip() == (
+        "Cached 10 min ago. Upstream has been failing for OpenAI since 2 min ago, so the sync "
+        "worker waits before it asks again: this page shows the cached copy until upstream "
+        "answers."
     )
-
-    response = viewer_client.get(detail("batch_run1"))
-
-    assert response.status_code == 200
-    content = text(response)
-    assert "Could not refresh this batch from upstream" in content
-    assert "is not available right now" in content
-    assert "within the time limit" in content
-    assert "ReadTimeout" not in content
-    assert "read timed out" not in content
-    assert "Traceback" not in content
-    assert "batch_run1" in content
+    assert "in progress" in words(page) and "42 / 100" in words(page)
+    assert len(upstream.calls) == 0
 
 
-def test_a_refresh_refused_with_401_names_the_problem_and_never_shows_the_key(
-    viewer_client, upstream, running
-):
-    upstream.get(
-        f"{API}/batches/batch_run1",
-        status=401,
-        json={
-            "error": {
-                "message": f"Incorrect API key provided: {KEY}.",
-                "type": "invalid_request_error",
-                "code": "invalid_api_key",
-            }
-        },
-        headers={"x-request-id": "req_detail401"},
-    )
-
-    response = viewer_client.get(detail("batch_run1"))
-
-    assert response.status_code == 200
-    content = text(response)
-    assert "refused the credentials" in content
-    assert "HTTP 401" in content
-    assert "req_detail401" in content
-    assert KEY not in content
-    assert "Traceback" not in content
-    assert len(upstream.calls) == 1
-
-
-def test_upstream_error_text_is_escaped_on_the_page(viewer_client, upstream, running):
-    upstream.get(
-        f"{API}/batches/batch_run1",
-        status=400,
-        json={"error": {"message": "<script>alert(1)</script>", "type": "invalid_request_error"}},
-    )
+def test_upstream_error_text_is_escaped_on_the_page(viewer_client, running):
+    SyncState.get(default_connection()).record_failure(RuntimeError("<script>alert(1)</script>"))
 
     content = viewer_client.get(detail("batch_run1")).content.decode()
 
@@ -334,17 +374,67 @@ def test_upstream_error_text_is_escaped_on_the_page(viewer_client, upstream, run
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in content
 
 
-def test_a_refresh_of_a_batch_upstream_no_longer_knows_renders_the_cache(
-    viewer_client, upstream, running
+def test_a_worker_that_stopped_is_named_with_a_hint(viewer_client, running):
+    SyncState.get(default_connection()).record_success(now=ago(3600))
+
+    said = note(viewer_client.get(detail("batch_run1")))
+
+    assert "Cached 10 min ago. The sync worker has not synced OpenAI since 1 h ago" in said
+    assert "is manage.py sync_batches --loop running?" in said
+    assert "Sync now" not in said  # a Viewer may not sync
+
+
+def test_a_worker_that_never_ran_is_named_and_an_operator_may_sync_now(operator_client, running):
+    page = operator_client.get(detail("batch_run1"))
+
+    assert "The sync worker has not synced OpenAI yet" in note(page)
+    form = text(page).split('id="detail-freshness"', 1)[1].split("</div>", 1)[0]
+    assert f'action="{reverse("batch-sync")}"' in form
+    assert 'name="connection" value="default"' in form
+    assert f'name="next" value="{detail("batch_run1")}"' in form
+    assert "Sync now</button>" in form
+
+
+def test_sync_now_from_the_batch_page_asks_upstream_at_once_and_comes_back(
+    operator_client, upstream, running
 ):
+    upstream.get(f"{API}/batches", json=make_list([]))
     upstream.get(
         f"{API}/batches/batch_run1",
-        status=404,
-        json={"error": {"message": "No batch found with id 'batch_run1'.", "type": "invalid"}},
+        json=make_batch(
+            id="batch_run1", request_counts={"total": 100, "completed": 60, "failed": 0}
+        ),
     )
 
-    response = viewer_client.get(detail("batch_run1"))
+    response = operator_client.post(
+        reverse("batch-sync"), {"connection": "default", "next": detail("batch_run1")}
+    )
 
-    assert response.status_code == 200
-    assert "does not know this object" in text(response)
-    assert Batch.objects.get(openai_id="batch_run1").status == "in_progress"
+    assert response.status_code == 302 and response.url == detail("batch_run1")
+    assert [c.request.url for c in upstream.calls] == [
+        f"{API}/batches?limit=100",
+        f"{API}/batches/batch_run1",
+    ]
+    assert Event.objects.filter(action=Event.Action.SYNC).count() == 1  # audited as before
+    assert "60 / 100" in text(operator_client.get(detail("batch_run1")))
+
+
+def test_a_disabled_connection_says_its_batches_are_not_refreshed(viewer_client, running):
+    Connection.objects.filter(slug="default").update(enabled=False)
+    scheduled = due_at("batch_run1")
+
+    said = note(viewer_client.get(detail("batch_run1")))
+
+    assert "The sync worker does not sync OpenAI (it is disabled or has no API key)" in said
+    assert due_at("batch_run1") == scheduled  # nobody would fetch it: not asked
+
+
+def test_a_batch_upstream_no_longer_knows_shows_the_workers_note(viewer_client, running):
+    Batch.objects.filter(pk=running.pk).update(
+        last_error="Upstream does not know this object (HTTP 404): No batch found."
+    )
+
+    page = viewer_client.get(detail("batch_run1"))
+
+    assert "Last problem seen by the sync worker: Upstream does not know" in words(page)
+    assert "in progress" in words(page)

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 
 from batches.models import Batch
 from batches.services import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db
+
+HOUR = dt.timedelta(hours=1)
 
 
 def add(openai_id: str, status: str, **fields) -> Batch:
@@ -70,8 +76,60 @@ def test_the_detail_fragment_updates_progress_without_calling_upstream(viewer_cl
     content = response.content.decode()
     assert "7 / 10" in content
     assert "hx-trigger" in content
+    assert '<span id="detail-status" hx-swap-oob="true">' in content
+    assert 'id="detail-freshness"' in content
+    assert re.search(r"Cached <time [^>]+>just now</time>\.", content)
+    assert 'id="freshness"' in content  # the site's freshness line, drawn each time
+    page = reverse("batch-detail", args=["default", "batch_run"])
+    assert f'<a href="{page}" class="refresh-link">Refresh</a>' in content  # not the fragment
     assert "HX-Refresh" not in response.headers
     assert not upstream.calls
+
+
+def test_each_poll_asks_the_worker_as_opening_the_page_does(viewer_client, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    long_ago = timezone.now() - dt.timedelta(minutes=10)
+    batch_upsert(payload=make_batch(id="batch_run", status="in_progress"), now=long_ago)
+    Batch.objects.filter(openai_id="batch_run").update(next_refresh_at=timezone.now() + HOUR)
+    live = reverse("batch-live", args=["default", "batch_run"])
+
+    before = timezone.now()
+    viewer_client.get(live, {"seen": "in_progress"})
+    asked = Batch.objects.get(openai_id="batch_run").next_refresh_at
+    viewer_client.get(live, {"seen": "in_progress"})
+
+    assert before <= asked <= timezone.now()
+    assert Batch.objects.get(openai_id="batch_run").next_refresh_at == asked  # once per bound
+
+
+def test_the_detail_fragment_answers_304_until_the_batch_changes(viewer_client):
+    add("batch_run", "in_progress", request_counts={"total": 10, "completed": 7, "failed": 0})
+    live = reverse("batch-live", args=["default", "batch_run"])
+
+    first = viewer_client.get(live, {"seen": "in_progress"})
+    again = viewer_client.get(live, {"seen": "in_progress"}, HTTP_IF_NONE_MATCH=first["ETag"])
+    add("batch_run", "in_progress", request_counts={"total": 10, "completed": 9, "failed": 0})
+    changed = viewer_client.get(live, {"seen": "in_progress"}, HTTP_IF_NONE_MATCH=first["ETag"])
+
+    assert first.status_code == 200 and first["ETag"]
+    assert "no-cache" in first["Cache-Control"] and "private" in first["Cache-Control"]
+    assert again.status_code == 304 and not again.content
+    assert changed.status_code == 200
+    assert "9 / 10" in changed.content.decode()
+    assert changed["ETag"] != first["ETag"]
+
+
+def test_the_detail_fragment_is_kept_by_the_page_cache(viewer_client):
+    add("batch_run", "in_progress")
+    live = reverse("batch-live", args=["default", "batch_run"])
+    viewer_client.get(live, {"seen": "in_progress"})  # drawn, and kept
+
+    with CaptureQueriesContext(connection) as drawn_again:
+        viewer_client.get(live, {"seen": "validating"})  # another URL: drawn
+    with CaptureQueriesContext(connection) as kept:
+        viewer_client.get(live, {"seen": "in_progress"})
+
+    assert len(kept) < len(drawn_again)
 
 
 def test_the_detail_fragment_reloads_the_page_once_the_batch_finishes(viewer_client):
@@ -81,8 +139,10 @@ def test_the_detail_fragment_reloads_the_page_once_the_batch_finishes(viewer_cli
         reverse("batch-live", args=["default", "batch_run"]), {"seen": "finalizing"}
     )
 
+    content = response.content.decode()
     assert response.headers["HX-Refresh"] == "true"
-    assert "Status: completed" in response.content.decode()
+    assert "Status: completed" in content
+    assert "hx-trigger" not in content  # and polls no more
 
 
 def test_pages_offer_a_refresh_link_for_people_without_javascript(viewer_client):

@@ -21,12 +21,13 @@ from django.utils import timezone
 
 from batches import services
 from batches.management.commands import sync_batches as command_module
-from batches.models import Batch, BatchTally, Status, SyncState, default_connection
+from batches.models import Batch, BatchTally, Status, SyncState, default_connection, generation
 from batches.services import sync
 from batches.services.sync import (
     PassResult,
     backoff_remaining,
     batch_refresh_scheduled,
+    batch_refresh_soon,
     batches_claim_due,
     refresh_due_batches,
     sync_pass,
@@ -163,7 +164,7 @@ def test_a_terminal_batch_is_never_due(now):
     assert not Batch.objects.due_for_refresh(later(now, 10**6)).exists()
 
 
-def test_an_upsert_through_the_detail_page_refresh_reschedules_too(upstream, now):
+def test_an_upsert_through_batch_refresh_reschedules_too(upstream, now):
     for i in range(3):
         store(running("batch_1"), later(now, -100 + i))
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=50))
@@ -217,6 +218,101 @@ def test_a_claim_takes_no_more_than_asked(now):
 
     assert len(claimed) == 3
     assert Batch.objects.due_for_refresh(now).count() == 2
+
+
+# --- Asked for by an open page -----------------------------------------------------------------
+
+
+def looked_at(now: dt.datetime, batch_id: str = "batch_1", *, read: float = -600) -> Batch:
+    """A running batch read from upstream READ seconds from NOW, next due in four minutes."""
+    batch = store(running(batch_id), later(now, read))
+    Batch.objects.filter(pk=batch.pk).update(next_refresh_at=later(now, 240))
+    return batch
+
+
+def test_a_look_makes_a_running_batch_due_now(now, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    batch = looked_at(now)
+
+    asked = batch_refresh_soon(batch_id=batch.pk, now=now)
+
+    assert asked
+    assert Batch.objects.get().next_refresh_at == now
+    assert [b.pk for b in batches_claim_due(
+        connection=default_connection(), now=now, until=later(now, 60), limit=10
+    )] == [batch.pk]  # fmt: skip
+
+
+def test_looks_within_the_bound_ask_once(now, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    batch = looked_at(now)
+
+    answers = [batch_refresh_soon(batch_id=batch.pk, now=later(now, s)) for s in (0, 1, 4, 9)]
+
+    assert answers == [True, False, False, False]  # still due: nothing to move
+    assert Batch.objects.get().next_refresh_at == now
+
+
+def test_a_batch_read_from_upstream_within_the_bound_is_not_asked_for(now, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    batch = looked_at(now, read=-3)
+
+    assert not batch_refresh_soon(batch_id=batch.pk, now=now)
+    assert Batch.objects.get().next_refresh_at == later(now, 240)
+
+
+def test_a_batch_due_within_the_bound_anyway_keeps_its_schedule(now, settings):
+    settings.DETAIL_REFRESH_SECONDS = 5
+    batch = looked_at(now)
+    Batch.objects.filter(pk=batch.pk).update(next_refresh_at=later(now, 4))
+
+    assert not batch_refresh_soon(batch_id=batch.pk, now=now)
+    assert Batch.objects.get().next_refresh_at == later(now, 4)
+
+
+def test_the_bound_comes_from_the_settings(now, settings):
+    settings.DETAIL_REFRESH_SECONDS = 60
+    batch = looked_at(now, read=-30)
+
+    assert not batch_refresh_soon(batch_id=batch.pk, now=now)
+    assert batch_refresh_soon(batch_id=batch.pk, now=later(now, 31))
+
+
+def test_a_finished_batch_is_never_asked_for(now):
+    batch = store(done("batch_1"), later(now, -600))
+
+    assert not batch_refresh_soon(batch_id=batch.pk, now=now)
+    assert Batch.objects.get().next_refresh_at is None
+
+
+def test_looks_cost_one_retrieve_per_bound_however_many_look(upstream, now, settings):
+    """Looks every second for half a minute, a pass every second: a retrieve at most every
+    DETAIL_REFRESH_SECONDS (the worker's own schedule, five seconds after a change, aside)."""
+    settings.DETAIL_REFRESH_SECONDS = 5
+    settings.SYNC_REFRESH_MIN_SECONDS = 60  # its own schedule out of the way
+    batch = looked_at(now)
+    upstream.get(f"{API}/batches/batch_1", json=running("batch_1"))
+    fetched_at = []
+    for second in range(30):
+        at = later(now, second)
+        for _person in range(3):
+            batch_refresh_soon(batch_id=batch.pk, now=at)
+        before = len(upstream.calls)
+        refresh_due_batches(
+            connection=default_connection(), client=services.get_client(), due_at=at, now=at
+        )
+        if len(upstream.calls) > before:
+            fetched_at.append(second)
+
+    assert fetched_at == [0, 6, 12, 18, 24]
+
+
+def test_asking_raises_no_cache_generation(now):
+    batch = looked_at(now)
+    before = generation.current()
+
+    assert batch_refresh_soon(batch_id=batch.pk, now=now)
+    assert generation.current() == before  # no cached page is drawn again for it
 
 
 # --- A pass: what it costs and what it refreshes -----------------------------------------------

@@ -34,6 +34,7 @@ from .notifications import (
 from .sync import (
     PassResult,
     SyncResult,
+    batch_refresh_soon,
     batches_sync,
     record_upstream_failure,
     refresh_running_batches,
@@ -55,6 +56,7 @@ __all__ = [
     "batch_eta",
     "batch_label",
     "batch_refresh",
+    "batch_refresh_soon",
     "batch_upsert",
     "batches_sync",
     "connection_test",

@@ -12,7 +12,9 @@ Two ways in:
      nothing new or changed (one call when nothing happened), to find batches made elsewhere; a
      full walk every `SYNC_FULL_EVERY_SECONDS`, followed by `BatchTally.rebuild()`.
   3. `refresh_due_batches()`: claims running batches whose `next_refresh_at` has come, soonest
-     first (`batches_claim_due()`), and retrieves each (`batch_refresh_scheduled()`).
+     first (`batches_claim_due()`), and retrieves each (`batch_refresh_scheduled()`). A
+     running batch's open page makes it due now (`batch_refresh_soon()`), at most once per
+     `DETAIL_REFRESH_SECONDS`: pages never call upstream themselves.
   4. The chores of services/housekeeping.py: at once for batches this pass stored finished
      (`ended_chores()`), and all of them on their own schedule (`housekeeping_due()`).
 
@@ -313,6 +315,29 @@ def batches_claim_due(
         ]
     found = Batch.objects.select_related("connection").in_bulk(ids)
     return [found[pk] for pk in ids if pk in found]
+
+
+def batch_refresh_soon(*, batch_id: int, now: dt.datetime | None = None) -> bool:
+    """Ask the worker to retrieve a running batch at its next pass, for someone looking at it:
+    make it due now, unless upstream was read for it less than DETAIL_REFRESH_SECONDS ago or
+    its schedule has it due within that anyway. So however many people look, their looking
+    costs at most one retrieve per batch per DETAIL_REFRESH_SECONDS, and never calls upstream
+    in the request. Returns whether it moved the batch.
+
+    One read first (most looks find nothing to do, and a read takes no write lock on SQLite),
+    then a conditional UPDATE that needs no lock: of two people asking at once, one moves it.
+    `next_refresh_at` is shown on no page, so the write draws no page again. A batch a worker
+    is fetching at that moment (claimed, its lease ahead) may be made due again; the fetch's
+    store reschedules it, so at most one more retrieve follows.
+    """
+    now = now or timezone.now()
+    bound = dt.timedelta(seconds=settings.DETAIL_REFRESH_SECONDS)
+    wanted = Batch.objects.filter(
+        pk=batch_id, running=True, next_refresh_at__gt=now + bound, synced_at__lt=now - bound
+    )
+    if not wanted.exists():
+        return False
+    return bool(wanted.update(next_refresh_at=now))
 
 
 def batches_release(*, batches: list[Batch], until: dt.datetime, now: dt.datetime) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -37,6 +39,7 @@ from ..services.result_files import batches_csv
 from . import page_cache
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
+from .health import late_seconds
 from .lookups import batch_for, batch_state_for
 from .rows import rendered_rows
 
@@ -159,21 +162,83 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
 @require_GET
 @live_poll
 def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
-    """The progress and timeline of a running batch, from the cache, for htmx to swap in."""
+    """The progress, counts, finish estimate and timeline of a running batch, from the cache,
+    for htmx to swap in every few seconds; each poll asks the worker for a refresh as opening
+    the page does. Once the batch has ended, the page is reloaded (once: the finished page
+    does not poll) to show its results, downloads and retry."""
+    pk, ended, connection_id = batch_state_for(request.user, slug, openai_id)
+    worker = None if ended else _worker_state(connection_id)
+    if worker is not None and worker.syncs:
+        services.batch_refresh_soon(batch_id=pk)
+    response = page_cache.framed(
+        request,
+        body_template="batches/detail_live_response.html",
+        context=lambda: _live_detail_context(request, slug, openai_id, worker),
+        frame_template="batches/detail_live_framed.html",
+        vary=(pk, worker),
+        about=[connection_id],
+    )
+    if ended:
+        response["HX-Refresh"] = "true"
+    return response
+
+
+def _live_detail_context(
+    request: HttpRequest, slug: str, openai_id: str, worker: WorkerState | None
+) -> dict[str, Any]:
     batch = batch_for(request.user, slug, openai_id)
     seen = request.GET.get("seen", "")
     changed = bool(seen) and seen != batch.status
     batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
-    context = {
+    return {
         "batch": batch,
+        "worker": worker,
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcement": f"Status: {batch.display_status()}" if changed else "",
     }
-    response = render(request, "batches/detail_live_response.html", context)
-    if changed and batch.is_terminal:
-        # Finished: reload once, so the page shows the results, downloads and retry.
-        response["HX-Refresh"] = "true"
-    return response
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What a running batch's page says about the worker that keeps it fresh: "ok", "failing"
+    (upstream fails; the worker backs off), "late" (no successful pass for health's
+    late_seconds()), "never" (no pass yet) or "off" (the connection is disabled or has no
+    key: the worker skips it). `since`: when it started failing, or the last successful pass.
+    Part of the page's cache key, so it holds nothing that moves while nothing changes."""
+
+    state: str
+    since: dt.datetime | None = None
+
+    @property
+    def syncs(self) -> bool:
+        """Whether the worker may fetch the connection's batches (so asking makes sense)."""
+        return self.state != "off"
+
+
+def _worker_state(connection_id: int) -> WorkerState:
+    """One query: the connection's switch and its sync state."""
+    found = (
+        Connection.objects.filter(pk=connection_id)
+        .values_list(
+            "enabled",
+            "from_settings",
+            "sync_state__last_success_at",
+            "sync_state__failing_since",
+        )
+        .first()
+    )
+    if found is None:
+        return WorkerState("off")
+    enabled, from_settings, last_success_at, failing_since = found
+    if not enabled or (from_settings and not settings.OPENAI_API_KEY):
+        return WorkerState("off")
+    if failing_since is not None:
+        return WorkerState("failing", failing_since)
+    if last_success_at is None:
+        return WorkerState("never")
+    if (timezone.now() - last_success_at).total_seconds() > late_seconds():
+        return WorkerState("late", last_success_at)
+    return WorkerState("ok")
 
 
 @rule(roles.VIEW)
@@ -207,28 +272,24 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
 @rule(roles.VIEW)
 @require_GET
 def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
+    """A batch's page, from the cache only: a running batch's page asks the worker to fetch
+    it again soon (services.batch_refresh_soon: at most once per DETAIL_REFRESH_SECONDS per
+    batch), says how fresh it is, and updates in place (batch_live) until the batch ends."""
     pk, ended, connection_id = batch_state_for(request.user, slug, openai_id)
-    batch, refresh_error = None, None
-    if not ended:  # asked upstream first: the page shows what it says now
-        batch = batch_for(request.user, slug, openai_id)
-        try:
-            client = services.get_client(connection=batch.connection, interactive=True)
-            batch = services.batch_refresh(batch=batch, client=client)
-        except OpenAIError as error:
-            refresh_error = str(error)
+    worker = None if ended else _worker_state(connection_id)
+    if worker is not None and worker.syncs:
+        services.batch_refresh_soon(batch_id=pk)
     return page_cache.framed(
         request,
         body_template="batches/detail.html",
-        context=lambda: _detail_context(
-            request, batch or batch_for(request.user, slug, openai_id), refresh_error
-        ),
+        context=lambda: _detail_context(request, batch_for(request.user, slug, openai_id), worker),
         title=openai_id,
-        vary=(pk, refresh_error),
+        vary=(pk, worker),
         about=[connection_id],
     )
 
 
-def _detail_context(request: HttpRequest, batch: Batch, refresh_error: str | None) -> dict:
+def _detail_context(request: HttpRequest, batch: Batch, worker: WorkerState | None) -> dict:
     summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
     batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
     may_submit = request.user.has_perm("batches.submit_batch")
@@ -236,7 +297,7 @@ def _detail_context(request: HttpRequest, batch: Batch, refresh_error: str | Non
         "batch": batch,
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "summary": summary,
-        "refresh_error": refresh_error,
+        "worker": worker,
         "events": batch.events.select_related("user")[:50],
         "can_cancel": batch.can_cancel and roles.may_cancel(request.user, batch),
         "can_retry": may_submit and batch.is_terminal and bool(batch.input_file_id)

@@ -3,6 +3,7 @@ sync worker still caches every batch and the pages still render."""
 
 from __future__ import annotations
 
+import html
 import io
 
 import pytest
@@ -60,7 +61,6 @@ def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_re
         assert batch.openai_id in listing.content.decode()
         page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))
         assert page.status_code == 200
-        assert page.context["refresh_error"] is None
     failed_page = submitter_client.get(reverse("batch-detail", args=["default", failed.openai_id]))
     assert "Enqueued token limit reached" in failed_page.content.decode()
 
@@ -72,11 +72,13 @@ def test_a_batch_that_skips_finalizing_goes_from_in_progress_to_completed_on_its
     url = reverse("batch-detail", args=["default", batch.openai_id])
 
     quirky.advance(3.5)  # validating (2 s), then half-way through three 1-second requests
+    services.refresh_running_batches(connection=default_connection())  # what Sync now does
     running = submitter_client.get(url).context["batch"]
     assert running.status == Status.IN_PROGRESS
     assert 0 < running.requests_done < 3
 
     quirky.advance(2)  # on OpenAI this moment would be `finalizing`
+    services.refresh_running_batches(connection=default_connection())
     done = submitter_client.get(url).context["batch"]
     assert done.status == Status.COMPLETED
     assert done.finalizing_at is None
@@ -123,8 +125,9 @@ def test_errors_with_only_a_message_still_name_their_class_and_reach_the_page(
     with pytest.raises(NotFound):
         client.retrieve_batch(running.openai_id)
 
+    services.refresh_running_batches(connection=default_connection())  # the worker's look
     page = submitter_client.get(reverse("batch-detail", args=["default", running.openai_id]))
 
     assert page.status_code == 200
-    assert f"No batch found with id '{running.openai_id}'" in page.context["refresh_error"]
-    assert "Could not refresh this batch from upstream" in page.content.decode()
+    assert "Last problem seen by the sync worker" in html.unescape(page.content.decode())
+    assert f"No batch found with id '{running.openai_id}'" in html.unescape(page.content.decode())
