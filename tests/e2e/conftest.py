@@ -454,6 +454,8 @@ def server_env(
             "BATCHWEB_UPLOAD_DIR": str(tmp),
             "BATCHWEB_DATA_DIR": str(tmp / "data"),
             "BATCHWEB_LIVE_POLL_SECONDS": "1",
+            # An open batch page asks the worker for a refresh every second, not every five.
+            "BATCHWEB_DETAIL_REFRESH_SECONDS": "1",
             "BATCHWEB_BASE_URL": site_url,
             "EMAIL_URL": smtp_server.url,
             "LOG_LEVEL": "INFO",

@@ -780,8 +780,9 @@ def test_a_batch_that_vanishes_is_kept_marked_and_the_others_still_refresh(
     page = viewer_client.get(reverse("batch-detail", args=["default", gone.openai_id]))
     assert page.status_code == 200
     text = page.content.decode()
-    assert "Could not refresh this batch from upstream" in text
+    assert "Last problem seen by the sync worker" in text
     assert "does not know this object" in text and "Traceback" not in text
+    assert calls(sim, "retrieveBatch") - retrieved == 1  # the page asked upstream nothing
 
 
 # --- 15. A batch that moves backwards --------------------------------------------------------
