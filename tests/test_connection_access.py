@@ -73,7 +73,7 @@ def url_for(name: str, batch: Batch) -> str:
 
 
 def rows(response) -> list[str]:
-    return [b.openai_id for b in response.context["batches"]]
+    return [b["openai_id"] for b in response.context["batches"]]
 
 
 # --- Ids are unique per connection -------------------------------------------------------------

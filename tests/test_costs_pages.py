@@ -80,8 +80,9 @@ def _cells(response, label: str) -> list[str]:
 
 
 def _queries(client) -> int:
-    """Of a request that draws the list (not one served from the page cache)."""
+    """Of a request that draws the list and its rows (not one served from the page cache)."""
     caches["pages"].clear()
+    caches["rows"].clear()
     caches["people"].clear()
     with CaptureQueriesContext(connection) as ctx:
         assert client.get(LIST).status_code == 200
@@ -101,6 +102,7 @@ def test_the_list_shows_the_stored_costs_without_an_extra_query(
     for batch in Batch.objects.all():
         batch_cost_store(batch=batch)  # raises the connection's number: the list is drawn
     caches["people"].clear()  # as _queries does: the person's lookups too
+    caches["rows"].clear()
     with django_assert_num_queries(before):
         response = viewer_client.get(LIST)
 

@@ -92,7 +92,7 @@ def test_its_batches_are_nowhere_for_a_former_member(client, research, secret, m
     connection_page = client.get(reverse("connection-detail", args=["research"]))
 
     assert "batch_secret" not in listing.content.decode()
-    assert [b.openai_id for b in searched.context["batches"]] == []
+    assert [b["openai_id"] for b in searched.context["batches"]] == []
     assert "batch_secret" not in table
     assert page.status_code == 404
     assert connection_page.status_code == 404

@@ -198,3 +198,48 @@ def test_the_label_choices_walk_gives_what_distinct_gave(db, research):
     assert label_choices(connection_ids=[research.pk], limit=200) == ["secret"]
     assert label_choices(connection_ids=None, limit=2) == distinct()[:2]
     assert label_choices(connection_ids=[], limit=200) == []
+
+
+@pytest.mark.django_db
+def test_a_finished_row_is_served_from_its_values_without_a_batch_object(
+    viewer_client, renders, monkeypatch
+):
+    """Drawing the list afresh after a write reads the rows as values; a finished row the
+    cache has is served by them, and no Batch object is made for it."""
+    done = add("batch_done_values", metadata={"job": "first"})
+    assert viewer_client.get(LIST).status_code == 200
+    assert renders == ["batch_done_values"]
+    made: list[int] = []
+    real_init = Batch.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Batch, "__init__", counting)
+    caches["pages"].clear()  # the page is drawn again, its row comes from the cache
+
+    again = viewer_client.get(LIST + "?q=")
+    assert again.status_code == 200 and renders == ["batch_done_values"] and made == []
+    assert "first" in row_of(again, done)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"label": "renamed"},
+        {"request_failed": 2},
+        {"cost_note": "usage unknown", "cost_computed_at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+    ],
+)
+def test_any_value_a_finished_row_shows_draws_it_again(viewer_client, renders, change):
+    done = add("batch_done_change", request_counts={"total": 4, "completed": 4, "failed": 0})
+    viewer_client.get(LIST)
+
+    Batch.objects.filter(pk=done.pk).update(**change)
+    page = viewer_client.get(LIST)
+
+    assert renders == ["batch_done_change", "batch_done_change"]
+    if "label" in change:
+        assert "renamed" in row_of(page, done)

@@ -13,8 +13,8 @@ from typing import Any
 
 from django import template
 from django.utils import timezone
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import SafeString
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 
 from ..payloads import clean_text
@@ -153,14 +153,15 @@ def options(
     afresh is what people wait for after every write). VALUE and TEXT name attributes of each
     item (a connection's slug and name); without them the item is both."""
     chosen = "" if selected is None else str(selected)
-    rows = []
+    parts = []
     for item in items:
         shown = str(getattr(item, value) if value else item)
         words = str(getattr(item, text) if text else item)
-        if truncate:
+        if truncate and len(words) > truncate:
             words = Truncator(words).chars(truncate)
-        rows.append((shown, " selected" if shown == chosen else "", words))
-    return format_html_join("", '<option value="{}"{}>{}</option>', rows)
+        mark = " selected" if shown == chosen else ""
+        parts.append(f'<option value="{escape(shown)}"{mark}>{escape(words)}</option>')
+    return mark_safe("".join(parts))  # noqa: S308 - every value escaped above
 
 
 @register.simple_tag

@@ -33,6 +33,7 @@ from ..models import (
     Status,
     tab_totals,
 )
+from ..models.batches import TERMINAL_STATUSES
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
@@ -41,7 +42,7 @@ from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
 from .health import late_seconds
 from .lookups import batch_for, batch_state_for
-from .rows import rendered_rows
+from .rows import ROW_COLUMNS, page_rows, rendered_rows
 
 PAGE_SIZE = 50
 # The label filter offers at most this many labels (the search box finds the rest).
@@ -66,21 +67,22 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         {"key": key, "label": title, "count": totals[key], "active": key == filters.status}
         for key, title, _statuses in STATUS_TABS
     ]
+    # The rows as values: a row the cache has costs no model object (views/rows.py).
     page = Batch.objects.listed(user, filters).keyset_page(
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
         size=PAGE_SIZE,
-        access=Connection.objects.visible_to(user),  # connections attached, not joined
+        columns=ROW_COLUMNS,
     )
     params = filters.params()
-    live = [b for b in page.batches if not b.is_terminal]
-    services.etas_attach(batches=live)  # finish-time estimates: one query for the whole page
+    live = [(r["id"], r["status"]) for r in page.batches if r["status"] not in TERMINAL_STATUSES]
     tallies = BatchTally.objects.visible_to(user, connection=filters.connection)
     connections = Connection.objects.listed_to(user)
     show_connection = len(connections) > 1
+    access = Connection.objects.visible_to(user)
     return {
         "batches": page.batches,
-        "rows": rendered_rows(page.batches, show_connection=show_connection),
+        "rows": page_rows(page.batches, access=access, show_connection=show_connection),
         "tabs": tabs,
         "params": params,
         "newer_url": _page_url(params, before=page.newer) if page.newer else None,
@@ -115,9 +117,10 @@ def live_poll(view: Any) -> Any:
     return polled
 
 
-def _live_ids(batches: list[Batch]) -> str:
-    """The running rows a page keeps up to date, with the status it last showed for each."""
-    return ",".join(f"{b.pk}:{b.status}" for b in batches)
+def _live_ids(rows: list[tuple[int, str]]) -> str:
+    """The running rows a page keeps up to date (id, status), with the status it last showed
+    for each."""
+    return ",".join(f"{pk}:{status}" for pk, status in rows)
 
 
 @rule(roles.VIEW)
@@ -151,7 +154,7 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
     return {
         "batches": batches,
         "rows": rendered_rows(batches, show_connection=show_connection, oob=True),
-        "live_ids": _live_ids([b for b in batches if not b.is_terminal]),
+        "live_ids": _live_ids([(b.pk, b.status) for b in batches if not b.is_terminal]),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcements": announcements,
         "show_connection": show_connection,
