@@ -20,15 +20,16 @@ class BatchesConfig(AppConfig):
         from django.db.models.signals import post_delete, post_migrate
 
         from . import admin_audit  # noqa: F401 - people and groups in the admin site, audited
+        from .cache import generations
         from .middleware import session_started
-        from .models import Batch, generation
+        from .models import Batch
         from .roles import ensure_roles
         from .services import audit, signin, spend
 
         post_migrate.connect(ensure_roles, sender=self)
         post_migrate.connect(ensure_default_connection, sender=self)
-        generation.watch_writes()  # cached pages: every write raises the generation
-        post_migrate.connect(generation.migrated, sender=self, dispatch_uid="bw-migrated")
+        generations.watch_writes()  # cached pages: every write raises the generation
+        post_migrate.connect(generations.migrated, sender=self, dispatch_uid="bw-migrated")
         post_delete.connect(spend.batch_deleted, sender=Batch, dispatch_uid="bw-spend-deleted")
         auth_signals.user_logged_in.connect(audit.audit_sign_in, dispatch_uid="bw-sign-in")
         auth_signals.user_logged_out.connect(audit.audit_sign_out, dispatch_uid="bw-sign-out")

@@ -1,6 +1,6 @@
 """Django's database sessions (SESSION_ENGINE), with the one read every signed-in request makes
 written in SQL once instead of built by the ORM each time: on a page served from the page cache
-(batches/views/page_cache.py) building that query cost more than running it. Everything else,
+(batches/cache/pages.py) building that query cost more than running it. Everything else,
 writes, expiry and clean-up included, is Django's own."""
 
 from __future__ import annotations

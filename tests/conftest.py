@@ -65,7 +65,7 @@ def page_cache_per_test(request, monkeypatch) -> Iterator[None]:
     (tests/test_page_cache.py checks the real, after-commit order with committed transactions)."""
     from django.core.cache import caches
 
-    from batches.models import generation
+    from batches.cache import generations as generation
 
     for alias in ("pages", "people"):
         caches[alias].clear()

@@ -23,6 +23,7 @@ from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from batches.cache import generations as generation
 from batches.models import (
     Batch,
     CacheGeneration,
@@ -33,7 +34,6 @@ from batches.models import (
     Submission,
     SyncState,
     default_connection,
-    generation,
 )
 from batches.services import batch_upsert
 from batches.services.backup import BackupError, backup_create

@@ -1,4 +1,4 @@
-"""The cache generations' one rule (batches/models/generation.py): which number a write raises.
+"""The cache generations' one rule (batches/cache/generations.py): which number a write raises.
 A write to a connection's batches raises that connection's number only; one about people,
 groups, connections or prices raises everyone's; an audit entry with no batch raises none."""
 
@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 
+from batches.cache import generations as generation
 from batches.models import (
     Batch,
     BatchTally,
@@ -17,7 +18,6 @@ from batches.models import (
     ResultFile,
     Watch,
     default_connection,
-    generation,
 )
 from batches.services import batch_upsert
 from tests.conftest import make_batch
@@ -123,3 +123,20 @@ def test_a_page_key_holds_everyones_number_and_those_of_its_connections(second):
     assert now.scope([second.pk]) == (now.everyone, now.of(second.pk))
     assert now.scope([default_connection().pk, second.pk])[0] == now.everyone
     assert now.of(10**9) == 0
+
+
+def test_only_the_cache_package_names_cache_keys_and_aliases():
+    """batches/cache owns every key (keys.py, pages.py, rows.py): elsewhere a cache is reached
+    only through its aliases and key functions, so a reader finds every key in one place."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [*root.glob("batches/**/*.py"), *root.glob("api/**/*.py")]:
+        if "cache" in path.relative_to(root).parts[:2] or "migrations" in path.parts:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"caches\[(?!keys\.)", line) or re.search(r"\bcache\.(get|set)\(", line):
+                offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert offenders == []

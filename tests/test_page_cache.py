@@ -14,7 +14,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from batches.models import Batch, BatchTally, Connection, Event, Watch, generation
+from batches.cache import generations as generation
+from batches.models import Batch, BatchTally, Connection, Event, Watch
 from batches.services import batch_upsert
 from batches.templatetags.batchweb import ago_later, fill_ago, reltime
 from tests.conftest import make_batch
@@ -175,7 +176,7 @@ def test_a_cached_list_says_how_long_ago_as_of_now(viewer_client, db, monkeypatc
     )
     assert b"1 h ago" in viewer_client.get(LIST).content
     later = timezone.now() + dt.timedelta(days=3)
-    monkeypatch.setattr("batches.views.page_cache.fill_ago", lambda html: fill_ago(html, now=later))
+    monkeypatch.setattr("batches.cache.pages.fill_ago", lambda html: fill_ago(html, now=later))
     page = viewer_client.get(LIST)
     assert not drawn(page)
     assert b"3 d ago" in page.content and b"1 h ago" not in page.content

@@ -74,7 +74,7 @@ def fill(count: int, *, running: int = 2) -> list[Batch]:
 
 def count_queries(get: Callable[[], object]) -> tuple[int, int]:
     """The queries of the request drawn afresh, and of the same request served from the page
-    cache (batches/views/page_cache.py; the same count for pages it does not keep)."""
+    cache (batches/cache/pages.py; the same count for pages it does not keep)."""
     get()  # the first request fills per-process caches (content types, permissions)
     counts = []
     for drawn in (True, False):

@@ -1,4 +1,4 @@
-"""The cache of rendered list rows (batches/views/rows.py): a row is served from the cache only
+"""The cache of rendered list rows (batches/cache/rows.py): a row is served from the cache only
 while its batch is as it was when it was rendered; what a person may see, and the parts of a
 page that depend on their role, never come from another person's request."""
 
@@ -13,9 +13,9 @@ from django.core.cache import caches
 from django.urls import reverse
 from django.utils import timezone
 
+from batches.cache import rows as row_cache
 from batches.models import Batch, Connection
 from batches.services import batch_upsert
-from batches.views import rows as row_cache
 from tests.conftest import make_batch
 
 LIST = reverse("batch-list")

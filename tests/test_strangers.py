@@ -25,6 +25,7 @@ from django.urls.exceptions import Resolver404
 from django.urls.resolvers import RegexPattern
 
 from api.services.tokens import token_create, token_revoke
+from batches.cache import generations as generation
 from batches.models import (
     Batch,
     Connection,
@@ -32,7 +33,6 @@ from batches.models import (
     Submission,
     WebhookDelivery,
     WebhookRefusals,
-    generation,
 )
 from batches.services import batch_upsert
 from tests.conftest import make_batch

@@ -14,6 +14,7 @@ from django.conf import settings as django_settings
 from django.test import Client
 from django.urls import reverse
 
+from batches.cache import generations as generation
 from batches.models import (
     Batch,
     Connection,
@@ -22,7 +23,6 @@ from batches.models import (
     WebhookDelivery,
     WebhookRefusals,
     default_connection,
-    generation,
 )
 from batches.services import batch_upsert, sync_pass
 from batches.services import webhooks as service

@@ -20,8 +20,9 @@ from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
 from batches import services
+from batches.cache import generations as generation
 from batches.management.commands import sync_batches as command_module
-from batches.models import Batch, BatchTally, Status, SyncState, default_connection, generation
+from batches.models import Batch, BatchTally, Status, SyncState, default_connection
 from batches.services import sync
 from batches.services.sync import (
     PassResult,

@@ -277,7 +277,7 @@ class BatchQuerySet(GenerationQuerySet):
         that id, so deep pages stay cheap. With `access` (what the person sees), each row gets
         its connection object from there rather than from a join. With `columns`, each row is
         a dict of those (`values()`, no model object made: the list's rows are drawn from
-        their cached HTML, views/rows.py)."""
+        their cached HTML, batches/cache/rows.py)."""
         rows = self
         if columns:
             rows = rows.select_related(None).values(*columns)

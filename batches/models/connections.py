@@ -19,9 +19,9 @@ from django.db.models.signals import m2m_changed
 from django.dispatch import receiver
 
 from .. import keystore
+from ..cache import keys
 from ..jsonl_check import ENDPOINTS
 from ..roles import ADMINS
-from . import generation
 from .generation import GenerationQuerySet
 
 DEFAULT_SLUG = "default"
@@ -69,11 +69,11 @@ class ConnectionManager(models.Manager.from_queryset(GenerationQuerySet)):
         if not getattr(user, "is_authenticated", False):
             return Access((), False)
         # Kept for the cache generation too: a change to connections, groups or people raises it.
-        key = f"access:{generation.of(user).everyone}:{user.pk}"
-        access = caches[CACHE_ALIAS].get(key)
+        key = keys.access_key(user)
+        access = caches[keys.PEOPLE].get(key)
         if access is None:
             access = _access_now(user)
-            caches[CACHE_ALIAS].set(key, access)
+            caches[keys.PEOPLE].set(key, access)
         user._batchweb_access = access
         return access
 
@@ -397,9 +397,6 @@ class Access:
                 batch.connection = by_id[batch.connection_id]
 
 
-CACHE_ALIAS = "people"  # settings.CACHES: per process always, entries kept a minute at most
-
-
 def _dormant(connection: Connection, user: Any) -> bool:
     """The connection configured by the environment while OPENAI_API_KEY is unset (demo mode,
     or a team that uses only connections of its own) and it has no batches: nobody needs it
@@ -408,12 +405,11 @@ def _dormant(connection: Connection, user: Any) -> bool:
         return False
     from .batches import BatchTally  # batches.py imports this module
 
-    # Its batches' writes raise the connection's number.
-    key = f"dormant:{generation.of(user).of(connection.pk)}:{connection.pk}"
-    dormant = caches["pages"].get(key)
+    key = keys.dormant_key(user, connection.pk)  # its batches' writes raise its number
+    dormant = caches[keys.PAGES].get(key)
     if dormant is None:
         dormant = not BatchTally.objects.filter(connection_id=connection.pk, count__gt=0).exists()
-        caches["pages"].set(key, dormant)
+        caches[keys.PAGES].set(key, dormant)
     return dormant
 
 

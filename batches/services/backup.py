@@ -49,7 +49,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.recorder import MigrationRecorder
 
 from .. import storage
-from ..models import generation
+from ..cache import generations
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -313,7 +313,7 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
             "this code does not): restore it with that release."
         )
     result = RestoreResult(path=source, method=method)
-    cache_generation = generation.read_or_zero(using)
+    cache_generation = generations.read_or_zero(using)
 
     if method == "sqlite":
         if connection.vendor != "sqlite":
@@ -337,8 +337,8 @@ def backup_restore(*, source: Path, using: str = "default") -> RestoreResult:
     connection.close()
     ContentType.objects.clear_cache()
     # The restored database may bring back an older cache generation: pages cached since
-    # must not be served as if they showed it (batches/views/page_cache.py).
-    generation.advance_past(cache_generation, using)
+    # must not be served as if they showed it (batches/cache/pages.py).
+    generations.advance_past(cache_generation, using)
 
     live = {Path(getattr(settings, setting)).resolve() for setting in KEY_FILES.values()}
     result.files = _restore_data(

@@ -32,7 +32,7 @@ def reltime(value: dt.datetime | None) -> str:
     return format_html('<time datetime="{}" title="{}">{}</time>', value.isoformat(), exact, words)
 
 
-# Pages kept in a cache (batches/views/page_cache.py) are drawn with a mark where each "3 h
+# Pages kept in a cache (batches/cache/pages.py) are drawn with a mark where each "3 h
 # ago" goes, and the words are put in when the page is served: a cached page says how long ago
 # as exactly as a fresh one. Templates escape NUL nowhere, but no text of batchweb's or of
 # upstream's reaches a page with one (payloads.clean_text removes them).

@@ -21,6 +21,8 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .. import roles, services
+from ..cache import pages
+from ..cache.rows import ROW_COLUMNS, page_rows, rendered_rows
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
@@ -37,12 +39,10 @@ from ..models.batches import TERMINAL_STATUSES
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
-from . import page_cache
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
 from .health import late_seconds
 from .lookups import batch_for, batch_state_for
-from .rows import ROW_COLUMNS, page_rows, rendered_rows
 
 PAGE_SIZE = 50
 # The label filter offers at most this many labels (the search box finds the rest).
@@ -52,7 +52,7 @@ LABEL_CHOICES = 200
 @rule(roles.VIEW)
 @require_GET
 def batch_list(request: HttpRequest) -> HttpResponse:
-    return page_cache.framed(
+    return pages.framed(
         request,
         body_template="batches/list.html",
         context=lambda: _list_context(request),
@@ -67,7 +67,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         {"key": key, "label": title, "count": totals[key], "active": key == filters.status}
         for key, title, _statuses in STATUS_TABS
     ]
-    # The rows as values: a row the cache has costs no model object (views/rows.py).
+    # The rows as values: a row the cache has costs no model object (batches/cache/rows.py).
     page = Batch.objects.listed(user, filters).keyset_page(
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
@@ -129,8 +129,9 @@ def _live_ids(rows: list[tuple[int, str]]) -> str:
 def batch_rows_live(request: HttpRequest) -> HttpResponse:
     """Fresh copies of the list's running rows, from the cache, swapped in place by htmx. Rows
     that finished are sent one last time and then no longer asked for. The rows are kept by
-    page_cache (an open list asks every few seconds); the freshness line is drawn each time."""
-    return page_cache.framed(
+    batches/cache/pages.py (an open list asks every few seconds); the freshness line is drawn
+    each time."""
+    return pages.framed(
         request,
         body_template="batches/includes/rows_live.html",
         context=lambda: _live_rows_context(request),
@@ -173,7 +174,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     worker = None if ended else _worker_state(connection_id)
     if worker is not None and worker.syncs:
         services.batch_refresh_soon(batch_id=pk)
-    response = page_cache.framed(
+    response = pages.framed(
         request,
         body_template="batches/detail_live_response.html",
         context=lambda: _live_detail_context(request, slug, openai_id, worker),
@@ -282,7 +283,7 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
     worker = None if ended else _worker_state(connection_id)
     if worker is not None and worker.syncs:
         services.batch_refresh_soon(batch_id=pk)
-    return page_cache.framed(
+    return pages.framed(
         request,
         body_template="batches/detail.html",
         context=lambda: _detail_context(request, batch_for(request.user, slug, openai_id), worker),

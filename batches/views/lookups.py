@@ -4,13 +4,13 @@ asks the one reader (`Connection.objects.visible_to`, `Batch.objects.visible_to`
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from django.core.cache import caches
 from django.http import Http404
 
-from ..models import Batch, Connection, Submission, generation
+from ..cache import keys
+from ..models import Batch, Connection, Submission
 from ..services.submissions import submission_find
 
 
@@ -37,11 +37,8 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, in
     connection = Connection.objects.visible_to(user).get(slug)
     if connection is None:
         raise Http404("No such batch.")
-    # Kept for the connection's cache generation, which any write to its batches raises.
-    digest = hashlib.blake2b(openai_id.encode(), digest_size=16).hexdigest()  # any text
-    numbers = ".".join(map(str, generation.of(user).scope([connection.pk])))
-    key = f"batch-state:{numbers}:{connection.pk}:{digest}"
-    found = caches["pages"].get(key)
+    key = keys.batch_state_key(user, connection.pk, openai_id)
+    found = caches[keys.PAGES].get(key)
     if found is None:
         found = (
             Batch.objects.filter(connection_id=connection.pk, openai_id=openai_id)
@@ -50,7 +47,7 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, in
         )
         if found is None:
             raise Http404("No such batch.")
-        caches["pages"].set(key, found)
+        caches[keys.PAGES].set(key, found)
     pk, running = found
     return pk, not running, connection.pk
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import hashlib
 import math
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,6 +22,7 @@ from django.utils.safestring import SafeString, mark_safe
 from django.views.decorators.http import require_GET
 
 from .. import charts, roles
+from ..cache import keys
 from ..models import Connection
 from ..models.costs import dollars
 from ..services.result_files import Echo, csv_safe
@@ -221,8 +221,8 @@ def _figures_html(context: dict[str, Any]) -> SafeString:
         context["csv_query"],
         _template_text(),
     )
-    key = "spend:" + hashlib.sha256(repr(shown).encode()).hexdigest()
-    store = caches["rows"]
+    key = keys.spend_figures_key(shown)
+    store = caches[keys.ROWS]
     html = store.get(key)
     if html is None:
         html = render_to_string(FIGURES_TEMPLATE, context)

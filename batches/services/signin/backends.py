@@ -27,7 +27,8 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
-from ...models import AccountEmail, CompanyIdentity, generation
+from ...cache import generations, keys
+from ...models import AccountEmail, CompanyIdentity
 from ..addresses import email_set, email_trusted
 from .oidc import (
     SignInRefused,
@@ -115,17 +116,17 @@ class KeptUsers:
     hash, which no shared cache is given."""
 
     def get_user(self, user_id: Any) -> Any:
-        current = generation.snapshot()
-        key = f"user:{current.everyone}:{type(self).__name__}:{user_id}"
-        user = caches["people"].get(key)
+        current = generations.snapshot()
+        key = keys.user_key(current, type(self).__name__, user_id)
+        user = caches[keys.PEOPLE].get(key)
         if user is None:
             user = super().get_user(user_id)
             if user is None:
                 return None
-            caches["people"].set(key, user)
+            caches[keys.PEOPLE].set(key, user)
         elif hasattr(self, "user_can_authenticate") and not self.user_can_authenticate(user):
             return None
-        generation.keep(user, current)  # the rest of the request reads it from the person
+        generations.keep(user, current)  # the rest of the request reads it from the person
         return user
 
 
@@ -141,15 +142,15 @@ class PasswordBackend(KeptUsers, ModelBackend):
     def get_all_permissions(self, user_obj: Any, obj: Any = None) -> set[str]:
         """Django's answer (two queries a request: the person's and their groups'), kept in the
         cache for the cache generation, which a change to people, groups or permissions
-        raises (batches/models/generation.py)."""
+        raises (batches/cache/generations.py)."""
         if obj is not None or not user_obj.is_active or user_obj.is_anonymous:
             return super().get_all_permissions(user_obj, obj)
         if not hasattr(user_obj, "_perm_cache"):
-            key = f"perms:{generation.of(user_obj).everyone}:{user_obj.pk}"
-            found = caches["people"].get(key)
+            key = keys.perms_key(user_obj)
+            found = caches[keys.PEOPLE].get(key)
             if found is None:
                 found = super().get_all_permissions(user_obj)
-                caches["people"].set(key, found)
+                caches[keys.PEOPLE].set(key, found)
             user_obj._perm_cache = found
         return user_obj._perm_cache
 

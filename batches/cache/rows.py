@@ -33,7 +33,7 @@ from django.utils.safestring import SafeString, mark_safe
 from ..models import USER_KEY, Access, Batch
 from ..models.batches import TERMINAL_STATUSES, BatchQuerySet
 from ..templatetags.batchweb import ago_later
-from .page_cache import templates_digest
+from .pages import templates_digest
 
 ROW_TEMPLATE = "batches/includes/row.html"
 CACHE_ALIAS = "rows"

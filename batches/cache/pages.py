@@ -5,7 +5,7 @@ A page is its body (the list, the batch) inside the site's frame (base.html: the
 freshness line, outage banners, messages). The body is most of the work: queries, 50 rows,
 filters, a timeline. It is kept under a key made of:
 
-- the cache generations (batches/models/generation.py): everyone's and those of the
+- the cache generations (batches/cache/generations.py): everyone's and those of the
   connections the page shows, raised after every committed write to what the bodies show, so
   a body is never older than the last write when it is served;
 - the person (their id: the body holds buttons for their role, their watch, only the
@@ -46,8 +46,9 @@ from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.utils.safestring import mark_safe
 
-from ..models import Connection, SyncState, generation
+from ..models import Connection, SyncState
 from ..templatetags.batchweb import ago_later, fill_ago
+from . import generations
 
 CACHE_ALIAS = "pages"
 TIMEOUT_SECONDS = 60
@@ -150,7 +151,7 @@ def _key(request: HttpRequest, template: str, vary: tuple[Any, ...], about: tupl
     parts = (
         # Everyone's number and those of the connections shown; read again if the request has
         # written since.
-        generation.of(user).scope(about),
+        generations.of(user).scope(about),
         user.pk,
         Connection.objects.visible_to(user).ids,
         template,
