@@ -343,6 +343,20 @@ def test_a_running_batch_page_polls_its_live_update(viewer_client, running, work
     assert "every 5s" in poller
 
 
+def test_a_person_who_may_not_see_the_connection_can_not_ask_for_its_batches(
+    viewer_client, research
+):
+    batch = batch_upsert(payload=make_batch(id="batch_secret"), connection=research, now=ago(600))
+    Batch.objects.filter(pk=batch.pk).update(next_refresh_at=ago(-240))
+    scheduled = due_at("batch_secret")
+
+    page = viewer_client.get(reverse("batch-detail", args=["research", "batch_secret"]))
+    live = viewer_client.get(reverse("batch-live", args=["research", "batch_secret"]))
+
+    assert (page.status_code, live.status_code) == (404, 404)
+    assert due_at("batch_secret") == scheduled
+
+
 # --- What the page says about the worker ------------------------------------------------------
 
 
