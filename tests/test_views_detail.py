@@ -346,8 +346,8 @@ def test_a_running_batch_page_polls_its_live_update(viewer_client, running, work
 def test_a_person_who_may_not_see_the_connection_can_not_ask_for_its_batches(
     viewer_client, research
 ):
-    batch = batch_upsert(payload=make_batch(id="batch_secret"), connection=research, now=ago(600))
-    Batch.objects.filter(pk=batch.pk).update(next_refresh_at=ago(-240))
+    stored = batch_upsert(payload=make_batch(id="batch_secret"), connection=research, now=ago(600))
+    Batch.objects.filter(pk=stored.batch.pk).update(next_refresh_at=ago(-240))
     scheduled = due_at("batch_secret")
 
     page = viewer_client.get(reverse("batch-detail", args=["research", "batch_secret"]))
