@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connections, router, transaction
 from django.db import connection as db
 from django.db.models import F
 from django.utils import timezone
@@ -324,20 +324,49 @@ def batch_refresh_soon(*, batch_id: int, now: dt.datetime | None = None) -> bool
     costs at most one retrieve per batch per DETAIL_REFRESH_SECONDS, and never calls upstream
     in the request. Returns whether it moved the batch.
 
-    One read first (most looks find nothing to do, and a read takes no write lock on SQLite),
-    then a conditional UPDATE that needs no lock: of two people asking at once, one moves it.
-    `next_refresh_at` is shown on no page, so the write draws no page again. A batch a worker
-    is fetching at that moment (claimed, its lease ahead) may be made due again; the fetch's
-    store reschedules it, so at most one more retrieve follows.
+    One read first, in SQL of its own (a page served from the cache asks this on every load:
+    the ORM's compiling would cost ten times the query, and a read takes no write lock on
+    SQLite), then, when the bound allows, a conditional UPDATE of the same rule that needs no
+    lock: of two people asking at once, one moves it. `next_refresh_at` is shown on no page,
+    so the write draws no page again. A batch a worker is fetching at that moment (claimed,
+    its lease ahead) may be made due again; the fetch's store reschedules it, so at most one
+    more retrieve follows.
     """
     now = now or timezone.now()
     bound = dt.timedelta(seconds=settings.DETAIL_REFRESH_SECONDS)
+    found = _refresh_facts(batch_id)
+    if found is None:
+        return False
+    running, due_at, synced_at = found
+    if not (running and due_at and due_at > now + bound and synced_at < now - bound):
+        return False
     wanted = Batch.objects.filter(
         pk=batch_id, running=True, next_refresh_at__gt=now + bound, synced_at__lt=now - bound
     )
-    if not wanted.exists():
-        return False
     return bool(wanted.update(next_refresh_at=now))
+
+
+def _refresh_facts(batch_id: int) -> tuple[bool, dt.datetime | None, dt.datetime] | None:
+    """Whether a batch is running, when it is due and when upstream was last read for it."""
+    alias = router.db_for_read(Batch)
+    table = connections[alias].ops.quote_name(Batch._meta.db_table)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            f"SELECT running, next_refresh_at, synced_at FROM {table} WHERE id = %s",  # noqa: S608
+            [batch_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    running, due_at, synced_at = row
+    return bool(running), _aware(due_at), _aware(synced_at)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    """A datetime read in SQL of its own: SQLite gives it naive, in UTC."""
+    if value is None or timezone.is_aware(value):
+        return value
+    return value.replace(tzinfo=dt.UTC)
 
 
 def batches_release(*, batches: list[Batch], until: dt.datetime, now: dt.datetime) -> None:

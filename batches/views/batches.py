@@ -10,6 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.db import connections, router
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.middleware.http import ConditionalGetMiddleware
 from django.shortcuts import redirect, render
@@ -33,6 +34,7 @@ from ..models import (
     Event,
     ListFilters,
     Status,
+    SyncState,
     tab_totals,
 )
 from ..models.batches import TERMINAL_STATUSES
@@ -220,29 +222,38 @@ class WorkerState:
 
 
 def _worker_state(connection_id: int) -> WorkerState:
-    """One query: the connection's switch and its sync state."""
-    found = (
-        Connection.objects.filter(pk=connection_id)
-        .values_list(
-            "enabled",
-            "from_settings",
-            "sync_state__last_success_at",
-            "sync_state__failing_since",
+    """The connection's switch and its sync state, in one query of its own SQL: a running
+    batch's page asks on every load, also when served from the cache, where the ORM's
+    compiling would cost ten times the query."""
+    alias = router.db_for_read(Connection)
+    quote = connections[alias].ops.quote_name
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT c.enabled, c.from_settings, s.last_success_at, s.failing_since"  # noqa: S608
+            f" FROM {quote(Connection._meta.db_table)} c"
+            f" LEFT JOIN {quote(SyncState._meta.db_table)} s ON s.connection_id = c.id"
+            " WHERE c.id = %s",
+            [connection_id],
         )
-        .first()
-    )
+        found = cursor.fetchone()
     if found is None:
         return WorkerState("off")
     enabled, from_settings, last_success_at, failing_since = found
     if not enabled or (from_settings and not settings.OPENAI_API_KEY):
         return WorkerState("off")
     if failing_since is not None:
-        return WorkerState("failing", failing_since)
+        return WorkerState("failing", _aware(failing_since))
     if last_success_at is None:
         return WorkerState("never")
+    last_success_at = _aware(last_success_at)
     if (timezone.now() - last_success_at).total_seconds() > late_seconds():
         return WorkerState("late", last_success_at)
     return WorkerState("ok")
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    """A datetime read in SQL of its own: SQLite gives it naive, in UTC."""
+    return value if timezone.is_aware(value) else value.replace(tzinfo=dt.UTC)
 
 
 @rule(roles.VIEW)
