@@ -30,7 +30,7 @@ def test_the_list_polls_only_while_it_shows_running_batches(viewer_client):
 
     content = viewer_client.get(reverse("batch-list")).content.decode()
 
-    assert f'ids={running.pk}:in_progress"' in content
+    assert f'ids={running.pk}:in_progress&amp;back=/"' in content
     assert "hx-trigger=\"every 5s [document.visibilityState === 'visible']\"" in content
     assert "htmx" in content  # the script django-htmx ships
 
@@ -160,3 +160,31 @@ def test_live_fragments_need_a_signed_in_person(client):
 
     assert response.status_code == 302
     assert "/accounts/login/" in response["Location"]
+
+
+@pytest.mark.parametrize(
+    ("back", "refresh"),
+    [
+        ("/?status=running&q=eval", "/?status=running&amp;q=eval"),
+        ("https://elsewhere.example/", "/"),
+        ("/activity/", "/"),
+        ("//elsewhere.example/?x=1", "/"),
+        ("", "/"),
+    ],
+)
+def test_the_live_rows_refresh_link_reloads_the_list_as_filtered_and_nothing_else(
+    viewer_client, back, refresh
+):
+    """The live rows replace the freshness line; its Refresh link must reload the list the
+    person is on (`back`, which the list's poller carries), never the fragment or another
+    site."""
+    running = add("batch_run", "in_progress")
+
+    response = viewer_client.get(
+        reverse("batch-rows-live"), {"ids": f"{running.pk}:in_progress", "back": back}
+    )
+
+    link = re.search(r'<a href="([^"]*)" class="refresh-link">', response.content.decode())
+    assert link is not None and link.group(1) == refresh
+    poller = re.search(r'<div id="list-poller"[^>]*>', response.content.decode()).group(0)
+    assert "back=" in poller and "elsewhere" not in poller

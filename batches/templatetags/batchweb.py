@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from django import template
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -142,6 +143,19 @@ def head(value: Any, count: int) -> list[Any]:
     """The first `count` items of any iterable (a dict's items too, which `slice` cannot cut):
     a hostile upstream may send thousands of metadata pairs where the API allows 16."""
     return list(itertools.islice(value, int(count)))
+
+
+@register.filter
+def list_url(value: Any) -> str:
+    """The list page with VALUE's query string, when VALUE is the list's own path (what its live
+    rows carry in `back`, so their Refresh link reloads the list as filtered); the plain list
+    for anything else."""
+    base = reverse("batch-list")
+    text = str(value or "")
+    path, _, query = text.partition("?")
+    if path != base or any(c in text for c in "\\\r\n"):
+        return base
+    return f"{base}?{query}" if query else base
 
 
 @register.simple_tag
