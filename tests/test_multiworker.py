@@ -304,7 +304,8 @@ def test_two_workers_never_fetch_a_batch_twice_at_once_lose_nothing_and_never_go
     assert len(cached()) == 210
     assert all(w.returncode == 0 for w in workers), diagnostics
     assert all(out.rstrip().endswith("Sync worker stopped.") for out in outputs.values())
-    assert not any("database error" in err or "Traceback" in err for err in errors.values())
+    failed = [e for e in errors.values() if "database error" in e or "Traceback" in e]
+    assert not failed, diagnostics
     # The web process answered every page while the workers wrote underneath it.
     assert pages and all(status == 200 for _url, status in pages), pages
     assert "Traceback" not in web_errors, diagnostics
