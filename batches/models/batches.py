@@ -174,14 +174,7 @@ class BatchQuerySet(GenerationQuerySet):
         the one rule), of the one called `connection` when given (none when they may not see
         it: the same answer as for a connection that does not exist). Someone who sees every
         connection gets no extra condition, so the list's indexes serve the page as before."""
-        ids = Connection.objects.visible_to(user).connection_ids(connection)
-        if ids is None:
-            return self
-        if not ids:
-            return self.none()
-        return (
-            self.filter(connection_id=ids[0]) if connection else self.filter(connection_id__in=ids)
-        )
+        return Connection.objects.visible_to(user).restrict(self, connection)
 
     def visible_one(self, user: Any, slug: str, openai_id: str) -> Batch | None:
         """One batch by connection slug and id, or None when there is none the person may
@@ -980,14 +973,7 @@ class ResultRow(models.Model):
 class BatchTallyQuerySet(GenerationQuerySet):
     def visible_to(self, user: Any, *, connection: str = "") -> BatchTallyQuerySet:
         """The tallies of what `user` may see, as `BatchQuerySet.visible_to`."""
-        ids = Connection.objects.visible_to(user).connection_ids(connection)
-        if ids is None:
-            return self
-        if not ids:
-            return self.none()
-        return (
-            self.filter(connection_id=ids[0]) if connection else self.filter(connection_id__in=ids)
-        )
+        return Connection.objects.visible_to(user).restrict(self, connection)
 
     def matching(self, filters: ListFilters) -> BatchTallyQuerySet:
         """The filters the tallies key on: endpoint, model, creator (not a label, nor a

@@ -389,6 +389,20 @@ class Access:
             return [found.pk] if found else []
         return None if self.everything else self.ids
 
+    def restrict(self, rows: Any, connection: str = "") -> Any:
+        """ROWS (a query set with a `connection_id`) limited to what this person may see, of
+        the connection called `connection` when given: unchanged for someone who sees every
+        connection and names none (the indexes serve the query as before), none at all for a
+        connection they may not see (the same answer as for one that does not exist)."""
+        ids = self.connection_ids(connection)
+        if ids is None:
+            return rows
+        if not ids:
+            return rows.none()
+        return (
+            rows.filter(connection_id=ids[0]) if connection else rows.filter(connection_id__in=ids)
+        )
+
     def attach(self, batches: Iterable[Any]) -> None:
         """Give each batch its connection object from here: no join, no query."""
         by_id = {c.pk: c for c in self.connections}
