@@ -122,8 +122,8 @@ def _when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "not reported"
 
 
-def _facts(batch: Batch) -> list[tuple[str, str]]:
-    end = ended_at(batch)
+def _batch_facts(batch: Batch) -> list[tuple[str, str]]:
+    """What every message says of a batch first: its id, label, connection, status, counts."""
     facts = [("Batch", one_line(batch.openai_id))]
     if batch.label:
         facts.append(("Label", one_line(batch.label, 200)))
@@ -132,6 +132,12 @@ def _facts(batch: Batch) -> list[tuple[str, str]]:
         ("Status", batch.display_status()),
         ("Requests", _counts_line(batch)),
     ]
+    return facts
+
+
+def _facts(batch: Batch) -> list[tuple[str, str]]:
+    end = ended_at(batch)
+    facts = _batch_facts(batch)
     if end and batch.created_at:
         facts.append(("Duration", duration((end - batch.created_at).total_seconds())))
     facts.append(("Ended", _when(end)))
@@ -232,15 +238,7 @@ def at_risk_subject(batch: Batch) -> str:
 
 def at_risk_email_text(batch: Batch, *, eta: Any, reason: str) -> str:
     """The plain-text body of the at-risk email: the estimate in words, and the facts."""
-    facts = [("Batch", one_line(batch.openai_id))]
-    if batch.label:
-        facts.append(("Label", one_line(batch.label, 200)))
-    facts += [
-        ("Connection", one_line(batch.connection.name, 100)),
-        ("Status", batch.display_status()),
-        ("Requests", _counts_line(batch)),
-        ("Deadline", _when(eta.deadline)),
-    ]
+    facts = [*_batch_facts(batch), ("Deadline", _when(eta.deadline))]
     if batch.creator_name():
         facts.append(("Created by", one_line(batch.creator_name(), 150)))
     width = max(len(name) for name, _ in facts) + 2
