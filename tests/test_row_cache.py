@@ -243,3 +243,86 @@ def test_any_value_a_finished_row_shows_draws_it_again(viewer_client, renders, c
     assert renders == ["batch_done_change", "batch_done_change"]
     if "label" in change:
         assert "renamed" in row_of(page, done)
+
+
+@pytest.fixture
+def no_field_loads(monkeypatch):
+    """A batch object asked for a field it was not loaded with fails the test (rather than
+    load it with a query of its own, one per row)."""
+
+    def refused(self, *args, **kwargs):
+        raise AssertionError(f"a field of {self.openai_id} was loaded one row at a time")
+
+    monkeypatch.setattr(Batch, "refresh_from_db", refused)
+
+
+@pytest.mark.django_db
+def test_a_running_row_is_served_from_its_values_and_its_estimate(
+    viewer_client, renders, no_field_loads
+):
+    """A running row is keyed by its values and its estimate in words, both made from the
+    list's own query: drawn again (page cache emptied) it is not drawn, and its batch is not
+    loaded."""
+    from tests.test_estimates_pages import progressing
+
+    batch = progressing("batch_running_values")
+    first = viewer_client.get(LIST)
+    assert renders == ["batch_running_values"]
+    caches["pages"].clear()
+
+    again = viewer_client.get(LIST + "?q=")
+
+    assert renders == ["batch_running_values"]
+    assert "left" in row_of(again, batch) and row_of(again, batch) == row_of(first, batch)
+
+
+@pytest.mark.django_db
+def test_a_running_row_whose_estimate_moved_is_drawn_again(viewer_client, renders, monkeypatch):
+    from types import SimpleNamespace
+
+    from batches.services import estimates
+    from tests.test_estimates_pages import progressing
+
+    batch = progressing("batch_running_moves")
+    viewer_client.get(LIST)
+    caches["pages"].clear()
+    later = timezone.now() + dt.timedelta(minutes=10)  # no request done since: it slows down
+    monkeypatch.setattr(estimates, "timezone", SimpleNamespace(now=lambda: later))
+
+    again = viewer_client.get(LIST + "?q=")
+
+    assert renders == ["batch_running_moves", "batch_running_moves"]
+    assert "left" in row_of(again, batch)
+
+
+@pytest.mark.django_db
+def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_field_loads):
+    """estimates.ETA_COLUMNS holds every field batch_eta reads, in each state a list shows."""
+    from batches.cache.rows import LIST_COLUMNS, light_batches
+    from batches.services import etas_attach
+    from tests.test_estimates_pages import progressing
+
+    progressing("batch_on_track")
+    progressing("batch_at_risk", deadline_in=dt.timedelta(minutes=40))
+    for status in ("validating", "finalizing", "cancelling", "in_progress"):
+        add(
+            f"batch_{status}",
+            status=status,
+            request_counts={"total": 0, "completed": 0, "failed": 0},
+        )
+    add(
+        "batch_no_counts_yet",
+        status="in_progress",
+        request_counts={"total": 0, "completed": 0, "failed": 0},
+    )
+    now = timezone.now()
+    full = list(Batch.objects.filter(running=True).order_by("pk"))
+    light = light_batches(
+        list(Batch.objects.filter(running=True).order_by("pk").values(*LIST_COLUMNS))
+    )
+    etas_attach(batches=full, now=now)
+    etas_attach(batches=light, now=now)
+
+    assert len(full) == 7
+    assert [b.eta for b in light] == [b.eta for b in full]
+    assert {b.eta.state for b in full} >= {"on_track", "at_risk", "validating", "finishing", "cancelling"}

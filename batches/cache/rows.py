@@ -1,17 +1,19 @@
-"""The list's rows, rendered once per version of a batch and kept in Django's cache.
+"""The list's rows, rendered once per version of what each shows and kept in Django's cache.
 
 Rendering 50 rows through the template engine was most of a list request (issue 14); a row
-changes only when its batch does. A row's key is a digest of everything it may show: every
-field of the batch as loaded (but the bookkeeping no page shows, such as the time of the last
-sync), its connection's slug and name, its creator's name, its finish-time estimate in words,
-and the templates' own text. Any write to a batch (a sync, a
-label, a cost, a rename) changes the key, so a cached row is never older than the batch just
-read from the database; nothing is ever invalidated, old keys just age out.
+changes only when what it shows does. The list reads its rows as values (LIST_COLUMNS, no model
+object made), and a row's key is a digest of what it shows (`_key`): the values of ROW_COLUMNS,
+its connection's slug and name, and for a running batch its finish-time estimate in words, made
+from those values too (estimates.ETA_COLUMNS); plus the templates' own text. A write to a batch
+(a sync, a label, a cost, a rename) changes its values and so its key: a cached row is never
+older than the batch just read from the database, and nothing is ever invalidated (old keys
+age out). Only a row the cache lacks loads its batch and draws it.
 
 Access is not the cache's business: rows are looked up only for batches the request's own
-query returned (filtered by what the person may see), and a row holds nothing that depends on
-who looks (no buttons, no request). The one part that changes with the clock, "created 3 h
-ago", is kept as reltime's mark and put in by the page cache at serve time.
+query returned (filtered by what the person may see, `Batch.objects.visible_to`), and a row
+holds nothing that depends on who looks (no buttons, no request). The one part that changes
+with the clock, "created 3 h ago", is kept as reltime's mark and put in by the page cache at
+serve time.
 
 The default cache is per process (LocMemCache): each gunicorn worker keeps its own rows. With
 CACHE_URL (Redis) every web process shares them; correctness never depends on sharing, since
@@ -27,11 +29,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.core.cache import caches
+from django.db import router
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import USER_KEY, Access, Batch
-from ..models.batches import TERMINAL_STATUSES, BatchQuerySet
+from ..models.batches import TERMINAL_STATUSES
+from ..services.estimates import ETA_COLUMNS, Eta, etas_attach
 from ..templatetags.batchweb import ago_later
 from .pages import templates_digest
 
@@ -39,33 +43,9 @@ ROW_TEMPLATE = "batches/includes/row.html"
 CACHE_ALIAS = "rows"
 TIMEOUT_SECONDS = 24 * 3600
 
-
-def rendered_rows(
-    batches: Sequence[Batch], *, show_connection: bool, oob: bool = False
-) -> list[SafeString]:
-    """The table rows of `batches` (each with `eta` set), in order, from the cache where it
-    has them. Each "3 h ago" is left as reltime's mark: the page that serves the rows
-    (page_cache) puts the words in as of its request."""
-    rows_cache = caches[CACHE_ALIAS]
-    keys = [_key(b, show_connection=show_connection, oob=oob) for b in batches]
-    found = rows_cache.get_many(keys)
-    fresh = {}
-    with ago_later():
-        for batch, key in zip(batches, keys, strict=True):
-            if key not in found:
-                fresh[key] = render_to_string(
-                    ROW_TEMPLATE, {"batch": batch, "show_connection": show_connection, "oob": oob}
-                )
-    if fresh:
-        rows_cache.set_many(fresh, timeout=TIMEOUT_SECONDS)
-    # The template escaped them.
-    return [mark_safe(found.get(key) or fresh[key]) for key in keys]  # noqa: S308
-
-
-# What a list row shows of its batch, read as values for the list (no model object is made for
-# a row the cache has): `page_rows` keys a finished batch's row by these. The row template and
-# Batch's methods it calls (status, progress, cost, creator) read nothing else; a row whose
-# batch runs also shows its finish-time estimate, which needs the batch object.
+# What a list row shows of its batch: the row template and the Batch methods it calls (status,
+# progress, cost, creator) read nothing else, and a running row's estimate too
+# (tests/test_row_cache.py draws a row from a batch that has only these).
 ROW_COLUMNS = (
     "id",
     "connection_id",
@@ -86,69 +66,75 @@ ROW_COLUMNS = (
     "created_by__username",
     f"metadata__{USER_KEY}",
 )
+# What the list reads of each batch: what its row shows, and what its estimate is made from.
+LIST_COLUMNS = ROW_COLUMNS + tuple(c for c in ETA_COLUMNS if c not in ROW_COLUMNS)
+# The columns of LIST_COLUMNS that are the batch's own fields, in the model's order (a batch
+# object of these alone: `_light`).
+_OWN_FIELDS = tuple(f.attname for f in Batch._meta.concrete_fields if f.attname in LIST_COLUMNS)
 
 
-def page_rows(rows: Sequence[dict[str, Any]], *, access: Access, show_connection: bool) -> list:
-    """The list's rows for ROWS (dicts of ROW_COLUMNS, newest first), in order: a finished
-    batch's from the cache by its values, with no model object made; those the cache lacks and
-    those of running batches (their estimate changes with the clock) drawn from their batches,
-    fetched in one query. Drawing the list afresh after a write made 50 model objects and 50
-    keys of them per request; the values cost a fifth of that (bench/run.py "list (drawn)")."""
+def page_rows(
+    rows: Sequence[dict[str, Any]], *, access: Access, show_connection: bool, oob: bool = False
+) -> list[SafeString]:
+    """The table rows for ROWS (dicts of LIST_COLUMNS, in the order to show), each from the
+    cache by what it shows; those the cache lacks drawn from their batches, fetched in one
+    query. A running row's estimate is made from its values (one query of progress snapshots
+    for all of them). OOB: rows for htmx to swap in by id (the list's live rows)."""
     connections = {c.pk: c for c in access.connections}
-    keys: dict[int, str] = {}
-    for row in rows:
-        if row["status"] in TERMINAL_STATUSES and row["connection_id"] in connections:
-            keys[row["id"]] = _values_key(row, connections[row["connection_id"]], show_connection)
-    found = caches[CACHE_ALIAS].get_many(list(keys.values())) if keys else {}
-    missing = [r["id"] for r in rows if keys.get(r["id"]) not in found]
-    drawn: dict[int, SafeString] = {}
+    running = [_light(row) for row in rows if row["status"] not in TERMINAL_STATUSES]
+    etas_attach(batches=running)
+    etas: dict[int, Eta | None] = {b.pk: b.eta for b in running}
+    keys = {
+        row["id"]: _key(
+            row, connections[row["connection_id"]], etas.get(row["id"]), show_connection, oob
+        )
+        for row in rows
+        if row["connection_id"] in connections
+    }
+    rows_cache = caches[CACHE_ALIAS]
+    found = rows_cache.get_many(list(keys.values())) if keys else {}
+    missing = [row["id"] for row in rows if keys.get(row["id"]) not in found]
+    drawn: dict[int, str] = {}
     if missing:
         batches = list(Batch.objects.for_list().filter(pk__in=missing))
         access.attach(batches)
-        from ..services import etas_attach
-
-        etas_attach(batches=[b for b in batches if not b.is_terminal])
-        fresh = {}
-        for batch, html in zip(
-            batches, rendered_rows(batches, show_connection=show_connection), strict=True
-        ):
-            drawn[batch.pk] = html
-            if batch.pk in keys:  # a finished row: kept under its values too
-                fresh[keys[batch.pk]] = str(html)
+        with ago_later():
+            for batch in batches:
+                batch.eta = etas.get(batch.pk)  # as keyed: made from the same values
+                context = {"batch": batch, "show_connection": show_connection, "oob": oob}
+                drawn[batch.pk] = render_to_string(ROW_TEMPLATE, context)
+        fresh = {keys[pk]: html for pk, html in drawn.items() if pk in keys}
         if fresh:
-            caches[CACHE_ALIAS].set_many(fresh, timeout=TIMEOUT_SECONDS)
-    # The template escaped them.
-    return [drawn.get(r["id"]) or mark_safe(found[keys[r["id"]]]) for r in rows]  # noqa: S308
+            rows_cache.set_many(fresh, timeout=TIMEOUT_SECONDS)
+    shown = (drawn.get(row["id"]) or found.get(keys.get(row["id"], "")) for row in rows)
+    # The template escaped them. A batch deleted since the page's query is left out.
+    return [mark_safe(html) for html in shown if html]  # noqa: S308
 
 
-def _values_key(row: dict[str, Any], connection: Any, show_connection: bool) -> str:
+def _light(row: dict[str, Any]) -> Batch:
+    """A batch object of the row's own fields alone, for what is worked out from them (the
+    estimate, the status in words) without loading the batch: any other field it were asked
+    for would be a query of its own."""
+    alias = router.db_for_read(Batch)
+    return Batch.from_db(alias, _OWN_FIELDS, [row[name] for name in _OWN_FIELDS])
+
+
+def light_batches(rows: Sequence[dict[str, Any]]) -> list[Batch]:
+    """`_light` of each of ROWS (dicts of LIST_COLUMNS)."""
+    return [_light(row) for row in rows]
+
+
+def _key(
+    row: dict[str, Any], connection: Any, eta: Eta | None, show_connection: bool, oob: bool
+) -> str:
     parts = (
         tuple(row[column] for column in ROW_COLUMNS),
         connection.slug,
         connection.name,
-        show_connection,
-        templates_digest(),  # a deploy that changes the templates makes new keys
-    )
-    digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
-    return f"row-values:{row['id']}:{digest}"
-
-
-def _key(batch: Batch, *, show_connection: bool, oob: bool) -> str:
-    eta = getattr(batch, "eta", None)
-    # Every field as loaded but those no page shows (`unseen_fields`: the refresh lease, the
-    # time of the last sync, which every pass moves), and not the estimate (it holds the time
-    # of the request).
-    unseen = BatchQuerySet.unseen_fields | {"eta"}
-    state = [(k, v) for k, v in batch.__dict__.items() if k[0] != "_" and k not in unseen]
-    parts: tuple[Any, ...] = (
-        state,
-        batch.connection.slug,
-        batch.connection.name,
-        batch.creator_name(),
         (eta.state, eta.short(), eta.text()) if eta else None,
         show_connection,
         oob,
         templates_digest(),  # a deploy that changes the templates makes new keys
     )
     digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
-    return f"row:{batch.pk}:{digest}"
+    return f"row:{row['id']}:{digest}"

@@ -51,6 +51,23 @@ SNAPSHOTS_KEPT = 50
 SNAPSHOT_RETENTION = dt.timedelta(days=30)
 
 
+# What `batch_eta` reads of a batch: a list row's estimate is made from these values alone, on
+# a batch object that has no other field (batches/cache/rows.py; reading another would be one
+# query per row, which tests/test_estimates.py would see).
+ETA_COLUMNS = (
+    "id",
+    "status",
+    "created_at",
+    "completion_window",
+    "expires_at",
+    "in_progress_at",
+    "request_total",
+    "request_completed",
+    "request_failed",
+    "synced_at",
+)
+
+
 # --- The arithmetic ---------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .. import roles, services
 from ..cache import pages
-from ..cache.rows import ROW_COLUMNS, page_rows, rendered_rows
+from ..cache.rows import LIST_COLUMNS, light_batches, page_rows
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
@@ -74,7 +74,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
         size=PAGE_SIZE,
-        columns=ROW_COLUMNS,
+        columns=LIST_COLUMNS,
     )
     params = filters.params()
     live = [(r["id"], r["status"]) for r in page.batches if r["status"] not in TERMINAL_STATUSES]
@@ -147,16 +147,21 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
         pk, _, status = item.partition(":")
         if pk.isascii() and pk.isdigit() and len(pk) < 19:  # a row id, not "²" or 10**30
             seen[int(pk)] = status
-    visible = Batch.objects.for_list().visible_to(request.user)
-    batches = list(visible.filter(pk__in=seen).order_by("-created_at", "-id"))
+    user = request.user
+    rows = list(
+        Batch.objects.visible_to(user)
+        .filter(pk__in=seen)
+        .order_by("-created_at", "-id")
+        .values(*LIST_COLUMNS)
+    )
+    batches = light_batches(rows)  # the status in words, with no batch loaded
     announcements = [
         f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
     ]
-    services.etas_attach(batches=batches)  # finish-time estimates: one query for all rows
-    show_connection = len(Connection.objects.listed_to(request.user)) > 1
+    show_connection = len(Connection.objects.listed_to(user)) > 1
+    access = Connection.objects.visible_to(user)
     return {
-        "batches": batches,
-        "rows": rendered_rows(batches, show_connection=show_connection, oob=True),
+        "rows": page_rows(rows, access=access, show_connection=show_connection, oob=True),
         "live_ids": _live_ids([(b.pk, b.status) for b in batches if not b.is_terminal]),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcements": announcements,
