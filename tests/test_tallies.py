@@ -126,3 +126,87 @@ def test_batches_already_cached_are_left_to_the_upsert():
 
     assert inserted == {"batch_new"}
     assert tallies() == counted()
+
+
+# --- Kept per connection (batches/cache/tallies.py) ----------------------------------------
+
+
+@pytest.fixture
+def two_connections(db):
+    from django.contrib.auth.models import Group
+    from django.core.cache import caches
+
+    from batches.models import Connection
+
+    caches["pages"].clear()
+    research = Connection.objects.create(
+        name="Research", slug="research", base_url="https://r.example.test/v1", key_env="R_KEY"
+    )
+    research.groups.add(Group.objects.create(name="Research"))
+    batch_upsert(payload=make_batch(id="batch_d1", status="completed", model="model-d"))
+    batch_upsert(payload=make_batch(id="batch_d2", status="in_progress", model="model-d"))
+    batch_upsert(
+        payload=make_batch(id="batch_r1", status="failed", model="model-secret"),
+        connection=research,
+    )
+    return default_connection(), research
+
+
+def reads(monkeypatch) -> list[list[int]]:
+    from batches.cache import tallies as kept
+
+    seen: list[list[int]] = []
+    real = kept._read
+
+    def counting(ids):
+        seen.append(sorted(ids))
+        return real(ids)
+
+    monkeypatch.setattr(kept, "_read", counting)
+    return seen
+
+
+def test_the_kept_tallies_say_what_the_tallies_say(two_connections, admin_user, viewer):
+    from batches.cache import tallies as kept
+    from batches.models import ListFilters
+
+    del two_connections  # what it made is asked for below
+    everything = kept.of(admin_user)
+    assert dict(everything.statuses) == Batch.objects.tab_counts(admin_user, ListFilters())
+    assert everything.models == {"model-d", "model-secret"}
+    assert dict(kept.of(admin_user, "research").statuses) == {"failed": 1}
+    # A person outside Research sees neither its counts nor its model, named or not.
+    assert kept.of(viewer).models == {"model-d"}
+    assert sum(kept.of(viewer).statuses.values()) == 2
+    assert kept.of(viewer, "research") == kept.Tallies()
+
+
+def test_a_write_to_one_connection_reads_only_its_tallies_again(
+    two_connections, admin_user, monkeypatch
+):
+    from batches.cache import tallies as kept
+
+    default, research = two_connections
+    seen = reads(monkeypatch)
+    kept.of(admin_user)
+    assert seen == [sorted([default.pk, research.pk])]
+    kept.of(admin_user)
+    assert len(seen) == 1  # both kept
+
+    batch_upsert(payload=make_batch(id="batch_d2", status="completed", model="model-d"))
+    now = kept.of(admin_user)
+
+    assert seen[1:] == [[default.pk]]
+    assert dict(now.statuses) == {"completed": 2, "failed": 1}
+
+
+def test_the_list_tabs_and_choices_follow_a_status_change_at_once(two_connections, admin_client):
+    from django.urls import reverse
+
+    page = admin_client.get(reverse("batch-list")).content.decode()
+    assert "model-secret" in page
+    batch_upsert(payload=make_batch(id="batch_d2", status="completed", model="model-d"))
+
+    page = admin_client.get(reverse("batch-list"), {"status": "running"}).content.decode()
+
+    assert "No batch matches these filters" in page

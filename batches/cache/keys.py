@@ -32,7 +32,8 @@ def access_key(user: Any) -> str:
 
 def dormant_key(user: Any, connection_id: int) -> str:
     """Whether the first connection, with no key and no batches, is left out: its batches."""
-    return f"dormant:{generations.of(user).of(connection_id)}:{connection_id}"
+    numbers = ".".join(map(str, generations.of(user).scope([connection_id])))
+    return f"dormant:{numbers}:{connection_id}"
 
 
 def batch_state_key(user: Any, connection_id: int, openai_id: str) -> str:
@@ -47,3 +48,15 @@ def spend_figures_key(shown: tuple[Any, ...]) -> str:
     """The spend page's figures, by everything they show (content-addressed: any change to the
     figures is a new key, whatever wrote it)."""
     return "spend:" + hashlib.sha256(repr(shown).encode()).hexdigest()
+
+
+def tallies_key(snapshot: generations.Snapshot, connection_id: int) -> str:
+    """A connection's tallies (batches/cache/tallies.py): its batches' writes raise its number."""
+    numbers = ".".join(map(str, snapshot.scope([connection_id])))  # a migration raises everyone's
+    return f"tallies:{numbers}:{connection_id}"
+
+
+def names_key(snapshot: generations.Snapshot, user_ids: list[int]) -> str:
+    """The user names of some people: people's changes raise everyone's number."""
+    digest = hashlib.blake2b(repr(user_ids).encode(), digest_size=16).hexdigest()
+    return f"names:{snapshot.everyone}:{digest}"

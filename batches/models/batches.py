@@ -991,22 +991,6 @@ class BatchTallyQuerySet(GenerationQuerySet):
         totals = self.values("status").annotate(n=Sum("count")).order_by()
         return {row["status"]: row["n"] for row in totals if row["n"]}
 
-    def model_choices(self) -> models.QuerySet:
-        """The models of these tallies' batches, in order (the list's model filter)."""
-        counted = self.filter(count__gt=0).exclude(model="")
-        return counted.order_by("model").values_list("model", flat=True).distinct()
-
-    def creator_choices(self) -> models.QuerySet:
-        """The user names of those who made these tallies' batches, in order."""
-        ids = self.filter(count__gt=0).exclude(creator_id=0)
-        ids = ids.values_list("creator_id", flat=True).distinct()
-        return (
-            get_user_model()
-            .objects.filter(pk__in=list(ids))
-            .order_by("username")
-            .values_list("username", flat=True)
-        )
-
 
 class BatchTally(models.Model):
     """How many cached batches share one (connection, status, endpoint, model, creator): kept in

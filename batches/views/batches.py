@@ -22,14 +22,13 @@ from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .. import roles, services
-from ..cache import pages
+from ..cache import pages, tallies
 from ..cache.rows import LIST_COLUMNS, light_batches, page_rows
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
     STATUS_TABS,
     Batch,
-    BatchTally,
     Connection,
     Event,
     ListFilters,
@@ -64,7 +63,7 @@ def batch_list(request: HttpRequest) -> HttpResponse:
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
     user, filters = request.user, _filters(request)
-    totals = tab_totals(Batch.objects.tab_counts(user, filters))
+    totals = tab_totals(tallies.tab_counts(user, filters))
     tabs = [
         {"key": key, "label": title, "count": totals[key], "active": key == filters.status}
         for key, title, _statuses in STATUS_TABS
@@ -78,7 +77,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     )
     params = filters.params()
     live = [(r["id"], r["status"]) for r in page.batches if r["status"] not in TERMINAL_STATUSES]
-    tallies = BatchTally.objects.visible_to(user, connection=filters.connection)
+    kept = tallies.of(user, filters.connection)  # the filters' choices
     connections = Connection.objects.listed_to(user)
     show_connection = len(connections) > 1
     access = Connection.objects.visible_to(user)
@@ -91,8 +90,8 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         "older_url": _page_url(params, after=page.older) if page.older else None,
         "export_url": reverse("batch-export") + _page_url(params),
         "endpoints": ENDPOINTS,
-        "models": tallies.model_choices(),
-        "creators": tallies.creator_choices(),
+        "models": sorted(kept.models),
+        "creators": tallies.creator_names(user, kept.creator_ids),
         "connections": connections,
         "show_connection": show_connection,
         "labels": Batch.objects.label_choices(
