@@ -114,6 +114,32 @@ def test_each_person_gets_their_own_copy(client, one, viewer, submitter):
     assert b"New batch</a>" not in mine.content.split(b"<main", 1)[1]
 
 
+def frames_drawn(response) -> int:
+    return sum(t.name == "base.html" for t in response.templates)
+
+
+def test_a_list_drawn_afresh_goes_in_the_frame_kept_for_the_person(client, one, viewer, submitter):
+    """The frame (menu, banners, freshness line) is kept apart from the body: another filter
+    draws the body only. Its Refresh link is each request's own path, and another person gets
+    a frame of their own."""
+    client.force_login(submitter)
+    first = client.get(LIST)
+    hostile = client.get(LIST, {"q": '"><script>x</script>'})
+
+    assert frames_drawn(first) == 1 and drawn(hostile) and frames_drawn(hostile) == 0
+    refresh = re.search(rb'<a href="([^"]*)" class="refresh-link">', hostile.content).group(1)
+    assert refresh == f"{LIST}?q=%22%3E%3Cscript%3Ex%3C%2Fscript%3E".encode()
+    assert b"<script>x" not in hostile.content and b"\x00" not in hostile.content
+    assert b"New batch</a>" in hostile.content.split(b"<main", 1)[0]  # the submitter's menu
+
+    other = Client()
+    other.force_login(viewer)
+    theirs = other.get(LIST, {"q": "x"})
+    assert frames_drawn(theirs) == 1
+    assert b"New batch</a>" not in theirs.content.split(b"<main", 1)[0]
+    assert viewer.username.encode() in theirs.content.split(b"<main", 1)[0]
+
+
 def test_a_person_who_loses_a_connection_stops_seeing_it_at_once(client, viewer, db):
     research = Connection.objects.create(
         slug="research", name="Research", base_url="http://127.0.0.1:9"

@@ -16,12 +16,15 @@ filters, a timeline. It is kept under a key made of:
 
 The whole page, frame included, is kept under the same key plus what the frame shows that
 changes without a write to batches: the sync states of the person's connections (a sync pass
-writes them). A request with a message to show draws its frame.
+writes them). The frame alone is kept too (`_kept_frame`: the person, the view, the title, the
+sync states, everyone's generation, with marks where the body and the request's path go), so a
+page drawn afresh draws its body only. A request with a message to show draws its frame.
 
-Two things change with the clock or the request, and are put in at serve time: "3 h ago"
-(reltime leaves a mark, batchweb.fill_ago puts the words in) and the CSRF token of the forms (a
-mark replaced by this request's token). The rest that moves with the clock (finish-time
-estimates, "expires in") may be up to TIMEOUT_SECONDS old.
+Three things change with the clock or the request, and are put in at serve time: "3 h ago"
+(reltime leaves a mark, batchweb.fill_ago puts the words in), the CSRF token of the forms (a
+mark replaced by this request's token) and the frame's Refresh link (this request's path).
+The rest that moves with the clock (finish-time estimates, "expires in") may be up to
+TIMEOUT_SECONDS old.
 
 The default cache is per process (LocMemCache, the "pages" alias); with CACHE_URL one cache
 (Redis) is shared by every web process, since the key, not the process, says what a page
@@ -44,6 +47,7 @@ from django.db import connections, router
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
+from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
 from ..models import Connection, SyncState
@@ -54,6 +58,9 @@ CACHE_ALIAS = "pages"
 TIMEOUT_SECONDS = 60
 # Where a form's CSRF token goes: NUL never reaches a page otherwise (payloads.clean_text).
 _CSRF_MARK = "\x00csrf\x00"
+# Where the body goes in a kept frame, and where the request's path goes (its Refresh link).
+_BODY_MARK = "\x00body\x00"
+_PATH_MARK = "\x00path\x00"
 FRAME_TEMPLATE = "batches/framed.html"
 
 
@@ -76,30 +83,60 @@ def framed(
         about = Connection.objects.visible_to(request.user).ids
     about = tuple(about)
     if len(messages.get_messages(request)):  # counted, not read: they stay for the page
-        html = _frame(request, frame_template, body_template, context, title, vary, about)
+        body = _body(request, body_template, context, vary, about)
+        html = _drawn_frame(request, frame_template, title, body)
         return HttpResponse(_served(request, html))
-    key = _key(request, frame_template, (vary, title, frame_template, _freshness(request)), about)
+    freshness = _freshness(request)
+    key = _key(request, frame_template, (vary, title, frame_template, freshness), about)
     html = caches[CACHE_ALIAS].get(key)
     if html is None:
-        html = _frame(request, frame_template, body_template, context, title, vary, about)
+        body = _body(request, body_template, context, vary, about)
+        if frame_template == FRAME_TEMPLATE:
+            html = _kept_frame(request, title, freshness).replace(_BODY_MARK, body, 1)
+        else:
+            html = _drawn_frame(request, frame_template, title, body)
         caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
     return HttpResponse(_served(request, html))
 
 
-def _frame(
-    request: HttpRequest,
-    frame_template: str,
-    body_template: str,
-    context: Callable[[], dict[str, Any]],
-    title: str,
-    vary: tuple[Any, ...],
-    about: tuple[int, ...],
-) -> str:
-    body = mark_safe(_body(request, body_template, context, vary, about))  # noqa: S308
+def _drawn_frame(request: HttpRequest, frame_template: str, title: str, body: str) -> str:
+    """BODY in its frame, drawn for this request."""
     with ago_later():
-        return render_to_string(
-            frame_template, {"body": body, "title": title, "csrf_token": _CSRF_MARK}, request
-        )
+        context = {"body": mark_safe(body), "title": title, "csrf_token": _CSRF_MARK}  # noqa: S308
+        return render_to_string(frame_template, context, request)
+
+
+def _kept_frame(request: HttpRequest, title: str, freshness: tuple[Any, ...]) -> str:
+    """The site's frame (base.html: menu, banners, freshness line) around a mark where the
+    body goes, kept apart from any body: a list drawn afresh (another filter, another page of
+    rows) puts its body in the same frame. The frame shows the person, their role and
+    connections (everyone's generation), the page it is on (the view's name, the title), and
+    the sync states (FRESHNESS); its Refresh link is this request's path, put in at serve
+    time."""
+    user = request.user
+    parts = (
+        generations.of(user).everyone,
+        user.pk,
+        Connection.objects.visible_to(user).ids,
+        request.resolver_match.url_name if request.resolver_match else "",
+        title,
+        freshness,
+        templates_digest(),
+    )
+    digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
+    key = f"frame:{digest}"
+    frame = caches[CACHE_ALIAS].get(key)
+    if frame is None:
+        with ago_later():
+            context = {
+                "body": _BODY_MARK,
+                "title": title,
+                "csrf_token": _CSRF_MARK,
+                "refresh_url": _PATH_MARK,
+            }
+            frame = render_to_string(FRAME_TEMPLATE, context, request)
+        caches[CACHE_ALIAS].set(key, frame, timeout=TIMEOUT_SECONDS)
+    return frame
 
 
 def _body(
@@ -121,9 +158,11 @@ def _body(
 
 
 def _served(request: HttpRequest, html: str) -> str:
-    """The marks filled in: this request's CSRF token, "3 h ago" as of now."""
+    """The marks filled in: this request's CSRF token and path, "3 h ago" as of now."""
     if _CSRF_MARK in html:
         html = html.replace(_CSRF_MARK, get_token(request))
+    if _PATH_MARK in html:
+        html = html.replace(_PATH_MARK, escape(request.get_full_path()))
     return fill_ago(html)
 
 
