@@ -348,3 +348,13 @@ def test_every_template_comment_opens_and_closes_on_one_line():
         if "{#" in line and "#}" not in line[line.index("{#") :]
     ]
     assert not open_ended, open_ended
+
+
+def test_a_body_drawn_in_a_kept_frame_reads_the_sync_states_once(viewer_client, one):
+    """The freshness line's sync states are read for the page's key; the frame's own read of
+    them (the context processor) waits until a frame is drawn."""
+    viewer_client.get(LIST)
+    with CaptureQueriesContext(connection) as queries:
+        response = viewer_client.get(LIST, {"q": "batch"})
+    assert drawn(response) and frames_drawn(response) == 0
+    assert sum("syncstate" in q["sql"] for q in queries.captured_queries) == 1

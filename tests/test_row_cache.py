@@ -325,4 +325,10 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
 
     assert len(full) == 7
     assert [b.eta for b in light] == [b.eta for b in full]
-    assert {b.eta.state for b in full} >= {"on_track", "at_risk", "validating", "finishing", "cancelling"}
+    assert {b.eta.state for b in full} >= {
+        "on_track",
+        "at_risk",
+        "validating",
+        "finishing",
+        "cancelling",
+    }
