@@ -137,7 +137,7 @@ def seed_batches(size: int, connections: int, *, running: int = 40, seed: int = 
     from django.core.management import call_command
     from django.utils import timezone
 
-    from batches.models import Batch, BatchTally, Connection, SpendRollup
+    from batches.models import Batch, BatchTally, Connection, ProgressSnapshot, SpendRollup
 
     call_command("migrate", verbosity=0)
     Batch.objects.all().delete()
@@ -226,6 +226,22 @@ def seed_batches(size: int, connections: int, *, running: int = 40, seed: int = 
         rows.append(batch)
     Batch.objects.bulk_create(rows, batch_size=2000)
     BatchTally.rebuild()
+    # The history the worker keeps of each batch in progress (a snapshot a minute or two while
+    # its counts move), from which the list and its page estimate when it finishes.
+    snapshots = []
+    for batch in Batch.objects.filter(status="in_progress"):
+        for step in range(30, -1, -2):
+            share = (30 - step) / 30
+            snapshots.append(
+                ProgressSnapshot(
+                    batch=batch,
+                    at=now - dt.timedelta(minutes=step),
+                    completed=round(batch.request_completed * share),
+                    failed=round(batch.request_failed * share),
+                    total=batch.request_total,
+                )
+            )
+    ProgressSnapshot.objects.bulk_create(snapshots)
     return admin
 
 

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.cache import rows as row_cache
-from batches.models import Batch, Connection
+from batches.models import USER_KEY, Batch, Connection
 from batches.services import batch_upsert
 from tests.conftest import make_batch
 
@@ -298,8 +298,8 @@ def test_a_running_row_whose_estimate_moved_is_drawn_again(viewer_client, render
 @pytest.mark.django_db
 def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_field_loads):
     """estimates.ETA_COLUMNS holds every field batch_eta reads, in each state a list shows."""
-    from batches.cache.rows import LIST_COLUMNS, light_batches
     from batches.services import etas_attach
+    from batches.services.estimates import ETA_COLUMNS
     from tests.test_estimates_pages import progressing
 
     progressing("batch_on_track")
@@ -317,9 +317,7 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
     )
     now = timezone.now()
     full = list(Batch.objects.filter(running=True).order_by("pk"))
-    light = light_batches(
-        list(Batch.objects.filter(running=True).order_by("pk").values(*LIST_COLUMNS))
-    )
+    light = list(Batch.objects.filter(running=True).order_by("pk").only(*ETA_COLUMNS))
     etas_attach(batches=full, now=now)
     etas_attach(batches=light, now=now)
 
@@ -332,3 +330,27 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
         "finishing",
         "cancelling",
     }
+
+
+@pytest.mark.django_db
+def test_stored_values_name_each_column_as_values_does(submitter):
+    """The list's rows as stored: the same columns under the same names as `values()`, in
+    each row the same values but for the dates, which are as the database keeps them."""
+    from batches.cache.rows import ROW_COLUMNS
+    from batches.models.batches import stored_values
+
+    add("batch_stored_a", metadata={"batchweb_user": submitter.username, "job": "j"})
+    add("batch_stored_b", status="in_progress", metadata=None)
+    rows = Batch.objects.order_by("id")
+
+    stored = stored_values(rows, ROW_COLUMNS)
+    converted = list(rows.values(*ROW_COLUMNS))
+
+    assert [list(row) for row in stored] == [list(row) for row in converted]
+    dates = {"created_at", "cost_computed_at", "cost_usd", f"metadata__{USER_KEY}"}
+    for mine, theirs in zip(stored, converted, strict=True):
+        assert {k: v for k, v in mine.items() if k not in dates} == {
+            k: v for k, v in theirs.items() if k not in dates
+        }
+    assert stored[0][f"metadata__{USER_KEY}"] in (submitter.username, f'"{submitter.username}"')
+    assert stored_values(rows.none(), ROW_COLUMNS) == []

@@ -1,13 +1,13 @@
 """The list's rows, rendered once per version of what each shows and kept in Django's cache.
 
 Rendering 50 rows through the template engine was most of a list request (issue 14); a row
-changes only when what it shows does. The list reads its rows as values (LIST_COLUMNS, no model
-object made), and a row's key is a digest of what it shows (`_key`): the values of ROW_COLUMNS,
-its connection's slug and name, and for a running batch its finish-time estimate in words, made
-from those values too (estimates.ETA_COLUMNS); plus the templates' own text. A write to a batch
-(a sync, a label, a cost, a rename) changes its values and so its key: a cached row is never
-older than the batch just read from the database, and nothing is ever invalidated (old keys
-age out). Only a row the cache lacks loads its batch and draws it.
+changes only when what it shows does. The list reads its rows as the database stores them
+(ROW_COLUMNS, no model object made, no date parsed), and a row's key is a digest of what it
+shows (`_key`): those values, its connection's slug and name, and for a running batch its
+finish-time estimate in words (made from estimates.ETA_COLUMNS); plus the templates' own
+text. A write to a batch (a sync, a label, a cost, a rename) changes its values and so its
+key: a cached row is never older than the batch just read from the database, and nothing is
+ever invalidated (old keys age out). Only a row the cache lacks loads its batch and draws it.
 
 Access is not the cache's business: rows are looked up only for batches the request's own
 query returned (filtered by what the person may see, `Batch.objects.visible_to`), and a row
@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from django.core.cache import caches
-from django.db import router
 from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
@@ -43,9 +42,10 @@ ROW_TEMPLATE = "batches/includes/row.html"
 CACHE_ALIAS = "rows"
 TIMEOUT_SECONDS = 24 * 3600
 
-# What a list row shows of its batch: the row template and the Batch methods it calls (status,
-# progress, cost, creator) read nothing else, and a running row's estimate too
-# (tests/test_row_cache.py draws a row from a batch that has only these).
+# What a list row shows of its batch, read as the database stores it (`stored_values`: no model
+# object, no date parsed) and keyed by: the row template and the Batch methods it calls
+# (status, progress, cost, creator) read nothing else. A running row also shows its estimate,
+# made from estimates.ETA_COLUMNS (tests/test_row_cache.py holds both lists to it).
 ROW_COLUMNS = (
     "id",
     "connection_id",
@@ -66,24 +66,18 @@ ROW_COLUMNS = (
     "created_by__username",
     f"metadata__{USER_KEY}",
 )
-# What the list reads of each batch: what its row shows, and what its estimate is made from.
-LIST_COLUMNS = ROW_COLUMNS + tuple(c for c in ETA_COLUMNS if c not in ROW_COLUMNS)
-# The columns of LIST_COLUMNS that are the batch's own fields, in the model's order (a batch
-# object of these alone: `_light`).
-_OWN_FIELDS = tuple(f.attname for f in Batch._meta.concrete_fields if f.attname in LIST_COLUMNS)
 
 
 def page_rows(
     rows: Sequence[dict[str, Any]], *, access: Access, show_connection: bool, oob: bool = False
 ) -> list[SafeString]:
-    """The table rows for ROWS (dicts of LIST_COLUMNS, in the order to show), each from the
+    """The table rows for ROWS (dicts of ROW_COLUMNS, in the order to show), each from the
     cache by what it shows; those the cache lacks drawn from their batches, fetched in one
-    query. A running row's estimate is made from its values (one query of progress snapshots
-    for all of them). OOB: rows for htmx to swap in by id (the list's live rows)."""
+    query. The running rows' estimates cost two queries whatever their number (their
+    ETA_COLUMNS, their progress snapshots). OOB: rows for htmx to swap in by id (the list's
+    live rows)."""
     connections = {c.pk: c for c in access.connections}
-    running = [_light(row) for row in rows if row["status"] not in TERMINAL_STATUSES]
-    etas_attach(batches=running)
-    etas: dict[int, Eta | None] = {b.pk: b.eta for b in running}
+    etas = _estimates([row["id"] for row in rows if row["status"] not in TERMINAL_STATUSES])
     keys = {
         row["id"]: _key(
             row, connections[row["connection_id"]], etas.get(row["id"]), show_connection, oob
@@ -100,7 +94,7 @@ def page_rows(
         access.attach(batches)
         with ago_later():
             for batch in batches:
-                batch.eta = etas.get(batch.pk)  # as keyed: made from the same values
+                batch.eta = etas.get(batch.pk)  # as keyed
                 context = {"batch": batch, "show_connection": show_connection, "oob": oob}
                 drawn[batch.pk] = render_to_string(ROW_TEMPLATE, context)
         fresh = {keys[pk]: html for pk, html in drawn.items() if pk in keys}
@@ -111,17 +105,14 @@ def page_rows(
     return [mark_safe(html) for html in shown if html]  # noqa: S308
 
 
-def _light(row: dict[str, Any]) -> Batch:
-    """A batch object of the row's own fields alone, for what is worked out from them (the
-    estimate, the status in words) without loading the batch: any other field it were asked
-    for would be a query of its own."""
-    alias = router.db_for_read(Batch)
-    return Batch.from_db(alias, _OWN_FIELDS, [row[name] for name in _OWN_FIELDS])
-
-
-def light_batches(rows: Sequence[dict[str, Any]]) -> list[Batch]:
-    """`_light` of each of ROWS (dicts of LIST_COLUMNS)."""
-    return [_light(row) for row in rows]
+def _estimates(ids: list[int]) -> dict[int, Eta | None]:
+    """The finish-time estimates of these running batches, from batch objects of
+    ETA_COLUMNS alone (any other field asked for would be a query per row)."""
+    if not ids:
+        return {}
+    batches = list(Batch.objects.filter(pk__in=ids).only(*ETA_COLUMNS))
+    etas_attach(batches=batches)
+    return {b.pk: b.eta for b in batches}
 
 
 def _key(

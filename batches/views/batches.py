@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .. import roles, services
 from ..cache import pages, tallies
-from ..cache.rows import LIST_COLUMNS, light_batches, page_rows
+from ..cache.rows import ROW_COLUMNS, page_rows
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
@@ -36,7 +36,7 @@ from ..models import (
     SyncState,
     tab_totals,
 )
-from ..models.batches import TERMINAL_STATUSES
+from ..models.batches import TERMINAL_STATUSES, stored_values
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
@@ -73,7 +73,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
         size=PAGE_SIZE,
-        columns=LIST_COLUMNS,
+        columns=ROW_COLUMNS,
     )
     params = filters.params()
     live = [(r["id"], r["status"]) for r in page.batches if r["status"] not in TERMINAL_STATUSES]
@@ -147,21 +147,22 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
         if pk.isascii() and pk.isdigit() and len(pk) < 19:  # a row id, not "²" or 10**30
             seen[int(pk)] = status
     user = request.user
-    rows = list(
-        Batch.objects.visible_to(user)
-        .filter(pk__in=seen)
-        .order_by("-created_at", "-id")
-        .values(*LIST_COLUMNS)
-    )
-    batches = light_batches(rows)  # the status in words, with no batch loaded
+    visible = Batch.objects.visible_to(user).filter(pk__in=seen)
+    rows = stored_values(visible.order_by("-created_at", "-id"), ROW_COLUMNS)
+    changed = [row["id"] for row in rows if seen[row["id"]] != row["status"]]
     announcements = [
-        f"{b.openai_id} is now {b.display_status()}" for b in batches if seen[b.pk] != b.status
-    ]
+        f"{b.openai_id} is now {b.display_status()}"
+        for b in visible.filter(pk__in=changed).order_by("-created_at", "-id").only(
+            "openai_id", "status", "request_total", "request_completed", "request_failed"
+        )
+    ] if changed else []  # fmt: skip
     show_connection = len(Connection.objects.listed_to(user)) > 1
     access = Connection.objects.visible_to(user)
     return {
         "rows": page_rows(rows, access=access, show_connection=show_connection, oob=True),
-        "live_ids": _live_ids([(b.pk, b.status) for b in batches if not b.is_terminal]),
+        "live_ids": _live_ids(
+            [(r["id"], r["status"]) for r in rows if r["status"] not in TERMINAL_STATUSES]
+        ),
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "announcements": announcements,
         "show_connection": show_connection,
