@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,8 @@ local counter = 0
 request = function()
   counter = counter + 1
   local sep = string.find(wrk.path, "?", 1, true) and "&" or "?"
-  return wrk.format(nil, wrk.path .. sep .. "_fresh=" .. tostring(tid) .. "-" .. counter)
+  local fresh = "_fresh=" .. run .. "-" .. tostring(tid) .. "-" .. counter
+  return wrk.format(nil, wrk.path .. sep .. fresh)
 end
 """
 
@@ -403,7 +405,10 @@ def wrk(
     connections for `duration` seconds; `fresh`: each request a URL never asked before
     (WRK_FRESH), so that no page cache answers it."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT + (WRK_FRESH if fresh else ""))
+        # Each run's URLs are its own: a run that asked the URLs of the one before it (a
+        # warm-up) would be answered from the page cache.
+        run = f'local run = "{uuid.uuid4().hex[:12]}"\n'
+        script.write(WRK_SCRIPT + (run + WRK_FRESH if fresh else ""))
     command = ["wrk", "-t", str(min(connections, 2)), "-c", str(connections)]
     # A slow page at 50 connections may take seconds: wrk's default 2 s timeout would count
     # it as an error instead of measuring it.

@@ -33,7 +33,7 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import USER_KEY, Access, Batch
-from ..models.batches import TERMINAL_STATUSES
+from ..models.batches import TERMINAL_STATUSES, from_stored
 from ..services.estimates import ETA_COLUMNS, Eta, etas_attach
 from ..templatetags.batchweb import ago_later
 from .pages import templates_digest
@@ -66,18 +66,21 @@ ROW_COLUMNS = (
     "created_by__username",
     f"metadata__{USER_KEY}",
 )
+# What the list reads of each batch: what its row shows, and what a running row's estimate is
+# made from.
+LIST_COLUMNS = ROW_COLUMNS + tuple(c for c in ETA_COLUMNS if c not in ROW_COLUMNS)
 
 
 def page_rows(
     rows: Sequence[dict[str, Any]], *, access: Access, show_connection: bool, oob: bool = False
 ) -> list[SafeString]:
-    """The table rows for ROWS (dicts of ROW_COLUMNS, in the order to show), each from the
-    cache by what it shows; those the cache lacks drawn from their batches, fetched in one
-    query. The running rows' estimates cost two queries whatever their number (their
-    ETA_COLUMNS, their progress snapshots). OOB: rows for htmx to swap in by id (the list's
-    live rows)."""
+    """The table rows for ROWS (stored values of LIST_COLUMNS, in the order to show), each
+    from the cache by what it shows; those the cache lacks drawn from their batches, fetched
+    in one query. The running rows' estimates are made from their values and one query of
+    progress snapshots for all of them. OOB: rows for htmx to swap in by id (the list's live
+    rows)."""
     connections = {c.pk: c for c in access.connections}
-    etas = _estimates([row["id"] for row in rows if row["status"] not in TERMINAL_STATUSES])
+    etas = _estimates([row for row in rows if row["status"] not in TERMINAL_STATUSES])
     keys = {
         row["id"]: _key(
             row, connections[row["connection_id"]], etas.get(row["id"]), show_connection, oob
@@ -105,12 +108,10 @@ def page_rows(
     return [mark_safe(html) for html in shown if html]  # noqa: S308
 
 
-def _estimates(ids: list[int]) -> dict[int, Eta | None]:
-    """The finish-time estimates of these running batches, from batch objects of
+def _estimates(rows: list[dict[str, Any]]) -> dict[int, Eta | None]:
+    """The finish-time estimates of the batches of these rows, from batch objects of their
     ETA_COLUMNS alone (any other field asked for would be a query per row)."""
-    if not ids:
-        return {}
-    batches = list(Batch.objects.filter(pk__in=ids).only(*ETA_COLUMNS))
+    batches = [from_stored(row, ETA_COLUMNS) for row in rows]
     etas_attach(batches=batches)
     return {b.pk: b.eta for b in batches}
 

@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import EmptyResultSet
-from django.db import IntegrityError, connections, models, transaction
+from django.db import IntegrityError, connections, models, router, transaction
 from django.db import connection as db_connection
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
@@ -345,6 +345,26 @@ def stored_values(rows: models.QuerySet, columns: Sequence[str]) -> list[dict[st
     with connections[rows.db].cursor() as cursor:
         cursor.execute(sql, params)
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def from_stored(row: dict[str, Any], fields: Sequence[str]) -> Batch:
+    """A batch object of FIELDS alone, from a row of `stored_values`: each value converted as
+    the ORM converts it (the database's converters, then the field's). Any other field asked
+    for would be a query of its own."""
+    alias = router.db_for_read(Batch)
+    connection = connections[alias]
+    names = [f.attname for f in Batch._meta.concrete_fields if f.attname in fields]
+    values = []
+    for name in names:
+        column = Batch._meta.get_field(name).get_col(Batch._meta.db_table)
+        value = row[name]
+        for convert in [
+            *connection.ops.get_db_converters(column),
+            *column.get_db_converters(connection),
+        ]:
+            value = convert(value, column, connection)
+        values.append(value)
+    return Batch.from_db(alias, names, values)
 
 
 def label_choices(*, connection_ids: Sequence[int] | None, limit: int) -> list[str]:

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .. import roles, services
 from ..cache import pages, tallies
-from ..cache.rows import ROW_COLUMNS, page_rows
+from ..cache.rows import LIST_COLUMNS, page_rows
 from ..forms import BatchFilterForm, LabelForm
 from ..jsonl_check import ENDPOINTS
 from ..models import (
@@ -73,7 +73,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
         after=_int_param(request, "after"),
         before=_int_param(request, "before"),
         size=PAGE_SIZE,
-        columns=ROW_COLUMNS,
+        columns=LIST_COLUMNS,
     )
     params = filters.params()
     live = [(r["id"], r["status"]) for r in page.batches if r["status"] not in TERMINAL_STATUSES]
@@ -148,7 +148,7 @@ def _live_rows_context(request: HttpRequest) -> dict[str, Any]:
             seen[int(pk)] = status
     user = request.user
     visible = Batch.objects.visible_to(user).filter(pk__in=seen)
-    rows = stored_values(visible.order_by("-created_at", "-id"), ROW_COLUMNS)
+    rows = stored_values(visible.order_by("-created_at", "-id"), LIST_COLUMNS)
     changed = [row["id"] for row in rows if seen[row["id"]] != row["status"]]
     announcements = [
         f"{b.openai_id} is now {b.display_status()}"
