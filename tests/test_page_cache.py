@@ -358,3 +358,22 @@ def test_a_body_drawn_in_a_kept_frame_reads_the_sync_states_once(viewer_client, 
         response = viewer_client.get(LIST, {"q": "batch"})
     assert drawn(response) and frames_drawn(response) == 0
     assert sum("syncstate" in q["sql"] for q in queries.captured_queries) == 1
+
+
+@pytest.mark.parametrize(
+    "backend",
+    ["batches.services.signin.PasswordBackend", "batches.services.signin.CompanyBackend"],
+)
+def test_the_person_of_a_session_is_kept_whichever_way_they_signed_in(viewer, one, backend):
+    """KeptUsers serves the session's person from the cache for password and company sign-ins
+    alike (no query of auth_user on a page served from the cache), and a deactivation still
+    signs them out at once."""
+    client = Client()
+    client.force_login(viewer, backend=backend)
+    client.get(LIST)
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(LIST).status_code == 200
+    assert not [q for q in queries.captured_queries if '"auth_user"' in q["sql"]]
+    viewer.is_active = False
+    viewer.save()
+    assert client.get(LIST).status_code == 302

@@ -111,9 +111,11 @@ def company_account_for(*, issuer: str, subject: str, claims: dict[str, Any]) ->
 
 class KeptUsers:
     """The person of a session, kept for everyone's cache generation (which every change to
-    people raises: a new password, deactivation, groups) instead of read on every request. In
-    the "people" cache, per process whatever CACHE_URL says: an account holds its password
-    hash, which no shared cache is given."""
+    people raises: a new password, deactivation, groups) instead of read on every request,
+    whichever backend signed them in. In the "people" cache, per process whatever CACHE_URL
+    says: an account holds its password hash, which no shared cache is given. A person the
+    backend may not sign in (`user_can_authenticate`: deactivated; password sign-ins switched
+    off) gets no session, from the cache or not."""
 
     def get_user(self, user_id: Any) -> Any:
         current = generations.snapshot()
@@ -124,10 +126,13 @@ class KeptUsers:
             if user is None:
                 return None
             caches[keys.PEOPLE].set(key, user)
-        elif hasattr(self, "user_can_authenticate") and not self.user_can_authenticate(user):
+        if not self.user_can_authenticate(user):
             return None
         generations.keep(user, current)  # the rest of the request reads it from the person
         return user
+
+    def user_can_authenticate(self, user: Any) -> bool:
+        return ModelBackend.user_can_authenticate(self, user)  # type: ignore[arg-type]
 
 
 class PasswordBackend(KeptUsers, ModelBackend):
@@ -174,9 +179,6 @@ class CompanyBackend(KeptUsers, OIDCAuthenticationBackend):
         self.OIDC_RP_IDP_SIGN_KEY = None
         self.id_token = ""
         self.roles: list[str] = []  # the mapped groups, once signed in
-
-    def get_user(self, user_id: Any) -> Any:
-        return ModelBackend.get_user(self, user_id)  # refuses inactive accounts
 
     def authenticate(self, request: HttpRequest, *, nonce: str, code_verifier: str | None) -> Any:  # type: ignore[override]
         document = provider_metadata()
