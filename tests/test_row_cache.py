@@ -320,7 +320,7 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
     now = timezone.now()
     full = list(Batch.objects.filter(running=True).order_by("pk"))
     stored = stored_values(Batch.objects.filter(running=True).order_by("pk"), LIST_COLUMNS)
-    light = [from_stored(row, ETA_COLUMNS) for row in stored]
+    light = from_stored(stored, ETA_COLUMNS)
     etas_attach(batches=full, now=now)
     etas_attach(batches=light, now=now)
 

@@ -111,7 +111,7 @@ def page_rows(
 def _estimates(rows: list[dict[str, Any]]) -> dict[int, Eta | None]:
     """The finish-time estimates of the batches of these rows, from batch objects of their
     ETA_COLUMNS alone (any other field asked for would be a query per row)."""
-    batches = [from_stored(row, ETA_COLUMNS) for row in rows]
+    batches = from_stored(rows, ETA_COLUMNS)
     etas_attach(batches=batches)
     return {b.pk: b.eta for b in batches}
 

@@ -347,24 +347,32 @@ def stored_values(rows: models.QuerySet, columns: Sequence[str]) -> list[dict[st
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def from_stored(row: dict[str, Any], fields: Sequence[str]) -> Batch:
-    """A batch object of FIELDS alone, from a row of `stored_values`: each value converted as
-    the ORM converts it (the database's converters, then the field's). Any other field asked
-    for would be a query of its own."""
+def from_stored(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[Batch]:
+    """Batch objects of FIELDS alone, from rows of `stored_values`: each value converted as
+    the ORM converts it (the database's converters, then the field's; worked out once per
+    field, not per row). Any other field asked for would be a query of its own."""
     alias = router.db_for_read(Batch)
     connection = connections[alias]
-    names = [f.attname for f in Batch._meta.concrete_fields if f.attname in fields]
-    values = []
-    for name in names:
-        column = Batch._meta.get_field(name).get_col(Batch._meta.db_table)
-        value = row[name]
-        for convert in [
-            *connection.ops.get_db_converters(column),
-            *column.get_db_converters(connection),
-        ]:
-            value = convert(value, column, connection)
-        values.append(value)
-    return Batch.from_db(alias, names, values)
+    names, conversions = [], []
+    for model_field in Batch._meta.concrete_fields:
+        if model_field.attname in fields:
+            column = model_field.get_col(Batch._meta.db_table)
+            converters = [
+                *connection.ops.get_db_converters(column),
+                *column.get_db_converters(connection),
+            ]
+            names.append(model_field.attname)
+            conversions.append((column, converters))
+    batches = []
+    for row in rows:
+        values = []
+        for name, (column, converters) in zip(names, conversions, strict=True):
+            value = row[name]
+            for convert in converters:
+                value = convert(value, column, connection)
+            values.append(value)
+        batches.append(Batch.from_db(alias, names, values))
+    return batches
 
 
 def label_choices(*, connection_ids: Sequence[int] | None, limit: int) -> list[str]:
