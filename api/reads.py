@@ -21,6 +21,7 @@ from django.db import connections, router
 from django.db.models import Model
 
 from batches.models import Batch
+from batches.models.stored import field_converters
 
 from .models import ApiToken
 
@@ -34,13 +35,6 @@ def _columns(model: type[Model], alias: str) -> str:
     return ", ".join(f"{alias}.{q(field.column)}" for field in model._meta.concrete_fields)
 
 
-def _field_converters(db: Any, field: Any) -> tuple[tuple, Any]:
-    """The converters the ORM's compiler applies to `field`'s column (the backend's, then the
-    field's), and the column expression they are called with."""
-    column = field.get_col(field.model._meta.db_table)
-    return tuple(db.ops.get_db_converters(column) + field.get_db_converters(db)), column
-
-
 @cache
 def _converters(model: type[Model], vendor: str) -> tuple[tuple[int, tuple, Any], ...]:
     """For each column of `model` that needs converting: its position, its converters and
@@ -48,7 +42,7 @@ def _converters(model: type[Model], vendor: str) -> tuple[tuple[int, tuple, Any]
     db = _db(model)
     found = []
     for position, field in enumerate(model._meta.concrete_fields):
-        functions, column = _field_converters(db, field)
+        functions, column = field_converters(db, field)
         if functions:
             found.append((position, functions, column))
     return tuple(found)
@@ -122,7 +116,7 @@ def cached_payloads(*, connection_id: int, after: str | None, limit: int) -> lis
     else:
         sql, params = _page_sql(after=False), [connection_id, limit]
     db = _db(Batch)
-    functions, column = _field_converters(db, Batch._meta.get_field("raw"))
+    functions, column = field_converters(db, Batch._meta.get_field("raw"))
     payloads = []
     for (value,) in _fetch(Batch, sql, params):
         for function in functions:  # the JSON text decoded, as the field decodes it

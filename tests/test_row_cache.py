@@ -299,7 +299,7 @@ def test_a_running_row_whose_estimate_moved_is_drawn_again(viewer_client, render
 def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_field_loads):
     """estimates.ETA_COLUMNS holds every field batch_eta reads, in each state a list shows."""
     from batches.cache.rows import LIST_COLUMNS
-    from batches.models.batches import from_stored, stored_values
+    from batches.models.stored import from_stored, stored_values
     from batches.services import etas_attach
     from batches.services.estimates import ETA_COLUMNS
     from tests.test_estimates_pages import progressing
@@ -320,7 +320,7 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
     now = timezone.now()
     full = list(Batch.objects.filter(running=True).order_by("pk"))
     stored = stored_values(Batch.objects.filter(running=True).order_by("pk"), LIST_COLUMNS)
-    light = from_stored(stored, ETA_COLUMNS)
+    light = from_stored(Batch, stored, ETA_COLUMNS)
     etas_attach(batches=full, now=now)
     etas_attach(batches=light, now=now)
 
@@ -340,7 +340,7 @@ def test_stored_values_name_each_column_as_values_does(submitter):
     """The list's rows as stored: the same columns under the same names as `values()`, in
     each row the same values but for the dates, which are as the database keeps them."""
     from batches.cache.rows import ROW_COLUMNS
-    from batches.models.batches import stored_values
+    from batches.models.stored import stored_values
 
     add("batch_stored_a", metadata={"batchweb_user": submitter.username, "job": "j"})
     add("batch_stored_b", status="in_progress", metadata=None)

@@ -33,7 +33,8 @@ from django.template.loader import render_to_string
 from django.utils.safestring import SafeString, mark_safe
 
 from ..models import USER_KEY, Access, Batch
-from ..models.batches import TERMINAL_STATUSES, from_stored
+from ..models.batches import TERMINAL_STATUSES
+from ..models.stored import from_stored
 from ..services.estimates import ETA_COLUMNS, Eta, etas_attach
 from ..templatetags.batchweb import ago_later
 from .pages import templates_digest
@@ -111,7 +112,7 @@ def page_rows(
 def _estimates(rows: list[dict[str, Any]]) -> dict[int, Eta | None]:
     """The finish-time estimates of the batches of these rows, from batch objects of their
     ETA_COLUMNS alone (any other field asked for would be a query per row)."""
-    batches = from_stored(rows, ETA_COLUMNS)
+    batches = from_stored(Batch, rows, ETA_COLUMNS)
     etas_attach(batches=batches)
     return {b.pk: b.eta for b in batches}
 

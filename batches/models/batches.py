@@ -11,8 +11,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import EmptyResultSet
-from django.db import IntegrityError, connections, models, router, transaction
+from django.db import IntegrityError, models, transaction
 from django.db import connection as db_connection
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
@@ -21,6 +20,7 @@ from ..payloads import clean_json, clean_text
 from .connections import Access, Connection, default_connection_id
 from .costs import dollars
 from .generation import GenerationQuerySet
+from .stored import stored_values
 
 
 class Status(models.TextChoices):
@@ -328,51 +328,6 @@ class BatchQuerySet(GenerationQuerySet):
 
 def _fetch(rows: BatchQuerySet, columns: tuple[str, ...]) -> list[Any]:
     return stored_values(rows, columns) if columns else list(rows)
-
-
-def stored_values(rows: models.QuerySet, columns: Sequence[str]) -> list[dict[str, Any]]:
-    """`rows.values(*columns)` as the database gives them, without Django's converters: on
-    SQLite each date is parsed from its text, which was a third of the list's query (250 dates
-    a page). For values that are only compared or keyed (the list's row cache), never shown
-    or computed with: a date is text on SQLite and a datetime on PostgreSQL."""
-    query = rows.values(*columns).query
-    # The order Django's own ValuesIterable names the columns in.
-    names = [*query.extra_select, *query.values_select, *query.annotation_select]
-    try:
-        sql, params = query.sql_with_params()
-    except EmptyResultSet:  # rows.none(): a connection the person may not see
-        return []
-    with connections[rows.db].cursor() as cursor:
-        cursor.execute(sql, params)
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def from_stored(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[Batch]:
-    """Batch objects of FIELDS alone, from rows of `stored_values`: each value converted as
-    the ORM converts it (the database's converters, then the field's; worked out once per
-    field, not per row). Any other field asked for would be a query of its own."""
-    alias = router.db_for_read(Batch)
-    connection = connections[alias]
-    names, conversions = [], []
-    for model_field in Batch._meta.concrete_fields:
-        if model_field.attname in fields:
-            column = model_field.get_col(Batch._meta.db_table)
-            converters = [
-                *connection.ops.get_db_converters(column),
-                *column.get_db_converters(connection),
-            ]
-            names.append(model_field.attname)
-            conversions.append((column, converters))
-    batches = []
-    for row in rows:
-        values = []
-        for name, (column, converters) in zip(names, conversions, strict=True):
-            value = row[name]
-            for convert in converters:
-                value = convert(value, column, connection)
-            values.append(value)
-        batches.append(Batch.from_db(alias, names, values))
-    return batches
 
 
 def label_choices(*, connection_ids: Sequence[int] | None, limit: int) -> list[str]:

@@ -36,7 +36,8 @@ from ..models import (
     SyncState,
     tab_totals,
 )
-from ..models.batches import TERMINAL_STATUSES, stored_values
+from ..models.batches import TERMINAL_STATUSES
+from ..models.stored import stored_values
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
