@@ -357,3 +357,32 @@ def test_stored_values_name_each_column_as_values_does(submitter):
         }
     assert stored[0][f"metadata__{USER_KEY}"] in (submitter.username, f'"{submitter.username}"')
     assert stored_values(rows.none(), ROW_COLUMNS) == []
+
+
+@pytest.mark.django_db
+def test_a_running_rows_snapshots_are_read_again_only_when_its_counts_move(viewer_client):
+    """The snapshots behind a running row's estimate are kept by its status and counts: the
+    list drawn again reads none, and a write that moves the counts (and adds a snapshot in
+    the same transaction) has them read again."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.test_estimates_pages import progressing
+
+    batch = progressing("batch_kept_history")
+
+    drawn = iter(range(10))
+
+    def snapshot_reads() -> int:
+        with CaptureQueriesContext(connection) as queries:  # a URL not asked before: drawn
+            response = viewer_client.get(LIST, {"drawn": next(drawn)})
+        assert "left" in row_of(response, batch)
+        return sum("progresssnapshot" in q["sql"] for q in queries.captured_queries)
+
+    assert snapshot_reads() == 1
+    assert snapshot_reads() == 0
+    later = timezone.now() + dt.timedelta(minutes=3)
+    payload = {**batch.payload}
+    payload["request_counts"] = {**payload["request_counts"], "completed": 260}
+    batch_upsert(payload=payload, now=later)
+    assert snapshot_reads() == 1

@@ -60,3 +60,10 @@ def names_key(snapshot: generations.Snapshot, user_ids: list[int]) -> str:
     """The user names of some people: people's changes raise everyone's number."""
     digest = hashlib.blake2b(repr(user_ids).encode(), digest_size=16).hexdigest()
     return f"names:{snapshot.everyone}:{digest}"
+
+
+def history_key(row: dict[str, Any]) -> str:
+    """A running batch's progress snapshots (batches/cache/rows.py), by its status and counts,
+    which the write that adds a snapshot changes in the same transaction."""
+    counts = (row["request_completed"], row["request_failed"], row["request_total"])
+    return f"history:{row['id']}:{row['status']}:" + ":".join(map(str, counts))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from django.core.cache import caches
@@ -35,13 +36,16 @@ from django.utils.safestring import SafeString, mark_safe
 from ..models import USER_KEY, Access, Batch
 from ..models.batches import TERMINAL_STATUSES
 from ..models.stored import from_stored
-from ..services.estimates import ETA_COLUMNS, Eta, etas_attach
+from ..services.estimates import ETA_COLUMNS, Eta, etas_attach, history, in_lookback
 from ..templatetags.batchweb import ago_later
+from . import keys
 from .pages import templates_digest
 
 ROW_TEMPLATE = "batches/includes/row.html"
 CACHE_ALIAS = "rows"
 TIMEOUT_SECONDS = 24 * 3600
+# How long a running batch's snapshots are kept (`_histories`).
+HISTORY_SECONDS = 60
 
 # What a list row shows of its batch, read as the database stores it (`stored_values`: no model
 # object, no date parsed) and keyed by: the row template and the Batch methods it calls
@@ -111,10 +115,32 @@ def page_rows(
 
 def _estimates(rows: list[dict[str, Any]]) -> dict[int, Eta | None]:
     """The finish-time estimates of the batches of these rows, from batch objects of their
-    ETA_COLUMNS alone (any other field asked for would be a query per row)."""
+    ETA_COLUMNS alone (any other field asked for would be a query per row) and their progress
+    snapshots, kept per batch by its status and counts (`_histories`)."""
     batches = from_stored(Batch, rows, ETA_COLUMNS)
-    etas_attach(batches=batches)
+    by_id = {row["id"]: row for row in rows}
+    etas_attach(batches=batches, histories=partial(_histories, by_id))
     return {b.pk: b.eta for b in batches}
+
+
+def _histories(
+    rows: dict[int, dict[str, Any]], batches: list[Batch], *, now: Any
+) -> dict[int, list[tuple[Any, int]]]:
+    """`estimates.history` of BATCHES, each kept under its status and counts (ROWS, by id, as
+    stored): a snapshot is only ever written with a change to them, in the same transaction,
+    so a kept history lacks none. Kept HISTORY_SECONDS at most, and read back as `history`
+    would read it then (`in_lookback`): the same points as a query, without the query."""
+    cache = caches[keys.PAGES]
+    wanted = {b.pk: keys.history_key(rows[b.pk]) for b in batches}
+    found = cache.get_many(list(wanted.values())) if wanted else {}
+    missing = [b for b in batches if wanted[b.pk] not in found]
+    fresh = history(missing, now=now) if missing else {}
+    if fresh:
+        cache.set_many({wanted[pk]: points for pk, points in fresh.items()}, HISTORY_SECONDS)
+    return {
+        b.pk: fresh[b.pk] if b.pk in fresh else in_lookback(found[wanted[b.pk]], now=now)
+        for b in batches
+    }
 
 
 def _key(

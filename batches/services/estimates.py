@@ -14,7 +14,7 @@ one query for all their snapshots.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,7 +275,7 @@ def batch_eta(
     if not batch.request_total:
         return Eta("too_early", now=now, deadline=deadline, reason="no request count yet")
     if snapshots is None:
-        snapshots = _history([batch], now=now).get(batch.pk, [])
+        snapshots = history([batch], now=now).get(batch.pk, [])
     points = list(snapshots)
     if not points and batch.in_progress_at:
         points = [(batch.in_progress_at, 0)] if not batch.requests_done else []
@@ -301,7 +301,7 @@ def batch_eta(
     )
 
 
-def _history(batches: Sequence[Batch], *, now: dt.datetime) -> dict[int, list[tuple[Any, int]]]:
+def history(batches: Sequence[Batch], *, now: dt.datetime) -> dict[int, list[tuple[Any, int]]]:
     """The (time, requests done) snapshots of these batches over LOOKBACK, and the latest of
     each whatever its age: one query for all of them, and one more for those with none that
     recent (a batch stalled for an hour). Two plain queries cost half of one with a subquery
@@ -327,14 +327,27 @@ def _history(batches: Sequence[Batch], *, now: dt.datetime) -> dict[int, list[tu
     return out
 
 
-def etas_attach(*, batches: Sequence[Batch], now: dt.datetime | None = None) -> None:
+def in_lookback(points: Sequence[tuple[Any, int]], *, now: dt.datetime) -> list[tuple[Any, int]]:
+    """What `history` would read now of POINTS (a batch's history as read a little earlier,
+    oldest first): those within LOOKBACK, or else the latest whatever its age."""
+    recent = [point for point in points if point[0] >= now - LOOKBACK]
+    return recent or list(points[-1:])
+
+
+def etas_attach(
+    *,
+    batches: Sequence[Batch],
+    now: dt.datetime | None = None,
+    histories: Callable[..., dict[int, list[tuple[Any, int]]]] | None = None,
+) -> None:
     """Set `batch.eta` on each of these batches (None for ended ones), reading the snapshots of
-    the running ones in a single query: a page's cost does not grow with its rows."""
+    the running ones in a single query (HISTORIES: `history` or what keeps its answers): a
+    page's cost does not grow with its rows."""
     now = now or timezone.now()
     running = [b for b in batches if b.status not in TERMINAL_STATUSES]
-    history = _history([b for b in running if b.status == Status.IN_PROGRESS], now=now)
+    found = (histories or history)([b for b in running if b.status == Status.IN_PROGRESS], now=now)
     for batch in batches:
-        batch.eta = batch_eta(batch=batch, now=now, snapshots=history.get(batch.pk, []))
+        batch.eta = batch_eta(batch=batch, now=now, snapshots=found.get(batch.pk, []))
 
 
 # --- Keeping the history ----------------------------------------------------------------------
