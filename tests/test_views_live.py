@@ -188,3 +188,22 @@ def test_the_live_rows_refresh_link_reloads_the_list_as_filtered_and_nothing_els
     assert link is not None and link.group(1) == refresh
     poller = re.search(r'<div id="list-poller"[^>]*>', response.content.decode()).group(0)
     assert "back=" in poller and "elsewhere" not in poller
+
+
+def test_the_live_rows_frame_is_kept_per_refresh_link(viewer_client):
+    """The freshness line around the live rows is kept like a page's frame: asked for other
+    rows, only the rows are drawn; asked from another list, its own Refresh link."""
+    running = add("batch_run", "in_progress")
+    other = add("batch_run2", "in_progress")
+    url = reverse("batch-rows-live")
+
+    def frames(response) -> int:
+        return sum(t.name.endswith("rows_live_framed.html") for t in response.templates)
+
+    first = viewer_client.get(url, {"ids": f"{running.pk}:in_progress", "back": "/?q=a"})
+    second = viewer_client.get(url, {"ids": f"{other.pk}:in_progress", "back": "/?q=a"})
+    third = viewer_client.get(url, {"ids": f"{other.pk}:in_progress", "back": "/?q=b"})
+
+    assert (frames(first), frames(second), frames(third)) == (1, 0, 1)
+    assert 'href="/?q=a" class="refresh-link"' in second.content.decode()
+    assert 'href="/?q=b" class="refresh-link"' in third.content.decode()

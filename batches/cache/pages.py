@@ -16,7 +16,7 @@ filters, a timeline. It is kept under a key made of:
 
 The whole page, frame included, is kept under the same key plus what the frame shows that
 changes without a write to batches: the sync states of the person's connections (a sync pass
-writes them). The frame alone is kept too (`_kept_frame`: the person, the view, the title, the
+writes them). The frame alone is kept too (`_frame`: the person, the view, the title, the
 sync states, everyone's generation, with marks where the body and the request's path go), so a
 page drawn afresh draws its body only. A request with a message to show draws its frame.
 
@@ -48,7 +48,6 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.template.loader import render_to_string
 from django.utils.html import escape
-from django.utils.safestring import mark_safe
 
 from ..models import Connection, SyncState
 from ..templatetags.batchweb import ago_later, fill_ago
@@ -73,69 +72,74 @@ def framed(
     vary: tuple[Any, ...] = (),
     frame_template: str = FRAME_TEMPLATE,
     about: Iterable[int] | None = None,
+    refresh_url: str = "",
 ) -> HttpResponse:
     """The page: the body from the cache (drawn by `body_template` with `context()` when the
     cache has none for this key) in its frame. The whole page is kept too, for as long as the
     freshness line and banners it shows stay the same; a request with a message to show draws
     its frame. ABOUT: the connections whose batches the body shows (default: every one the
-    person may see); a write to another connection's batches keeps it."""
+    person may see); a write to another connection's batches keeps it. REFRESH_URL: where the
+    freshness line's Refresh link goes (default: this request's path)."""
     if about is None:
         about = Connection.objects.visible_to(request.user).ids
     about = tuple(about)
     if len(messages.get_messages(request)):  # counted, not read: they stay for the page
         body = _body(request, body_template, context, vary, about)
-        html = _drawn_frame(request, frame_template, title, body)
-        return HttpResponse(_served(request, html))
+        frame = _frame(request, frame_template, title, refresh_url, keep=False)
+        return HttpResponse(_served(request, frame.replace(_BODY_MARK, body, 1)))
     freshness = _freshness(request)
     key = _key(request, frame_template, (vary, title, frame_template, freshness), about)
     html = caches[CACHE_ALIAS].get(key)
     if html is None:
         body = _body(request, body_template, context, vary, about)
-        if frame_template == FRAME_TEMPLATE:
-            html = _kept_frame(request, title, freshness).replace(_BODY_MARK, body, 1)
-        else:
-            html = _drawn_frame(request, frame_template, title, body)
+        frame = _frame(request, frame_template, title, refresh_url, freshness=freshness)
+        html = frame.replace(_BODY_MARK, body, 1)
         caches[CACHE_ALIAS].set(key, html, timeout=TIMEOUT_SECONDS)
     return HttpResponse(_served(request, html))
 
 
-def _drawn_frame(request: HttpRequest, frame_template: str, title: str, body: str) -> str:
-    """BODY in its frame, drawn for this request."""
-    with ago_later():
-        context = {"body": mark_safe(body), "title": title, "csrf_token": _CSRF_MARK}  # noqa: S308
-        return render_to_string(frame_template, context, request)
-
-
-def _kept_frame(request: HttpRequest, title: str, freshness: tuple[Any, ...]) -> str:
-    """The site's frame (base.html: menu, banners, freshness line) around a mark where the
-    body goes, kept apart from any body: a list drawn afresh (another filter, another page of
-    rows) puts its body in the same frame. The frame shows the person, their role and
-    connections (everyone's generation), the page it is on (the view's name, the title), and
-    the sync states (FRESHNESS); its Refresh link is this request's path, put in at serve
-    time."""
+def _frame(
+    request: HttpRequest,
+    template: str,
+    title: str,
+    refresh_url: str,
+    *,
+    keep: bool = True,
+    freshness: tuple[Any, ...] = (),
+) -> str:
+    """The frame (base.html: menu, banners, freshness line; or a live fragment's freshness
+    line) around a mark where the body goes, kept apart from any body: a page drawn afresh
+    (another filter, another page of rows) puts its body in the same frame. The frame shows
+    the person, their role and connections (everyone's generation), the page it is on (the
+    view's name, the title), the sync states (FRESHNESS) and the Refresh link, which is this
+    request's path (put in at serve time) unless the view names it. Not kept (KEEP false)
+    when it shows messages."""
     user = request.user
     parts = (
         generations.of(user).everyone,
         user.pk,
         Connection.objects.visible_to(user).ids,
+        template,
         request.resolver_match.url_name if request.resolver_match else "",
         title,
+        refresh_url,
         freshness,
         templates_digest(),
     )
     digest = hashlib.blake2b(pickle.dumps(parts, protocol=5), digest_size=16).hexdigest()
     key = f"frame:{digest}"
-    frame = caches[CACHE_ALIAS].get(key)
+    frame = caches[CACHE_ALIAS].get(key) if keep else None
     if frame is None:
         with ago_later():
             context = {
                 "body": _BODY_MARK,
                 "title": title,
                 "csrf_token": _CSRF_MARK,
-                "refresh_url": _PATH_MARK,
+                "refresh_url": refresh_url or _PATH_MARK,
             }
-            frame = render_to_string(FRAME_TEMPLATE, context, request)
-        caches[CACHE_ALIAS].set(key, frame, timeout=TIMEOUT_SECONDS)
+            frame = render_to_string(template, context, request)
+        if keep:
+            caches[CACHE_ALIAS].set(key, frame, timeout=TIMEOUT_SECONDS)
     return frame
 
 

@@ -41,6 +41,7 @@ from ..models.stored import stored_values
 from ..openai_client import OpenAIError
 from ..results import ResultSummary
 from ..services.result_files import batches_csv
+from ..templatetags.batchweb import list_url
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
 from .health import late_seconds
@@ -138,6 +139,7 @@ def batch_rows_live(request: HttpRequest) -> HttpResponse:
         body_template="batches/includes/rows_live.html",
         context=lambda: _live_rows_context(request),
         frame_template="batches/includes/rows_live_framed.html",
+        refresh_url=list_url(request.GET.get("back", "")),  # the list as the person filtered it
     )
 
 
@@ -187,6 +189,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
         body_template="batches/detail_live_response.html",
         context=lambda: _live_detail_context(request, slug, openai_id, worker),
         frame_template="batches/detail_live_framed.html",
+        refresh_url=reverse("batch-detail", args=[slug, openai_id]),
         vary=(pk, worker),
         about=[connection_id],
     )
