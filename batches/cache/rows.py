@@ -81,9 +81,9 @@ def page_rows(
 ) -> list[SafeString]:
     """The table rows for ROWS (stored values of LIST_COLUMNS, in the order to show), each
     from the cache by what it shows; those the cache lacks drawn from their batches, fetched
-    in one query. The running rows' estimates are made from their values and one query of
-    progress snapshots for all of them. OOB: rows for htmx to swap in by id (the list's live
-    rows)."""
+    in one query. The running rows' estimates are made from their values and their progress
+    snapshots (kept, or one query for all those the cache lacks). OOB: rows for htmx to swap in
+    by id (the list's live rows)."""
     connections = {c.pk: c for c in access.connections}
     etas = _estimates([row for row in rows if row["status"] not in TERMINAL_STATUSES])
     keys = {
