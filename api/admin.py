@@ -8,7 +8,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from .models import ApiToken
-from .services.tokens import token_revoke
+from .services import tokens
 
 
 @admin.register(ApiToken)
@@ -47,5 +47,5 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        count = sum(token_revoke(token=token, by=request.user) for token in queryset)
+        count = sum(tokens.token_revoke(token=token, by=request.user) for token in queryset)
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -19,14 +19,14 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from batches import roles
+from batches.errors import ServiceError
 from batches.models import DEFAULT_SLUG, Connection, Event
 from batches.models.audit import audit_via
 from batches.openai_client import OpenAIError
-from batches.services import ServiceError
 
 from .errors import ApiError, upstream_error
 from .models import CONNECTION_HEADER, ApiToken, Scope
-from .services.tokens import TokenRefused, token_authenticate
+from .services import tokens
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def token_rule(*permissions: str, scope: str = Scope.READ) -> Callable[[View], V
 
 def _authenticate(request: HttpRequest) -> ApiToken:
     try:
-        token = token_authenticate(request.headers.get("Authorization"))
-    except TokenRefused as refused:
+        token = tokens.token_authenticate(request.headers.get("Authorization"))
+    except tokens.TokenRefused as refused:
         error = ApiError(401, refused.message, code=refused.code)
         error.token = refused.token
         raise error from None

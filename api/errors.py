@@ -22,7 +22,7 @@ from batches.openai_client import (
     RateLimited,
     UpstreamUnavailable,
 )
-from batches.services.connections import ConnectionNotReady
+from batches.services import connections as connection_services
 
 TYPES = {
     400: "invalid_request_error",
@@ -114,7 +114,7 @@ def upstream_error(error: OpenAIError) -> ApiError:
 
 def _translate(error: OpenAIError) -> ApiError:
     said = str(error)  # the client's own sentence: never the key, never a traceback
-    if isinstance(error, ConnectionNotReady):
+    if isinstance(error, connection_services.ConnectionNotReady):
         return ApiError(
             502,
             f"{said} Ask an admin to check the connection's key.",

@@ -13,9 +13,7 @@ from batches import roles
 from batches.views.access import rule
 
 from .models import ApiToken, Scope
-from .services.tokens import EXPIRY_DAYS
-from .services.tokens import token_create as make_token
-from .services.tokens import token_revoke as revoke_token
+from .services import tokens
 
 
 class _Once(str):
@@ -34,7 +32,7 @@ class TokenForm(forms.Form):
     scope = forms.ChoiceField(choices=Scope.choices, initial=Scope.READ)
     days = forms.TypedChoiceField(
         label="Expires after",
-        choices=[(d, f"{d} days") for d in EXPIRY_DAYS],
+        choices=[(d, f"{d} days") for d in tokens.EXPIRY_DAYS],
         coerce=int,
         initial=90,
     )
@@ -54,7 +52,7 @@ def token_create(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         messages.error(request, "No token was made: give it a name, a scope and an expiry.")
         return redirect("profile")
-    made = make_token(user=request.user, **form.cleaned_data)
+    made = tokens.token_create(user=request.user, **form.cleaned_data)
     # Shown in this answer and nowhere else: not stored, not put in a message or the session.
     context = {"token": made.token, "plain": _Once(made.plain)}
     response = render(request, "api/token_created.html", context)
@@ -68,7 +66,7 @@ def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
     token = ApiToken.objects.filter(pk=token_id, user=request.user).first()
     if token is None:  # someone else's token, or none: the same answer
         raise Http404("No such token.")
-    if revoke_token(token=token, by=request.user):
+    if tokens.token_revoke(token=token, by=request.user):
         messages.success(request, f"The token “{token.name}” is revoked: it no longer works.")
     else:
         messages.info(request, f"The token “{token.name}” was revoked already.")

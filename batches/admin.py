@@ -32,8 +32,8 @@ from .models import (
     WebhookDelivery,
     WebhookRefusals,
 )
-from .services.connections import connection_test
-from .services.webhooks import webhook_secret_problem
+from .services import connections as connection_services
+from .services import webhooks as webhook_services
 from .templatetags.batchweb import reltime
 
 
@@ -215,7 +215,7 @@ class ConnectionForm(forms.ModelForm):
                 "webhook_secret", "Give a new webhook secret or remove the stored one, not both."
             )
         elif secret:
-            problem = webhook_secret_problem(secret)
+            problem = webhook_services.webhook_secret_problem(secret)
             if problem:
                 # The reason names the expected form, never the value.
                 self.add_error("webhook_secret", f"This cannot be right: {problem}.")
@@ -390,7 +390,7 @@ class ConnectionAdmin(AuditedAdmin):
     @admin.action(description="Test connection", permissions=["change"])
     def test_connections(self, request: HttpRequest, queryset: QuerySet[Connection]) -> None:
         for connection in queryset:
-            result = connection_test(connection=connection)
+            result = connection_services.connection_test(connection=connection)
             if result.ok:
                 level = messages.SUCCESS
             elif result.is_warning:
@@ -739,14 +739,14 @@ class CapacityLimitAdmin(AuditedAdmin):
 
     @admin.display(description="queued now (estimate)")
     def queued_now(self, obj: CapacityLimit) -> str:
-        from .services.capacity import capacity_for
+        from .services import capacity
 
-        return capacity_for(connection=obj.connection, model=obj.model).enqueued_text()
+        return capacity.capacity_for(connection=obj.connection, model=obj.model).enqueued_text()
 
     def _hints(self, extra_context: dict[str, Any] | None) -> dict[str, Any]:
-        from .services.capacity import PUBLISHED_DEFAULTS
+        from .services import capacity
 
-        return {**(extra_context or {}), "capacity_defaults": PUBLISHED_DEFAULTS}
+        return {**(extra_context or {}), "capacity_defaults": capacity.PUBLISHED_DEFAULTS}
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         return super().changelist_view(request, self._hints(extra_context))

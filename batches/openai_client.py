@@ -28,6 +28,7 @@ from requests_toolbelt.multipart.encoder import MultipartEncoder
 
 from batchweb import __version__
 
+from .errors import Failure
 from .payloads import normalize_batch, normalize_file, normalize_list
 
 logger = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def is_upstream_id(value: object) -> bool:
     return isinstance(value, str) and _UPSTREAM_ID.fullmatch(value) is not None
 
 
-class OpenAIError(Exception):
+class OpenAIError(Failure):
     """An upstream call failed. `str()` is a sentence fit to show a person."""
 
     title = "The OpenAI API call failed"

@@ -339,7 +339,7 @@ SYNC_HOUSEKEEPING_EVERY_SECONDS = env.float(
 # Seconds between the live updates of running batches on the list and detail pages.
 LIVE_POLL_SECONDS = env.int("BATCHWEB_LIVE_POLL_SECONDS", default=5)
 # A running batch's open page asks the sync worker to fetch it again at its next pass, at most
-# once per this many seconds whoever and however many are looking (services.batch_refresh_soon).
+# once per this many seconds whoever and however many are looking (sync.batch_refresh_soon).
 DETAIL_REFRESH_SECONDS = env.float("BATCHWEB_DETAIL_REFRESH_SECONDS", default=5.0)
 # A monitor that sends it as `Authorization: Bearer <token>` to /healthz gets each
 # connection's sync ages by name; without it /healthz gives counts only. Empty: names only

@@ -20,7 +20,7 @@ from api.models import ApiToken, CreateRequest
 from api.services import batches as api_batches
 from api.services.tokens import token_create, token_revoke
 from batches.models import Batch, Connection, Event, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch, make_list
 from tests.openapi import validate_response
 

@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from api.models import ApiFile
 from api.services.tokens import token_create
 from batches.models import Batch, Connection, Event, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 from tests.openapi import spec, validate_response
 

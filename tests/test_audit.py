@@ -13,7 +13,7 @@ from django.db import connection as db
 from django.urls import reverse
 
 from batches.models import AuditLogIsAppendOnly, Batch, Connection, Event, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

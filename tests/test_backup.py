@@ -35,8 +35,8 @@ from batches.models import (
     SyncState,
     default_connection,
 )
-from batches.services import batch_upsert
 from batches.services.backup import BackupError, backup_create
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db(transaction=True)

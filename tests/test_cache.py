@@ -11,7 +11,7 @@ import datetime as dt
 import pytest
 
 from batches.models import Batch, Status, unix_to_datetime
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import load_payload, make_batch
 
 NOW = dt.datetime(2025, 11, 25, 12, 0, tzinfo=dt.UTC)

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.utils import timezone
 from responses import matchers
 
+from batches.errors import ServiceError
 from batches.models import (
     Batch,
     CapacityLimit,
@@ -23,8 +24,9 @@ from batches.models import (
     Submission,
     default_connection,
 )
-from batches.services import ServiceError, batch_upsert, sync_pass
 from batches.services import capacity as cap
+from batches.services.batches import batch_upsert
+from batches.services.sync import sync_pass
 from tests.conftest import make_batch, make_list
 
 pytestmark = pytest.mark.django_db

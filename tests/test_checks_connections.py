@@ -14,7 +14,7 @@ from django.db import OperationalError, ProgrammingError
 
 from batches.apps import check_connection_keys, check_openai_settings
 from batches.models import Connection, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 SECRET = "sk-proj-checks-secret-key-4242"

@@ -13,7 +13,7 @@ from django.urls import URLPattern, reverse
 
 from batches import urls as batch_urls
 from batches.models import Batch, BatchTally, Event, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

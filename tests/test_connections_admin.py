@@ -13,7 +13,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.models import Connection, SyncState, WebhookDelivery
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch, make_list
 
 SECRET = "sk-proj-admin-secret-key-wxyz"

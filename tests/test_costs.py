@@ -17,7 +17,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.models import Batch, Connection, Event, PriceOverride, ResultRow, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.costs import (
     NO_BATCH_PRICE,
     USAGE_UNKNOWN,
@@ -471,8 +471,9 @@ def test_building_the_results_table_of_a_batch_without_usage_stores_its_cost(
 
 
 def test_the_workers_housekeeping_stores_the_cost_of_a_batch_that_ended(db):
-    from batches.services import PassResult, get_client
+    from batches.services.connections import get_client
     from batches.services.housekeeping import housekeeping
+    from batches.services.sync import PassResult
 
     batch = ended(usage=usage(2_000_000, 1_000_000))
     connection = default_connection()

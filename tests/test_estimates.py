@@ -7,10 +7,11 @@ import datetime as dt
 import pytest
 
 from batches.models import Batch, ProgressSnapshot, default_connection
-from batches.services import batch_eta, batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.estimates import (
     SNAPSHOTS_KEPT,
     about,
+    batch_eta,
     forecast,
     progress_snapshots_thin,
 )
@@ -271,7 +272,7 @@ def test_housekeeping_thins_finished_batches_and_drops_old_ones(upstream):
     ).batch
     ProgressSnapshot.objects.create(batch=old, at=T0 - dt.timedelta(days=40), completed=1, total=2)
 
-    from batches.services import get_client
+    from batches.services.connections import get_client
 
     housekeeping(
         connection=connection,

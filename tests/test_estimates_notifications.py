@@ -8,8 +8,10 @@ import pytest
 from django.contrib.auth.models import User
 
 from batches.models import Batch, NotificationPreference, Outbox, Watch, default_connection
-from batches.services import batch_upsert, get_client, notifications_at_risk
+from batches.services.batches import batch_upsert
+from batches.services.connections import get_client
 from batches.services.housekeeping import housekeeping
+from batches.services.notifications import notifications_at_risk
 from batches.services.sync import PassResult
 from tests.conftest import make_batch
 

@@ -28,7 +28,7 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from batches.models import Batch, Event, ResultRow
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.notifications import (
     at_risk_subject,
     email_text,

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from batches.models import Batch, Submission, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.sync import sync_pass
 from tests.conftest import make_batch, make_list
 

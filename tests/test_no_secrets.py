@@ -78,7 +78,8 @@ from batches.models import (
     default_connection,
 )
 from batches.openai_client import AuthError, ClientConfig, _error_from_response
-from batches.services import batch_upsert, signin
+from batches.services import signin
+from batches.services.batches import batch_upsert
 from batches.services.notifications import notifications_deliver
 from tests.conftest import make_batch, make_list
 from tests.test_result_files import ERRORS, INPUT, OUTPUT, finished_batch

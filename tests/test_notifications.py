@@ -24,7 +24,6 @@ from django.core.management import call_command
 from django.utils import timezone
 from responses import matchers
 
-from batches import services
 from batches.management.commands import sync_batches as command_module
 from batches.models import (
     Batch,
@@ -37,7 +36,9 @@ from batches.models import (
     Watch,
     default_connection,
 )
-from batches.services import batch_upsert, notifications
+from batches.services import connections as connection_services
+from batches.services import notifications
+from batches.services.batches import batch_upsert
 from batches.services.notifications import (
     SETTINGS_CHANNEL_NAME,
     delivery,
@@ -266,7 +267,7 @@ def test_a_batch_first_seen_finished_tells_nobody(encryption_key, submitter, ups
             [make_batch(id=f"batch_old{i}", status="failed", metadata=META) for i in range(3)]
         ),
     )
-    list_walk(connection=default_connection(), client=services.get_client(), full=True)
+    list_walk(connection=default_connection(), client=connection_services.get_client(), full=True)
 
     assert Batch.objects.count() == 4
     assert Outbox.objects.count() == 0
@@ -730,7 +731,7 @@ def test_a_failure_in_the_notifications_never_stops_the_sync(
     def broken(**kwargs):
         raise RuntimeError("a bug in a sender")
 
-    monkeypatch.setattr(services, "notifications_deliver", broken)
+    monkeypatch.setattr(notifications, "notifications_deliver", broken)
     upstream.get(f"{API}/batches", json=make_list([]))
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
@@ -763,7 +764,7 @@ def test_a_worker_supervising_connection_threads_sends_every_few_seconds(monkeyp
             os.kill(os.getpid(), signal.SIGTERM)  # what stopping the worker sends
         return notifications.DeliveryResult()
 
-    monkeypatch.setattr(services, "notifications_deliver", deliver)
+    monkeypatch.setattr(notifications, "notifications_deliver", deliver)
     monkeypatch.setattr(command_module.Command, "roster", lambda self: [])
     monkeypatch.setattr(command_module, "NOTIFY_EVERY_SECONDS", 0.01)
     saved = signal.getsignal(signal.SIGTERM)

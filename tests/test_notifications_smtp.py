@@ -18,7 +18,7 @@ from django.db import connection, connections
 from django.utils import timezone
 
 from batches.models import Batch, Event, Outbox, Watch
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.notifications import notifications_deliver, outbox_claim_due
 from tests.conftest import make_batch
 

@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.urls import reverse
 
 from batches.models import Batch, Channel, Event, NotificationPreference, Outbox, Watch
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.notifications import settings_channel
 from tests.conftest import make_batch
 

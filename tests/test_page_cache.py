@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from batches.cache import generations as generation
 from batches.models import Batch, BatchTally, Connection, Event, Watch
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.templatetags.batchweb import ago_later, fill_ago, reltime
 from tests.conftest import make_batch
 

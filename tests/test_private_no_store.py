@@ -14,7 +14,7 @@ from django.test import RequestFactory
 from api.services.tokens import token_create
 from batches.middleware import PrivateNoStoreMiddleware, _strict_enough
 from batches.models import Batch, Submission
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 from tests.test_roles import PUBLIC, ROUTES
 

@@ -62,7 +62,7 @@ from batches.results import (
     parse_result_line,
     summarize,
 )
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.result_files import _result_row
 from tests.conftest import load_payload
 

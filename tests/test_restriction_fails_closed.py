@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from api.services.tokens import token_create
 from batches.models import Batch, Connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch, make_list
 
 pytestmark = pytest.mark.django_db

@@ -20,9 +20,10 @@ import pytest
 from django.conf import settings
 from django.utils import timezone
 
+from batches.errors import ServiceError
 from batches.models import Batch, Event, ResultFile, ResultRow, Submission, default_connection
 from batches.results import ResultSummary
-from batches.services import ServiceError, batch_upsert
+from batches.services.batches import batch_upsert
 from batches.services.result_files import (
     FileGone,
     batch_retry_stage,

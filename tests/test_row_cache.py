@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from batches.cache import rows as row_cache
 from batches.models import USER_KEY, Batch, Connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 LIST = reverse("batch-list")
@@ -300,8 +300,7 @@ def test_the_estimate_from_the_values_alone_is_the_estimate_of_the_batch(no_fiel
     """estimates.ETA_COLUMNS holds every field batch_eta reads, in each state a list shows."""
     from batches.cache.rows import LIST_COLUMNS
     from batches.models.stored import from_stored, stored_values
-    from batches.services import etas_attach
-    from batches.services.estimates import ETA_COLUMNS
+    from batches.services.estimates import ETA_COLUMNS, etas_attach
     from tests.test_estimates_pages import progressing
 
     progressing("batch_on_track")

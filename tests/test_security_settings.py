@@ -16,7 +16,7 @@ from django.core import checks
 from django.test import Client, override_settings
 
 from batches.apps import check_plain_http_sign_in
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

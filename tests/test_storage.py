@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batches import storage
-from batches.services import new_submission_token
+from batches.services.batches import new_submission_token
 
 
 @pytest.fixture(autouse=True)

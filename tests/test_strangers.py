@@ -34,7 +34,7 @@ from batches.models import (
     WebhookDelivery,
     WebhookRefusals,
 )
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 from tests.webhook_vectors import OTHER_SECRET, SECRET, event_body, signed_headers
 

@@ -14,7 +14,8 @@ from responses import matchers
 
 from batches.models import Batch, Event, Status, SyncState, default_connection
 from batches.openai_client import InvalidRequest, NotFound, UpstreamUnavailable
-from batches.services import batch_create, batch_upsert, batches_sync
+from batches.services.batches import batch_create, batch_upsert
+from batches.services.sync import batches_sync
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -523,7 +524,7 @@ def test_a_create_that_upstream_never_saw_is_retried_on_429(upstream, submitter,
 
 
 def test_a_refresh_of_a_forgotten_batch_raises_not_found(upstream, no_sleep):
-    from batches.services import batch_refresh
+    from batches.services.batches import batch_refresh
 
     upstream.get(LIST_URL, json=page_of("batch_1", has_more=False))
     batches_sync(connection=default_connection())

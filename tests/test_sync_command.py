@@ -11,9 +11,9 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from batches import services
 from batches.management.commands.sync_batches import Command
 from batches.models import Batch, SyncState, default_connection
+from batches.services import sync as sync_services
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -81,7 +81,9 @@ def test_the_loop_runs_the_given_number_of_passes(upstream, no_sleep):
 def test_only_the_first_pass_of_a_full_loop_is_full(monkeypatch):
     calls = []
     monkeypatch.setattr(
-        services, "sync_pass", lambda **kwargs: calls.append(kwargs) or services.PassResult()
+        sync_services,
+        "sync_pass",
+        lambda **kwargs: calls.append(kwargs) or sync_services.PassResult(),
     )
 
     run("--loop", "--full", "--max-passes", "3", "--interval", "0")
@@ -119,9 +121,9 @@ def test_sigterm_stops_the_loop_after_the_current_pass(monkeypatch):
         passes.append(kwargs)
         if len(passes) == 1:
             os.kill(os.getpid(), signal.SIGTERM)
-        return services.PassResult()
+        return sync_services.PassResult()
 
-    monkeypatch.setattr(services, "sync_pass", one_pass)
+    monkeypatch.setattr(sync_services, "sync_pass", one_pass)
 
     out, _ = run("--loop", "--max-passes", "5", "--interval", "0")
 

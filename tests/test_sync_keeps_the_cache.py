@@ -20,7 +20,6 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from batches import services
 from batches.models import (
     Batch,
     BatchTally,
@@ -32,8 +31,9 @@ from batches.models import (
     Watch,
     default_connection,
 )
-from batches.services import batches_sync, sync_pass
-from batches.services.sync import batch_refresh_scheduled
+from batches.services import batches as batch_services
+from batches.services import connections as connection_services
+from batches.services.sync import batch_refresh_scheduled, batches_sync, sync_pass
 from tests.conftest import make_batch, make_list
 
 API = settings.OPENAI_BASE_URL
@@ -65,12 +65,12 @@ def cache(now, viewer) -> dict[str, Batch]:
     """A finished batch with its history (audit entries, result rows, a local copy, a watch),
     a running one that is due, and one more finished batch."""
     an_hour_ago = now - dt.timedelta(hours=1)
-    done = services.batch_upsert(
+    done = batch_services.batch_upsert(
         payload=make_batch(id="batch_done", status="completed", output_file_id="file-out"),
         now=an_hour_ago,
     ).batch
-    run = services.batch_upsert(payload=make_batch(id="batch_run"), now=an_hour_ago).batch
-    other = services.batch_upsert(
+    run = batch_services.batch_upsert(payload=make_batch(id="batch_run"), now=an_hour_ago).batch
+    other = batch_services.batch_upsert(
         payload=make_batch(id="batch_other", status="completed"), now=an_hour_ago
     ).batch
     Event.record(Event.Action.CREATE, user=viewer, batch=done)
@@ -163,12 +163,12 @@ def test_a_batch_upstream_shows_again_is_the_same_row_with_its_history(upstream,
 
 def test_a_batch_that_was_not_found_and_reappears_ended_loses_the_not_found(upstream, now, cache):
     not_found(upstream, "batch_run")
-    batch_refresh_scheduled(batch=cache["run"], client=services.get_client(), now=now)
+    batch_refresh_scheduled(batch=cache["run"], client=connection_services.get_client(), now=now)
     assert "No such batch" in Batch.objects.get(pk=cache["run"].pk).last_error
     upstream.reset()
     upstream.get(f"{API}/batches/batch_run", json=make_batch(id="batch_run", status="completed"))
 
-    batch_refresh_scheduled(batch=cache["run"], client=services.get_client(), now=now)
+    batch_refresh_scheduled(batch=cache["run"], client=connection_services.get_client(), now=now)
 
     run = Batch.objects.get(pk=cache["run"].pk)
     assert run.status == Status.COMPLETED and run.last_error == ""

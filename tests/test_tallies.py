@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from batches.models import Batch, BatchTally, default_connection
-from batches.services import batch_create, batch_upsert
+from batches.services.batches import batch_create, batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

@@ -32,8 +32,8 @@ from batches.openai_client import (
     OpenAIClient,
     is_upstream_id,
 )
-from batches.services import batch_upsert, batches_sync
-from batches.services.sync import batch_refresh_scheduled
+from batches.services.batches import batch_upsert
+from batches.services.sync import batch_refresh_scheduled, batches_sync
 from tests.conftest import make_batch, make_list
 
 pytestmark = pytest.mark.django_db

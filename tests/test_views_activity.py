@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.models import Batch, Event
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 API = settings.OPENAI_BASE_URL

@@ -15,7 +15,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.models import Batch, Connection, Event, SyncState, default_connection
-from batches.services import batch_upsert, get_client
+from batches.services.batches import batch_upsert
+from batches.services.connections import get_client
 from batches.services.sync import refresh_due_batches
 from tests.conftest import load_payload, make_batch, make_list
 

@@ -17,7 +17,7 @@ from responses import matchers
 
 from batches.models import Batch, SyncState, default_connection
 from batches.openai_client import UpstreamUnavailable
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.views.batches import PAGE_SIZE
 from tests.conftest import make_batch, make_list
 

@@ -12,7 +12,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from batches.models import Batch
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

@@ -16,7 +16,8 @@ from django.test import Client
 from django.urls import reverse
 
 from batches.models import AccountEmail, Event, Outbox, Watch
-from batches.services import addresses, batch_upsert
+from batches.services import addresses
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db

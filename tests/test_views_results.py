@@ -22,7 +22,7 @@ from django.utils import timezone
 from responses import matchers
 
 from batches.models import Batch, Event, ResultFile, ResultRow, Submission
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 from tests.test_result_files import (
     API,

@@ -24,7 +24,7 @@ from batches.models import (
     default_connection,
 )
 from batches.roles import ADMINS
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batches.views.lookups import batch_for, batch_state_for, connection_for
 from tests.conftest import make_batch
 

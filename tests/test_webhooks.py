@@ -19,8 +19,8 @@ from batches.models import (
     WebhookRefusals,
     default_connection,
 )
-from batches.services import batch_upsert
 from batches.services import webhooks as service
+from batches.services.batches import batch_upsert
 from batches.services.webhooks import (
     WebhookError,
     WebhookEventUnsupported,

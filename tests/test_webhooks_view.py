@@ -24,8 +24,9 @@ from batches.models import (
     WebhookRefusals,
     default_connection,
 )
-from batches.services import batch_upsert, sync_pass
 from batches.services import webhooks as service
+from batches.services.batches import batch_upsert
+from batches.services.sync import sync_pass
 from tests.conftest import make_batch, make_list
 from tests.webhook_vectors import (
     NOW,

@@ -1,4 +1,4 @@
-"""The sync worker's steps (`services.sync_pass` and its parts) and its loop.
+"""The sync worker's steps (`sync_services.sync_pass` and its parts) and its loop.
 
 Upstream is faked with `responses`; the clock is pinned by passing `now`, so schedules are exact.
 """
@@ -19,11 +19,13 @@ from django.core.management import call_command
 from django.db import OperationalError, connection, connections
 from django.utils import timezone
 
-from batches import services
 from batches.cache import generations as generation
 from batches.management.commands import sync_batches as command_module
 from batches.models import Batch, BatchTally, Status, SyncState, default_connection
+from batches.services import batches as batch_services
+from batches.services import connections as connection_services
 from batches.services import sync
+from batches.services import sync as sync_services
 from batches.services.sync import (
     PassResult,
     backoff_remaining,
@@ -80,7 +82,7 @@ def done(batch_id: str, **overrides) -> dict:
 
 
 def store(payload: dict, at: dt.datetime) -> Batch:
-    return services.batch_upsert(payload=payload, now=at).batch
+    return batch_services.batch_upsert(payload=payload, now=at).batch
 
 
 def cached_and_due(now: dt.datetime, *ids: str) -> list[Batch]:
@@ -170,7 +172,7 @@ def test_an_upsert_through_batch_refresh_reschedules_too(upstream, now):
         store(running("batch_1"), later(now, -100 + i))
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=50))
 
-    batch = services.batch_refresh(batch=Batch.objects.get())
+    batch = batch_services.batch_refresh(batch=Batch.objects.get())
 
     assert batch.refresh_interval == 5
     assert abs((batch.next_refresh_at - timezone.now()).total_seconds() - 5) < 2
@@ -300,7 +302,10 @@ def test_looks_cost_one_retrieve_per_bound_however_many_look(upstream, now, sett
             batch_refresh_soon(batch_id=batch.pk, now=at)
         before = len(upstream.calls)
         refresh_due_batches(
-            connection=default_connection(), client=services.get_client(), due_at=at, now=at
+            connection=default_connection(),
+            client=connection_services.get_client(),
+            due_at=at,
+            now=at,
         )
         if len(upstream.calls) > before:
             fetched_at.append(second)
@@ -436,7 +441,7 @@ def test_a_batch_upstream_knows_again_loses_its_error(upstream, now, incremental
     Batch.objects.filter(pk=batch.pk).update(last_error="gone for a while")
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=70))
 
-    outcome = batch_refresh_scheduled(batch=batch, client=services.get_client(), now=now)
+    outcome = batch_refresh_scheduled(batch=batch, client=connection_services.get_client(), now=now)
 
     assert outcome == "changed"
     assert Batch.objects.get().last_error == ""
@@ -453,7 +458,10 @@ def test_an_older_answer_changes_nothing_and_does_not_leave_the_batch_on_its_lea
     upstream.get(f"{API}/batches/batch_1", json=running("batch_1", completed=40))
 
     outcome = batch_refresh_scheduled(
-        batch=claimed[0], client=services.get_client(), now=now, lease_until=later(now, 60)
+        batch=claimed[0],
+        client=connection_services.get_client(),
+        now=now,
+        lease_until=later(now, 60),
     )
 
     batch.refresh_from_db()
@@ -475,7 +483,7 @@ def test_a_stop_request_between_fetches_gives_back_the_rest(upstream, now, incre
 
     result = refresh_due_batches(
         connection=default_connection(),
-        client=services.get_client(),
+        client=connection_services.get_client(),
         due_at=now,
         now=now,
         stop=stop_after_first,
@@ -745,7 +753,7 @@ def test_a_database_error_is_reported_and_the_loop_goes_on(monkeypatch):
             raise outcome
         return outcome
 
-    monkeypatch.setattr(services, "sync_pass", one_pass)
+    monkeypatch.setattr(sync_services, "sync_pass", one_pass)
 
     out, err = run("--loop", "--max-passes", "2", "--interval", "0")
 
@@ -761,7 +769,7 @@ def test_the_signal_handlers_are_put_back_even_when_a_pass_crashes(monkeypatch):
     def crash(**kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(services, "sync_pass", crash)
+    monkeypatch.setattr(sync_services, "sync_pass", crash)
 
     with pytest.raises(RuntimeError):
         run("--loop", "--max-passes", "2", "--interval", "0")
@@ -770,7 +778,7 @@ def test_the_signal_handlers_are_put_back_even_when_a_pass_crashes(monkeypatch):
 
 
 def test_sigterm_during_the_wait_stops_the_loop_at_once(monkeypatch):
-    monkeypatch.setattr(services, "sync_pass", lambda **kwargs: PassResult())
+    monkeypatch.setattr(sync_services, "sync_pass", lambda **kwargs: PassResult())
     timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     started = time.monotonic()

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from batches.errors import ServiceError
 from batches.jsonl_check import ENDPOINTS
 from batches.models import TOKEN_KEY, USER_KEY, Batch, Connection
 from batches.openai_client import (
@@ -27,7 +28,6 @@ from batches.openai_client import (
 from batches.roles import may_cancel
 from batches.services.batches import (
     InputFacts,
-    ServiceError,
     batch_cancel,
     batch_create,
     batch_upsert,

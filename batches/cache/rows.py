@@ -36,7 +36,7 @@ from django.utils.safestring import SafeString, mark_safe
 from ..models import USER_KEY, Access, Batch
 from ..models.batches import TERMINAL_STATUSES
 from ..models.stored import from_stored
-from ..services.estimates import ETA_COLUMNS, Eta, etas_attach, history, in_lookback
+from ..services import estimates
 from ..templatetags.batchweb import ago_later
 from . import keys
 from .pages import templates_digest
@@ -73,7 +73,7 @@ ROW_COLUMNS = (
 )
 # What the list reads of each batch: what its row shows, and what a running row's estimate is
 # made from.
-LIST_COLUMNS = ROW_COLUMNS + tuple(c for c in ETA_COLUMNS if c not in ROW_COLUMNS)
+LIST_COLUMNS = ROW_COLUMNS + tuple(c for c in estimates.ETA_COLUMNS if c not in ROW_COLUMNS)
 
 
 def page_rows(
@@ -113,13 +113,13 @@ def page_rows(
     return [mark_safe(html) for html in shown if html]  # noqa: S308
 
 
-def _estimates(rows: list[dict[str, Any]]) -> dict[int, Eta | None]:
+def _estimates(rows: list[dict[str, Any]]) -> dict[int, estimates.Eta | None]:
     """The finish-time estimates of the batches of these rows, from batch objects of their
     ETA_COLUMNS alone (any other field asked for would be a query per row) and their progress
     snapshots, kept per batch by its status and counts (`_histories`)."""
-    batches = from_stored(Batch, rows, ETA_COLUMNS)
+    batches = from_stored(Batch, rows, estimates.ETA_COLUMNS)
     by_id = {row["id"]: row for row in rows}
-    etas_attach(batches=batches, histories=partial(_histories, by_id))
+    estimates.etas_attach(batches=batches, histories=partial(_histories, by_id))
     return {b.pk: b.eta for b in batches}
 
 
@@ -134,17 +134,21 @@ def _histories(
     wanted = {b.pk: keys.history_key(rows[b.pk]) for b in batches}
     found = cache.get_many(list(wanted.values())) if wanted else {}
     missing = [b for b in batches if wanted[b.pk] not in found]
-    fresh = history(missing, now=now) if missing else {}
+    fresh = estimates.history(missing, now=now) if missing else {}
     if fresh:
         cache.set_many({wanted[pk]: points for pk, points in fresh.items()}, HISTORY_SECONDS)
     return {
-        b.pk: fresh[b.pk] if b.pk in fresh else in_lookback(found[wanted[b.pk]], now=now)
+        b.pk: fresh[b.pk] if b.pk in fresh else estimates.in_lookback(found[wanted[b.pk]], now=now)
         for b in batches
     }
 
 
 def _key(
-    row: dict[str, Any], connection: Any, eta: Eta | None, show_connection: bool, oob: bool
+    row: dict[str, Any],
+    connection: Any,
+    eta: estimates.Eta | None,
+    show_connection: bool,
+    oob: bool,
 ) -> str:
     parts = (
         tuple(row[column] for column in ROW_COLUMNS),

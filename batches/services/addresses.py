@@ -25,6 +25,7 @@ from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
+from ..errors import Failure
 from ..models import AccountEmail, Event
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ Source = AccountEmail.Source
 Requested = Literal["unchanged", "removed", "sent", "not_sent", "too_soon"]
 
 
-class AddressLinkRefused(Exception):
+class AddressLinkRefused(Failure):
     """A link that does not verify anything; the message is for the person."""
 
 

@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from ..errors import ServiceError
 from ..models import (
     TERMINAL_STATUSES,
     TOKEN_KEY,
@@ -41,10 +42,6 @@ logger = logging.getLogger(__name__)
 
 # How many of the newest batches are searched for a submission token after an ambiguous failure.
 RECONCILE_PAGES = 3
-
-
-class ServiceError(Exception):
-    """A service refused to act; the message is for people."""
 
 
 def new_submission_token() -> str:

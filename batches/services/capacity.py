@@ -26,6 +26,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .. import roles
+from ..errors import ServiceError
 from ..models import (
     Batch,
     CapacityLimit,
@@ -36,7 +37,7 @@ from ..models import (
     Submission,
 )
 from ..openai_client import TOKEN_LIMIT_EXCEEDED, InvalidRequest, OpenAIClient, OpenAIError
-from .batches import ServiceError, new_submission_token, token_limit_explanation
+from .batches import new_submission_token, token_limit_explanation
 from .connections import get_client
 from .submissions import AlreadySubmitted, submission_submit
 

@@ -25,6 +25,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from .. import storage
+from ..errors import ServiceError
 from ..jsonl_check import check_jsonl
 from ..models import Batch, Connection, Event, ResultFile, ResultRow, Submission
 from ..openai_client import NotFound, OpenAIClient, OpenAIError, UpstreamUnavailable
@@ -37,7 +38,6 @@ from ..results import (
     read_outcomes,
     summarize,
 )
-from .batches import ServiceError
 from .connections import get_client
 from .costs import batch_cost_store
 from .submissions import (

@@ -18,10 +18,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from .. import storage
+from ..errors import ServiceError
 from ..jsonl_check import CheckReport, check_jsonl
 from ..models import Batch, Connection, Event, Submission
 from ..openai_client import OpenAIClient, OpenAIError
-from .batches import InputFacts, ServiceError, batch_create
+from .batches import InputFacts, batch_create
 from .connections import get_client
 
 logger = logging.getLogger(__name__)

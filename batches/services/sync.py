@@ -48,7 +48,7 @@ from django.db import connection as db
 from django.db.models import F
 from django.utils import timezone
 
-from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, SyncState
+from ..models import TERMINAL_STATUSES, Batch, BatchTally, Connection, Event, SyncState
 from ..openai_client import (
     InvalidRequest,
     NotABatch,
@@ -566,6 +566,28 @@ def batches_sync(
         raise
     SyncState.get(connection).record_success(now=timezone.now())
     logger.info("sync %s: %s", connection.slug, result)
+    return result
+
+
+def sync_now(*, connection: Connection, user: Any) -> SyncResult:
+    """ "Sync now" for a person who is waiting: bounded (the newest pages, a bounded number of
+    refreshes; the worker does the rest) and recorded in the audit trail either way."""
+    try:
+        result = batches_sync(
+            connection=connection,
+            client=get_client(connection=connection, interactive=True),
+            max_pages=settings.SYNC_NOW_MAX_PAGES,
+            refresh_limit=settings.SYNC_NOW_MAX_REFRESHES,
+        )
+    except OpenAIError as error:
+        Event.record(Event.Action.SYNC_FAILED, user=user, connection=connection, error=error)
+        raise
+    Event.record(
+        Event.Action.SYNC,
+        user=user,
+        connection=connection,
+        detail=f"{result.created} new, {result.updated} changed, {result.refreshed} refreshed",
+    )
     return result
 
 

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_GET
 
 from .. import roles
 from ..models import Connection, Event
-from ..services.audit import EventFilters, events_csv, events_for, events_page, events_shown
+from ..services import audit
 from .access import rule
 
 PAGE_SIZE = 100
@@ -31,9 +31,9 @@ class ActivityFilterForm(forms.Form):
         required=False, label="Until (inclusive)", widget=forms.DateInput({"type": "date"})
     )
 
-    def filters(self) -> EventFilters:
+    def filters(self) -> audit.EventFilters:
         data = self.cleaned_data if self.is_valid() else {}
-        return EventFilters(
+        return audit.EventFilters(
             username=(data.get("user") or "").strip(),
             action=data.get("action") or "",
             connection=data.get("connection") or "",
@@ -69,8 +69,8 @@ def activity(request: HttpRequest) -> HttpResponse:
     form = ActivityFilterForm(request.GET)
     filters = form.filters()
     access = Connection.objects.visible_to(request.user)
-    events = events_for(access=access, filters=filters)
-    page, more = events_page(events, before=_cursor(request), size=PAGE_SIZE)
+    events = audit.events_for(access=access, filters=filters)
+    page, more = audit.events_page(events, before=_cursor(request), size=PAGE_SIZE)
     params = {k: v for k, v in request.GET.items() if v and k != "before"}
     older = None
     if more and page:
@@ -80,7 +80,7 @@ def activity(request: HttpRequest) -> HttpResponse:
     context = {
         "form": form,
         "events": page,
-        "rows": events_shown(page, access=access),  # what of each entry this person sees
+        "rows": audit.events_shown(page, access=access),  # what of each entry this person sees
         "older_url": older,
         "first_url": "?" + urlencode(params) if "before" in request.GET else None,
         "export_url": "export.csv?" + urlencode(params),
@@ -97,9 +97,9 @@ def activity(request: HttpRequest) -> HttpResponse:
 def activity_export(request: HttpRequest) -> StreamingHttpResponse:
     filters = ActivityFilterForm(request.GET).filters()
     access = Connection.objects.visible_to(request.user)
-    events = events_for(access=access, filters=filters)
+    events = audit.events_for(access=access, filters=filters)
     response = StreamingHttpResponse(
-        events_csv(events, access=access), content_type="text/csv; charset=utf-8"
+        audit.events_csv(events, access=access), content_type="text/csv; charset=utf-8"
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="activity-{stamp}.csv"'

@@ -21,7 +21,7 @@ from django.utils.decorators import decorator_from_middleware
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from .. import roles, services
+from .. import roles
 from ..cache import pages, tallies
 from ..cache.rows import LIST_COLUMNS, page_rows
 from ..forms import BatchFilterForm, LabelForm
@@ -30,7 +30,6 @@ from ..models import (
     STATUS_TABS,
     Batch,
     Connection,
-    Event,
     ListFilters,
     Status,
     SyncState,
@@ -38,12 +37,14 @@ from ..models import (
 )
 from ..models.batches import TERMINAL_STATUSES
 from ..models.stored import stored_values
-from ..openai_client import OpenAIError
 from ..results import ResultSummary
-from ..services.result_files import batches_csv
+from ..services import batches as batch_services
+from ..services import connections as connection_services
+from ..services import estimates, result_files, sync
 from ..templatetags.batchweb import list_url
 from .access import rule
 from .capacity import batch_panel as capacity_batch_panel
+from .failures import shown
 from .health import late_seconds
 from .lookups import batch_for, batch_state_for
 
@@ -183,7 +184,7 @@ def batch_live(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     pk, ended, connection_id = batch_state_for(request.user, slug, openai_id)
     worker = None if ended else _worker_state(connection_id)
     if worker is not None and worker.syncs:
-        services.batch_refresh_soon(batch_id=pk)
+        sync.batch_refresh_soon(batch_id=pk)
     response = pages.framed(
         request,
         body_template="batches/detail_live_response.html",
@@ -204,7 +205,7 @@ def _live_detail_context(
     batch = batch_for(request.user, slug, openai_id)
     seen = request.GET.get("seen", "")
     changed = bool(seen) and seen != batch.status
-    batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
+    batch.eta = estimates.batch_eta(batch=batch)  # finish-time estimate
     return {
         "batch": batch,
         "worker": worker,
@@ -271,7 +272,8 @@ def batch_export(request: HttpRequest) -> StreamingHttpResponse:
     """The list as CSV, with the same filters as the page, streamed row by row."""
     rows = Batch.objects.listed(request.user, _filters(request))
     response = StreamingHttpResponse(
-        batches_csv(rows.order_by("-created_at", "-id")), content_type="text/csv; charset=utf-8"
+        result_files.batches_csv(rows.order_by("-created_at", "-id")),
+        content_type="text/csv; charset=utf-8",
     )
     stamp = timezone.now().strftime("%Y%m%d-%H%M")
     response["Content-Disposition"] = f'attachment; filename="batches-{stamp}.csv"'
@@ -297,12 +299,12 @@ def _page_url(params: dict[str, str], **cursor: int) -> str:
 @require_GET
 def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse:
     """A batch's page, from the cache only: a running batch's page asks the worker to fetch
-    it again soon (services.batch_refresh_soon: at most once per DETAIL_REFRESH_SECONDS per
+    it again soon (sync.batch_refresh_soon: at most once per DETAIL_REFRESH_SECONDS per
     batch), says how fresh it is, and updates in place (batch_live) until the batch ends."""
     pk, ended, connection_id = batch_state_for(request.user, slug, openai_id)
     worker = None if ended else _worker_state(connection_id)
     if worker is not None and worker.syncs:
-        services.batch_refresh_soon(batch_id=pk)
+        sync.batch_refresh_soon(batch_id=pk)
     return pages.framed(
         request,
         body_template="batches/detail.html",
@@ -315,7 +317,7 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
 
 def _detail_context(request: HttpRequest, batch: Batch, worker: WorkerState | None) -> dict:
     summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
-    batch.eta = services.batch_eta(batch=batch)  # finish-time estimate
+    batch.eta = estimates.batch_eta(batch=batch)  # finish-time estimate
     may_submit = request.user.has_perm("batches.submit_batch")
     return {
         "batch": batch,
@@ -365,17 +367,12 @@ def batch_cancel(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
         raise PermissionDenied("Submitters cancel the batches they created; Operators any batch.")
     if request.method == "GET":
         return render(request, "batches/cancel_confirm.html", {"batch": batch})
-    try:
-        services.batch_cancel(
+    with shown(request, "The batch was not cancelled."):
+        batch_services.batch_cancel(
             batch=batch,
             user=request.user,
-            client=services.get_client(connection=batch.connection, interactive=True),
+            client=connection_services.get_client(connection=batch.connection, interactive=True),
         )
-    except services.ServiceError as error:
-        messages.error(request, str(error))
-    except OpenAIError as error:
-        messages.error(request, f"The batch was not cancelled. {error}")
-    else:
         messages.success(
             request, "Cancellation requested. Requests already finished keep their results."
         )
@@ -390,7 +387,9 @@ def batch_label(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse
     if not form.is_valid():
         messages.error(request, "The label was not changed: " + " ".join(form.errors["label"]))
         return redirect(batch)
-    batch = services.batch_label(batch=batch, user=request.user, label=form.cleaned_data["label"])
+    batch = batch_services.batch_label(
+        batch=batch, user=request.user, label=form.cleaned_data["label"]
+    )
     messages.success(request, f"Label set to “{batch.label}”." if batch.label else "Label removed.")
     return redirect(batch)
 
@@ -407,35 +406,17 @@ def sync_now(request: HttpRequest) -> HttpResponse:
     connections = [c for c in connections if not (c.from_settings and not c.has_key())]
     for connection in connections:
         prefix = f"{connection.name}: " if len(connections) > 1 else ""
-        try:
-            result = services.batches_sync(
-                connection=connection,
-                client=services.get_client(connection=connection, interactive=True),
-                max_pages=settings.SYNC_NOW_MAX_PAGES,
-                refresh_limit=settings.SYNC_NOW_MAX_REFRESHES,
+        with shown(request, f"{prefix}Sync failed; the list shows what was cached before."):
+            result = sync.sync_now(connection=connection, user=request.user)
+            text = (
+                f"{prefix}Synced: {result.created} new, {result.updated} changed, "
+                f"{result.refreshed} running {'batch' if result.refreshed == 1 else 'batches'} "
+                "refreshed."
             )
-        except OpenAIError as error:
-            messages.error(
-                request, f"{prefix}Sync failed; the list shows what was cached before. {error}"
-            )
-            Event.record(
-                Event.Action.SYNC_FAILED, user=request.user, connection=connection, error=error
-            )
-            continue
-        Event.record(
-            Event.Action.SYNC,
-            user=request.user,
-            connection=connection,
-            detail=f"{result.created} new, {result.updated} changed, {result.refreshed} refreshed",
-        )
-        text = (
-            f"{prefix}Synced: {result.created} new, {result.updated} changed, "
-            f"{result.refreshed} running {'batch' if result.refreshed == 1 else 'batches'} "
-            "refreshed."
-        )
-        if result.stopped_because.startswith("page cap"):
-            text += f" The newest {result.pages * 100:,} were read; the worker fetches the rest."
-        messages.success(request, text)
+            if result.stopped_because.startswith("page cap"):
+                pages = result.pages * 100
+                text += f" The newest {pages:,} were read; the worker fetches the rest."
+            messages.success(request, text)
     target = request.POST.get("next", "")
     if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
         target = reverse("batch-list")

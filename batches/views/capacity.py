@@ -11,10 +11,11 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_POST
 
-from .. import roles, services
+from .. import roles
 from ..models import Batch, CapacityWait, Connection, Submission
 from ..services import capacity
 from .access import rule
+from .failures import shown
 from .lookups import batch_for, submission_for
 
 
@@ -24,11 +25,8 @@ def batch_capacity_wait(request: HttpRequest, slug: str, openai_id: str) -> Http
     """Submit a batch that failed for lack of room again, once the estimate leaves room."""
     batch = batch_for(request.user, slug, openai_id)
     _usable(request.user, batch.connection)
-    try:
+    with shown(request):
         wait = capacity.capacity_wait_for_batch(batch=batch, user=request.user)
-    except services.ServiceError as error:
-        messages.error(request, str(error))
-    else:
         messages.success(request, _queued_message(wait))
     return redirect(batch)
 
@@ -47,11 +45,8 @@ def submission_capacity_wait(request: HttpRequest, token: str) -> HttpResponse:
     """The same, for a checked file whose create was refused for lack of room (Azure)."""
     submission = submission_for(request.user, token)
     _usable(request.user, submission.connection)
-    try:
+    with shown(request):
         wait = capacity.capacity_wait_for_submission(submission=submission, user=request.user)
-    except services.ServiceError as error:
-        messages.error(request, str(error))
-    else:
         messages.success(request, _queued_message(wait))
     return redirect("submission-confirm", token=submission.token)
 
@@ -73,11 +68,8 @@ def _cancel(request: HttpRequest, wait: CapacityWait | None) -> None:
         return
     if not wait.may_cancel(request.user):
         raise PermissionDenied("The person who asked for it, or an operator, may stop the wait.")
-    try:
+    with shown(request):
         capacity.capacity_wait_cancel(wait=wait, user=request.user)
-    except services.ServiceError as error:
-        messages.error(request, str(error))
-    else:
         messages.success(request, "Stopped waiting: it will not be submitted again.")
 
 

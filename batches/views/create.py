@@ -10,31 +10,19 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from .. import roles, services
+from .. import roles
+from ..errors import Failure
 from ..forms import BatchCreateForm
 from ..jsonl_check import ENDPOINTS
 from ..models import Connection, Submission
-from ..openai_client import InvalidRequest, NotFound, OpenAIError
-from ..services.costs import CostRange, submission_cost_range
-from ..services.submissions import (
-    AlreadySubmitted,
-    StagingQuotaExceeded,
-    SubmissionTokenTaken,
-    submission_check_file,
-    submission_for_file_id,
-    submission_submit,
-)
+from ..services import batches as batch_services
+from ..services import costs, submissions
+from . import failures
 from .access import rule
 from .capacity import confirm_panel
 from .lookups import submission_for
 
 SHOWN_PROBLEMS = 50
-
-
-def _error_status(error: Exception) -> int:
-    """The person's own mistake (a bad file id, a rejected value) is a 400; upstream trouble
-    is a 502."""
-    return 400 if isinstance(error, InvalidRequest | NotFound | services.ServiceError) else 502
 
 
 @rule(roles.SUBMIT)
@@ -43,7 +31,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
     connections = Connection.objects.listed_to(request.user, usable=True)
     if request.method == "GET":
         initial = {
-            "submission_token": services.new_submission_token(),
+            "submission_token": batch_services.new_submission_token(),
             "completion_window": "24h",
             "connection": _last_connection(request.user, connections),
         }
@@ -61,7 +49,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
     upload: UploadedFile | None = data["input_file"]
     try:
         if upload is None:
-            submission = submission_for_file_id(
+            submission = submissions.submission_for_file_id(
                 user=request.user,
                 token=data["submission_token"],
                 connection=connection,
@@ -69,7 +57,7 @@ def batch_create(request: HttpRequest) -> HttpResponse:
                 request=form.request_data(),
             )
             return _submit(request, submission, form=form)
-        submission, report = submission_check_file(
+        submission, report = submissions.submission_check_file(
             user=request.user,
             token=data["submission_token"],
             connection=connection,
@@ -79,11 +67,11 @@ def batch_create(request: HttpRequest) -> HttpResponse:
             request=form.request_data(),
             temporary_path=getattr(upload, "temporary_file_path", lambda: None)(),
         )
-    except AlreadySubmitted as already:
+    except submissions.AlreadySubmitted as already:
         return _already_submitted(request, already.submission)
-    except (SubmissionTokenTaken, StagingQuotaExceeded) as refused:
-        form.add_error(None, str(refused))
-        return _form_page(request, form, status=400)
+    except Failure as failure:
+        form.add_error(None, failures.sentence(failure))
+        return _form_page(request, form, status=failures.status(failure))
     if submission is None:
         return _form_page(request, form, report=report, status=400)
     return redirect("submission-confirm", token=submission.token)
@@ -110,17 +98,17 @@ def _submit(
     request: HttpRequest, submission: Submission, *, form: BatchCreateForm | None = None
 ) -> HttpResponse:
     try:
-        batch = submission_submit(submission=submission, user=request.user)
-    except AlreadySubmitted as already:
+        batch = submissions.submission_submit(submission=submission, user=request.user)
+    except submissions.AlreadySubmitted as already:
         return _already_submitted(request, already.submission)
-    except (OpenAIError, services.ServiceError) as error:
-        message = f"The batch was not created. {error}"
+    except Failure as failure:
+        message = failures.sentence(failure, "The batch was not created.")
         if form is not None:
             form.add_error(None, message)
-            return _form_page(request, form, status=_error_status(error))
+            return _form_page(request, form, status=failures.status(failure))
         context = {"submission": submission, "error": message, "cost": _cost_range(submission)}
         context.update(confirm_panel(submission=submission, user=request.user))
-        return render(request, "batches/confirm.html", context, status=_error_status(error))
+        return render(request, "batches/confirm.html", context, status=failures.status(failure))
     messages.success(request, f"Batch {batch.openai_id} created.")
     return redirect(batch)
 
@@ -160,8 +148,8 @@ def _form_page(
     return render(request, "batches/create.html", context, status=status)
 
 
-def _cost_range(submission: Submission) -> CostRange | None:
+def _cost_range(submission: Submission) -> costs.CostRange | None:
     """The estimate of a checked file; none for a file uploaded elsewhere (nothing was read)."""
     if not submission.facts:
         return None
-    return submission_cost_range(submission=submission)
+    return costs.submission_cost_range(submission=submission)

@@ -11,7 +11,7 @@ from django.http import Http404
 
 from ..cache import keys
 from ..models import Batch, Connection, Submission
-from ..services.submissions import submission_find
+from ..services import submissions
 
 
 def connection_for(user: Any, slug: str) -> Connection:
@@ -55,7 +55,7 @@ def batch_state_for(user: Any, slug: str, openai_id: str) -> tuple[int, bool, in
 def submission_for(user: Any, token: str, *, others: bool = False) -> Submission:
     """A checked file by its token: the person's own (anyone's with `others`), on a connection
     they may see, or 404 (tokens reveal nothing)."""
-    submission = submission_find(token=token, user=user, others=others)
+    submission = submissions.submission_find(token=token, user=user, others=others)
     if submission is None or submission.connection not in Connection.objects.visible_to(user):
         raise Http404("No such submission.")
     return submission

@@ -8,7 +8,8 @@ from django.shortcuts import redirect
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from .. import roles, services
+from .. import roles
+from ..services import notifications
 from .access import rule
 from .lookups import batch_for
 
@@ -30,7 +31,7 @@ def batch_watch(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse
             f"This batch has {batch.display_status()} already: there is nothing more to tell.",
         )
     else:
-        watching = services.watch_set(user=request.user, batch=batch, watch=wanted)
+        watching = notifications.watch_set(user=request.user, batch=batch, watch=wanted)
         if not watching:
             messages.success(request, "You no longer watch this batch.")
         elif request.user.email:

@@ -9,10 +9,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
-from .. import services
 from ..models import Batch, NotificationPreference
-from ..services import addresses
+from ..services import addresses, notifications
 from .access import rule
+from .failures import shown
 
 WATCHED_SHOWN = 200
 
@@ -61,7 +61,7 @@ def profile(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             switches = {name: data[name] for name in ProfileForm.SWITCHES}
-            services.notification_preferences_save(user=user, **switches)
+            notifications.notification_preferences_save(user=user, **switches)
             requested = addresses.email_change_request(user=user, address=data["email"])
             _say_requested(request, requested, "Your notification settings are saved.")
             return redirect("profile")
@@ -128,13 +128,11 @@ def profile_email_verify(request: HttpRequest, signed: str) -> HttpResponse:
     """The link emailed to a new address: opening it asks to confirm (a mail scanner that
     fetches it changes nothing), the button makes the address the account's. Only for the
     account it was sent for; a bad, expired or used link changes nothing."""
-    try:
+    with shown(request):
         if request.method == "POST":
             address = addresses.email_change_verify(user=request.user, token=signed)
             messages.success(request, f"Your email address is now {address}: it is verified.")
             return redirect("profile")
         address = addresses.email_link_check(user=request.user, token=signed)
-    except addresses.AddressLinkRefused as refused:
-        messages.error(request, str(refused))
-        return redirect("profile")
-    return render(request, "batches/profile/email_confirm.html", {"address": address})
+        return render(request, "batches/profile/email_confirm.html", {"address": address})
+    return redirect("profile")

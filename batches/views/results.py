@@ -9,22 +9,13 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from .. import roles, services, storage
+from .. import roles, storage
 from ..models import Batch, Event, ResultFile, ResultRow
-from ..openai_client import OpenAIError
-from ..services.result_files import (
-    FileGone,
-    batch_retry_stage,
-    batch_summarize,
-    file_download,
-    result_detail,
-    results_csv,
-    results_ingest,
-    results_touch,
-    safe_filename,
-)
-from ..services.submissions import AlreadySubmitted
+from ..services import batches as batch_services
+from ..services import connections as connection_services
+from ..services import result_files, submissions
 from .access import rule
+from .failures import shown
 from .lookups import batch_for
 
 RESULTS_PAGE_SIZE = 50
@@ -41,19 +32,20 @@ def batch_download(request: HttpRequest, slug: str, openai_id: str, kind: str) -
     batch = batch_for(request.user, slug, openai_id)
     if kind not in ResultFile.Kind.values:
         return render(request, "404.html", status=404)
-    try:
-        download = file_download(
-            batch=batch, kind=kind, client=services.get_client(connection=batch.connection)
+    with shown(request, f"The {kind} file could not be downloaded.") as outcome:
+        download = result_files.file_download(
+            batch=batch,
+            kind=kind,
+            client=connection_services.get_client(connection=batch.connection),
         )
-    except (OpenAIError, services.ServiceError) as error:
-        messages.error(request, f"The {kind} file could not be downloaded. {error}")
+    if not outcome:
         Event.record(
             Event.Action.DOWNLOAD,
             user=request.user,
             batch=batch,
             target=f"{kind} file",
-            detail=str(error),
-            error=error,
+            detail=str(outcome.failure),
+            error=outcome.failure,
         )
         return redirect(batch)
     response = StreamingHttpResponse(download.chunks, content_type=CONTENT_TYPE)
@@ -67,23 +59,17 @@ def batch_download(request: HttpRequest, slug: str, openai_id: str, kind: str) -
 def _ingested(request: HttpRequest, batch: Batch) -> bool:
     """Make sure the results table exists; say why on the page when it cannot be built."""
     if batch.results_ingested_at:
-        results_touch(batch=batch)
+        result_files.results_touch(batch=batch)
         return True
     if not batch.is_terminal:
         messages.info(request, "Results can be read once the batch has finished.")
         return False
-    try:
-        client = services.get_client(connection=batch.connection)
-        results_ingest(batch=batch, client=client)
+    with shown(request, "The result files could not be fetched.") as outcome:
+        client = connection_services.get_client(connection=batch.connection)
+        result_files.results_ingest(batch=batch, client=client)
         if batch.summary_computed_at is None:
-            batch_summarize(batch=batch, client=client)
-    except FileGone as error:
-        messages.error(request, str(error))
-        return False
-    except (OpenAIError, services.ServiceError) as error:
-        messages.error(request, f"The result files could not be fetched. {error}")
-        return False
-    return True
+            result_files.batch_summarize(batch=batch, client=client)
+    return bool(outcome)
 
 
 @rule(roles.VIEW)
@@ -143,8 +129,8 @@ def _search_page(rows: QuerySet[ResultRow], number: str | None) -> Page:
 def result_view(request: HttpRequest, slug: str, openai_id: str, row_id: int) -> HttpResponse:
     batch = batch_for(request.user, slug, openai_id)
     row = get_object_or_404(ResultRow.objects.select_related("batch"), pk=row_id, batch=batch)
-    results_touch(batch=batch)
-    context = {"batch": batch, "row": row, **result_detail(row=row)}
+    result_files.results_touch(batch=batch)
+    context = {"batch": batch, "row": row, **result_files.result_detail(row=row)}
     return render(request, "batches/result.html", context)
 
 
@@ -154,8 +140,8 @@ def results_export(request: HttpRequest, slug: str, openai_id: str) -> HttpRespo
     batch = batch_for(request.user, slug, openai_id)
     if not _ingested(request, batch):
         return redirect(batch)
-    response = StreamingHttpResponse(results_csv(batch=batch), content_type="text/csv")
-    name = safe_filename(f"{batch.openai_id}_results.csv")
+    response = StreamingHttpResponse(result_files.results_csv(batch=batch), content_type="text/csv")
+    name = result_files.safe_filename(f"{batch.openai_id}_results.csv")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
@@ -170,20 +156,20 @@ def batch_retry(request: HttpRequest, slug: str, openai_id: str) -> HttpResponse
     # anything else is replaced by a new one. The staged file's name is never the token.
     token = request.POST.get("submission_token", "")
     if not storage.is_token(token):
-        token = services.new_submission_token()
-    try:
-        submission = batch_retry_stage(
-            batch=batch,
-            user=request.user,
-            token=token,
-            client=services.get_client(connection=batch.connection),
-        )
-    except AlreadySubmitted as already:
-        submission = already.submission
-        if submission.batch_id:
-            messages.info(request, "This retry was already submitted.")
-            return redirect(submission.batch)
-    except (OpenAIError, services.ServiceError) as error:
-        messages.error(request, f"The retry could not be prepared. {error}")
+        token = batch_services.new_submission_token()
+    with shown(request, "The retry could not be prepared.") as outcome:
+        try:
+            submission = result_files.batch_retry_stage(
+                batch=batch,
+                user=request.user,
+                token=token,
+                client=connection_services.get_client(connection=batch.connection),
+            )
+        except submissions.AlreadySubmitted as already:
+            submission = already.submission
+            if submission.batch_id:
+                messages.info(request, "This retry was already submitted.")
+                return redirect(submission.batch)
+    if not outcome:
         return redirect(batch)
     return redirect("submission-confirm", token=submission.token)

@@ -25,8 +25,8 @@ from .. import charts, roles
 from ..cache import keys
 from ..models import Connection
 from ..models.costs import dollars
-from ..services.result_files import Echo, csv_safe
-from ..services.spend import Figures, Share, SpendQuery, SpendReport, spend_csv, spend_report
+from ..services import result_files
+from ..services import spend as spend_services
 from ..templatetags.batchweb import tokens as tokens_text
 from .access import rule
 
@@ -131,7 +131,7 @@ def _best_grain(start: dt.date, end: dt.date) -> str:
     return "month"
 
 
-def _query(request: HttpRequest) -> tuple[Choice, SpendQuery, list[Any], Any]:
+def _query(request: HttpRequest) -> tuple[Choice, spend_services.SpendQuery, list[Any], Any]:
     today = timezone.now().astimezone(dt.UTC).date()
     choice = _choice(SpendForm(request.GET), today)
     connections = Connection.objects.listed_to(request.user)
@@ -142,7 +142,7 @@ def _query(request: HttpRequest) -> tuple[Choice, SpendQuery, list[Any], Any]:
             choice.problems.append("No connection of yours has that name: showing all of them.")
             choice.connection = ""
     ids = (chosen.pk,) if chosen else tuple(c.pk for c in connections)
-    query = SpendQuery(
+    query = spend_services.SpendQuery(
         start=choice.start, end=choice.end, grain=choice.grain, connection_ids=ids, today=today
     )
     return choice, query, connections, chosen
@@ -152,7 +152,7 @@ def _query(request: HttpRequest) -> tuple[Choice, SpendQuery, list[Any], Any]:
 @require_GET
 def spend(request: HttpRequest) -> HttpResponse:
     choice, query, connections, chosen = _query(request)
-    report = spend_report(query=query)
+    report = spend_services.spend_report(query=query)
     params = {
         k: v
         for k, v in {
@@ -209,7 +209,7 @@ def _figures_html(context: dict[str, Any]) -> SafeString:
     figure, name and link the fragment shows (and of the template's text), so equal keys mean
     equal HTML: never stale, nothing to invalidate, nothing person-specific (a person's
     connections only change which figures there are)."""
-    report: SpendReport = context["report"]
+    report: spend_services.SpendReport = context["report"]
     shown = (
         report.query.start,
         report.query.end,
@@ -250,10 +250,10 @@ def spend_export(request: HttpRequest) -> StreamingHttpResponse | HttpResponse:
             content_type="text/plain; charset=utf-8",
         )
     choice, query, _connections, _chosen = _query(request)
-    report = spend_report(query=query)
-    writer = csv.writer(Echo())
-    table_rows = spend_csv(report=report, table=table)
-    rows = (writer.writerow([csv_safe(v) for v in row]) for row in table_rows)
+    report = spend_services.spend_report(query=query)
+    writer = csv.writer(result_files.Echo())
+    table_rows = spend_services.spend_csv(report=report, table=table)
+    rows = (writer.writerow([result_files.csv_safe(v) for v in row]) for row in table_rows)
     response = StreamingHttpResponse(rows, content_type="text/csv; charset=utf-8")
     name = f"spend-{table}-{choice.start:%Y%m%d}-{choice.end:%Y%m%d}.csv"
     response["Content-Disposition"] = f'attachment; filename="{name}"'
@@ -299,10 +299,10 @@ class TimeRow:
     first: dt.date
     last: dt.date
     words: str
-    figures: Figures
+    figures: spend_services.Figures
 
 
-def _time_charts(report: SpendReport) -> dict[str, Any]:
+def _time_charts(report: spend_services.SpendReport) -> dict[str, Any]:
     grain = report.query.grain
     rows, spend_points, input_points, output_points = [], [], [], []
     for first, last, figures in report.over_time:
@@ -346,7 +346,7 @@ def _time_charts(report: SpendReport) -> dict[str, Any]:
 class Breakdown:
     table: str
     title: str
-    shares: list[Share]
+    shares: list[spend_services.Share]
     chart: charts.BarChart
     list_filter: str
     more: int
@@ -356,7 +356,9 @@ class Breakdown:
         return f"by-{self.table}"
 
 
-def _breakdown(table: str, title: str, shares: list[Share], list_filter: str) -> Breakdown:
+def _breakdown(
+    table: str, title: str, shares: list[spend_services.Share], list_filter: str
+) -> Breakdown:
     charted = shares[:CHARTED]
     points = [
         charts.Point(

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 import pytest
 from django.urls import reverse
 
-from batches import services
 from batches.models import AuthStyle, Batch, Connection, Event, Submission
+from batches.services import batches as batch_services
+from batches.services import connections as connection_services
+from batches.services import sync as sync_services
 from batches.services.submissions import submission_submit
 from simulator import SimulatorServer
 from tests.integration.conftest import chat_line, wait_until
@@ -66,7 +68,7 @@ def test_batches_listed_by_azure_are_cached_in_openai_s_shape(azure):
     server.sim.seed_batches(count=2, status="completed")
     server.sim.seed_batches(count=1, status="in_progress")
 
-    result = services.batches_sync(connection=connection, full=True)
+    result = sync_services.batches_sync(connection=connection, full=True)
 
     assert result.created == 3
     statuses = sorted(Batch.objects.filter(connection=connection).values_list("status", flat=True))
@@ -92,7 +94,7 @@ def test_a_batch_made_from_the_form_runs_to_completion_and_its_results_open(
     assert created["Location"] == batch.get_absolute_url()
     assert batch.model == DEPLOYMENT  # Azure sends no model: the checked file names it
     sim_clock.now += 100
-    batch = services.batch_refresh(batch=batch)
+    batch = batch_services.batch_refresh(batch=batch)
     assert batch.status == "completed"
     assert batch.request_completed == 3 and batch.error_file_id  # always there, empty
     results = submitter_client.get(
@@ -150,7 +152,7 @@ def test_azure_s_full_token_queue_on_create_is_explained_and_creates_nothing(
 def test_test_connection_says_what_works_on_each_azure_dialect(azure):
     _server, connection = azure
 
-    result = services.connection_test(connection=connection)
+    result = connection_services.connection_test(connection=connection)
 
     assert result.ok, result.message
 
@@ -160,7 +162,7 @@ def test_the_wrong_dialect_is_named_by_test_connection(azure):
     # Azure's v1 API also answers OpenAI's dialect (with Bearer): take a really wrong one.
     connection.dialect = {"azure": "azure-legacy", "azure-legacy": "openai"}[connection.dialect]
 
-    result = services.connection_test(connection=connection)
+    result = connection_services.connection_test(connection=connection)
 
     assert not result.ok
     assert "dialect" in result.message.lower() or "url" in result.message.lower()

@@ -9,10 +9,11 @@ import io
 import pytest
 from django.urls import reverse
 
-from batches import services
 from batches.models import Batch, Status, default_connection
 from batches.openai_client import InvalidRequest, NotFound
 from batches.results import summarize
+from batches.services import batches as batch_services
+from batches.services import sync as sync_services
 from tests.integration.conftest import write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -36,13 +37,13 @@ def quirky(sim):
 def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_render(
     quirky, submitter, submitter_client, uploaded_file_id
 ):
-    mine = services.batch_create(
+    mine = batch_services.batch_create(
         user=submitter, input_file_id=uploaded_file_id, endpoint=ENDPOINT, metadata={"job": "q"}
     )
     quirky.seed_batches(count=2, status="failed")
     quirky.seed_batches(count=2, status="completed")
 
-    result = services.batches_sync(connection=default_connection())
+    result = sync_services.batches_sync(connection=default_connection())
 
     assert result.created == 4  # the one created through batchweb was cached already
     batches = list(Batch.objects.all())
@@ -68,17 +69,19 @@ def test_batches_with_dashed_ids_and_omitted_nulls_are_cached_and_their_pages_re
 def test_a_batch_that_skips_finalizing_goes_from_in_progress_to_completed_on_its_page(
     quirky, submitter, submitter_client, uploaded_file_id
 ):
-    batch = services.batch_create(user=submitter, input_file_id=uploaded_file_id, endpoint=ENDPOINT)
+    batch = batch_services.batch_create(
+        user=submitter, input_file_id=uploaded_file_id, endpoint=ENDPOINT
+    )
     url = reverse("batch-detail", args=["default", batch.openai_id])
 
     quirky.advance(3.5)  # validating (2 s), then half-way through three 1-second requests
-    services.refresh_running_batches(connection=default_connection())  # what Sync now does
+    sync_services.refresh_running_batches(connection=default_connection())  # what Sync now does
     running = submitter_client.get(url).context["batch"]
     assert running.status == Status.IN_PROGRESS
     assert 0 < running.requests_done < 3
 
     quirky.advance(2)  # on OpenAI this moment would be `finalizing`
-    services.refresh_running_batches(connection=default_connection())
+    sync_services.refresh_running_batches(connection=default_connection())
     done = submitter_client.get(url).context["batch"]
     assert done.status == Status.COMPLETED
     assert done.finalizing_at is None
@@ -118,14 +121,14 @@ def test_errors_with_only_a_message_still_name_their_class_and_reach_the_page(
     assert "Cannot cancel a batch with status 'completed'" in str(conflict.value)
 
     quirky.seed_batches(count=1, status="in_progress")
-    services.batches_sync(connection=default_connection())
+    sync_services.batches_sync(connection=default_connection())
     running = Batch.objects.get(status=Status.IN_PROGRESS)
     quirky.reset()  # upstream forgets the batch...
     quirky.set_faults({"quirks": ALL_QUIRKS})  # ...and still answers like a compatible server
     with pytest.raises(NotFound):
         client.retrieve_batch(running.openai_id)
 
-    services.refresh_running_batches(connection=default_connection())  # the worker's look
+    sync_services.refresh_running_batches(connection=default_connection())  # the worker's look
     page = submitter_client.get(reverse("batch-detail", args=["default", running.openai_id]))
 
     assert page.status_code == 200

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from batches import services
 from batches.models import Batch, Connection, SyncState, default_connection
+from batches.services import sync as sync_services
 from simulator import SimulatorServer
 from tests.integration.conftest import calls
 
@@ -33,8 +33,8 @@ def test_each_connection_keeps_its_own_batches_and_sync_state(sim, second, secon
     sim.seed_batches(count=3, status="completed")
     second_server.sim.seed_batches(count=2, status="completed")
 
-    services.batches_sync(connection=default_connection(), full=True)
-    services.batches_sync(connection=second, full=True)
+    sync_services.batches_sync(connection=default_connection(), full=True)
+    sync_services.batches_sync(connection=second, full=True)
 
     assert Batch.objects.filter(connection=default_connection()).count() == 3
     assert Batch.objects.filter(connection=second).count() == 2
@@ -46,16 +46,16 @@ def test_one_upstream_down_does_not_stop_the_other_from_refreshing(
     sim, sim_clock, second, second_server, waits
 ):
     second_server.sim.seed_batches(count=1, status="in_progress", requests=50)
-    services.batches_sync(connection=second, full=True)
+    sync_services.batches_sync(connection=second, full=True)
     before = Batch.objects.get(connection=second).requests_done
     sim.set_faults({"server_error": 1000})  # the default connection's upstream is down
 
-    down = services.sync_pass(connection=default_connection())
+    down = sync_services.sync_pass(connection=default_connection())
     sim_clock.now += 5  # the second simulator's batch moves on
-    up = services.sync_pass(connection=second)
-    still_down = services.sync_pass(connection=default_connection())
+    up = sync_services.sync_pass(connection=second)
+    still_down = sync_services.sync_pass(connection=default_connection())
     sim_clock.now += 5
-    up_again = services.sync_pass(connection=second)
+    up_again = sync_services.sync_pass(connection=second)
 
     assert down.failed and "HTTP 500" in down.error
     assert still_down.backoff_seconds > 0 and still_down.note.startswith("upstream failing")
@@ -72,8 +72,8 @@ def test_a_connection_whose_key_is_missing_fails_alone_with_a_clear_message(
     monkeypatch.delenv("SECOND_KEY")
     sim.seed_batches(count=1, status="completed")
 
-    broken = services.sync_pass(connection=second)
-    fine = services.sync_pass(connection=default_connection())
+    broken = sync_services.sync_pass(connection=second)
+    fine = sync_services.sync_pass(connection=default_connection())
 
     assert broken.failed
     assert "SECOND_KEY" in broken.error and "not set" in broken.error

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from batches import services
 from batches.models import Batch, Event
 from batches.openai_client import OpenAIClient, OpenAIError, UpstreamUnavailable
+from batches.services import batches as batch_services
 from tests.integration.conftest import calls, wait_until
 
 pytestmark = pytest.mark.django_db
@@ -50,7 +50,7 @@ def slow_create_client(sim, make_client) -> SlowCreateClient:
 def test_a_create_that_timed_out_but_happened_upstream_is_found_by_its_token(
     sim, submitter, uploaded_file_id, slow_create_client
 ):
-    batch = services.batch_create(
+    batch = batch_services.batch_create(
         user=submitter,
         input_file_id=uploaded_file_id,
         endpoint=ENDPOINT,
@@ -68,7 +68,7 @@ def test_a_create_that_timed_out_but_happened_upstream_is_found_by_its_token(
     assert batch.created_by == submitter
     assert list(Event.objects.values_list("action", flat=True)) == [Event.Action.CREATE]
 
-    again = services.batch_create(
+    again = batch_services.batch_create(
         user=submitter,
         input_file_id=uploaded_file_id,
         endpoint=ENDPOINT,
@@ -88,7 +88,7 @@ def test_a_create_that_failed_before_anything_happened_is_reported_and_can_be_re
     client = make_client()
 
     with pytest.raises(UpstreamUnavailable):
-        services.batch_create(
+        batch_services.batch_create(
             user=submitter,
             input_file_id=uploaded_file_id,
             endpoint=ENDPOINT,
@@ -101,7 +101,7 @@ def test_a_create_that_failed_before_anything_happened_is_reported_and_can_be_re
     assert Event.objects.filter(action=Event.Action.CREATE_FAILED).count() == 1
     assert not Batch.objects.exists()
 
-    batch = services.batch_create(
+    batch = batch_services.batch_create(
         user=submitter,
         input_file_id=uploaded_file_id,
         endpoint=ENDPOINT,

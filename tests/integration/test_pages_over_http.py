@@ -11,8 +11,8 @@ from django.contrib.messages import get_messages
 from django.urls import reverse
 from django.utils import timezone
 
-from batches import services
 from batches.models import Batch, Event, Status, Submission, SyncState, default_connection
+from batches.services import sync as sync_services
 from tests.integration.conftest import calls
 
 pytestmark = pytest.mark.django_db
@@ -23,7 +23,7 @@ ENDPOINT = "/v1/chat/completions"
 def cached_running_batch(sim, *, requests: int = 10) -> Batch:
     """A batch running upstream, already in the cache."""
     seeded = sim.seed_batches(count=1, status="in_progress", requests=requests)
-    services.batches_sync(connection=default_connection())
+    sync_services.batches_sync(connection=default_connection())
     return Batch.objects.get(openai_id=seeded["first_id"])
 
 
@@ -102,7 +102,7 @@ def test_a_running_batch_page_asks_the_worker_whose_next_pass_brings_the_progres
     assert calls(sim, "retrieveBatch") == retrieved  # the page asked upstream nothing
     assert Batch.objects.get(pk=batch.pk).next_refresh_at <= timezone.now()  # but the worker
 
-    services.sync_pass(connection=default_connection())
+    sync_services.sync_pass(connection=default_connection())
     fresh = submitter_client.get(url)
 
     # The pass's list walk may bring it (and reschedule it) before its retrieves: one call, or
@@ -151,7 +151,7 @@ def test_the_sync_now_button_fills_the_list_from_the_simulator(sim, operator_cli
 
 def test_the_sync_now_button_during_an_outage_says_so_and_keeps_the_cache(sim, operator_client):
     sim.seed_batches(count=3, status="completed")
-    services.batches_sync(connection=default_connection())
+    sync_services.batches_sync(connection=default_connection())
     sim.set_faults({"server_error": 100})
 
     response = operator_client.post(reverse("batch-sync"), follow=True)
@@ -168,7 +168,7 @@ def test_a_failing_simulator_shows_on_the_batch_page_as_the_workers_note(
 ):
     batch = cached_running_batch(sim)
     sim.set_faults({"server_error": 100})
-    services.sync_pass(connection=default_connection())  # the worker meets the outage
+    sync_services.sync_pass(connection=default_connection())  # the worker meets the outage
     retrieved = calls(sim, "retrieveBatch")
 
     page = submitter_client.get(reverse("batch-detail", args=["default", batch.openai_id]))

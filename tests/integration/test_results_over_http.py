@@ -3,8 +3,9 @@ from pathlib import Path
 
 from django.urls import reverse
 
-from batches import services
 from batches.models import Batch, ResultRow, Submission
+from batches.services import batches as batch_services
+from batches.services import connections as connection_services
 from tests.integration.conftest import chat_line
 
 
@@ -15,12 +16,14 @@ def test_a_finished_batch_can_be_read_exported_downloaded_and_retried(
     lines = [chat_line(f"req-{i}") for i in range(1, 6)] + [chat_line("req-6-fail")]
     p = tmp_path / "in.jsonl"
     p.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    client = services.get_client()
+    client = connection_services.get_client()
     with p.open("rb") as f:
         fid = client.upload_file(fileobj=f, filename="in.jsonl")["id"]
-    b = services.batch_create(user=submitter, input_file_id=fid, endpoint="/v1/chat/completions")
+    b = batch_services.batch_create(
+        user=submitter, input_file_id=fid, endpoint="/v1/chat/completions"
+    )
     sim.advance(100)
-    b = services.batch_refresh(batch=b)
+    b = batch_services.batch_refresh(batch=b)
     assert b.status == "completed", b.status
     r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]))
     assert r.status_code == 200, r
@@ -62,15 +65,15 @@ def _finished(sim, submitter, tmp_path, lines, *, advance=100.0, name="in.jsonl"
     """Upload `lines` to the simulator, create a batch, run it to its end, cache it."""
     path = tmp_path / name
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    client = services.get_client()
+    client = connection_services.get_client()
     with path.open("rb") as handle:
         file_id = client.upload_file(fileobj=handle, filename=name)["id"]
-    batch = services.batch_create(
+    batch = batch_services.batch_create(
         user=submitter, input_file_id=file_id, endpoint="/v1/chat/completions"
     )
     if advance:
         sim.advance(advance)
-    return services.batch_refresh(batch=batch)
+    return batch_services.batch_refresh(batch=batch)
 
 
 def test_quirky_result_files_are_read_as_well_as_standard_ones(
@@ -104,7 +107,7 @@ def test_an_expired_batch_retries_what_expired_as_well_as_what_failed(
     b = _finished(sim, submitter, tmp_path, lines, advance=0)
     sim.advance(2 + 4.5)  # validating, then about four requests done
     sim.expire_batch(b.openai_id)
-    b = services.batch_refresh(batch=b)
+    b = batch_services.batch_refresh(batch=b)
     assert b.status == "expired", b.status
 
     r = submitter_client.get(reverse("batch-results", args=["default", b.openai_id]) + "?failed=1")
@@ -135,7 +138,7 @@ def test_an_output_file_deleted_upstream_is_reported_not_a_crash(
 ):
     settings.DATA_DIR = tmp_path
     b = _finished(sim, submitter, tmp_path, [chat_line("req-1"), chat_line("req-2")])
-    services.get_client().delete_file(b.output_file_id)
+    connection_services.get_client().delete_file(b.output_file_id)
 
     r = submitter_client.get(reverse("batch-download", args=["default", b.openai_id, "output"]))
     assert r.status_code == 302

@@ -24,7 +24,7 @@ from django.contrib.auth.models import Group, User
 from django.core.cache import caches
 
 from batches.models import Batch, Connection, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from batchweb.version import code_version
 from tests.conftest import make_batch
 
@@ -218,7 +218,7 @@ def _manage(env: dict[str, str], *args: str) -> None:
 SEED = f"""
 from django.contrib.auth.models import Group, User
 from batches.models import Connection, default_connection
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 research = Connection.objects.create(name="Research", slug="research",
     base_url="https://research.example.test/v1", key_env="RESEARCH_KEY")

@@ -1,4 +1,4 @@
-"""The sync worker (``services.batches_sync`` and ``manage.py sync_batches``) against the
+"""The sync worker (``sync_services.batches_sync`` and ``manage.py sync_batches``) against the
 simulator: full and incremental walks, a list that never ends, running batches that move on as
 the simulated clock advances, and an upstream outage."""
 
@@ -11,8 +11,8 @@ import time
 import pytest
 from django.core.management import CommandError, call_command
 
-from batches import services
 from batches.models import Batch, Status, SyncState, default_connection
+from batches.services import sync as sync_services
 from tests.integration.conftest import calls
 
 pytestmark = pytest.mark.django_db
@@ -30,13 +30,13 @@ def keep_signal_handlers():
 def test_a_first_sync_stores_all_250_batches_in_three_list_calls_and_a_second_needs_one(sim):
     sim.seed_batches(count=250, status="completed")
 
-    first = services.batches_sync(connection=default_connection())
+    first = sync_services.batches_sync(connection=default_connection())
 
     assert Batch.objects.count() == 250
     assert (first.pages, first.created, first.stopped_because) == (3, 250, "last page")
     assert calls(sim, "listBatches") == 3
 
-    second = services.batches_sync(connection=default_connection())
+    second = sync_services.batches_sync(connection=default_connection())
 
     assert calls(sim, "listBatches") == 4  # one more: the newest page brought nothing new
     assert (second.pages, second.created, second.updated) == (1, 0, 0)
@@ -50,7 +50,7 @@ def test_a_list_that_never_ends_is_walked_to_the_repeated_cursor_and_no_further(
     sim.set_faults({"endless_list": True})
 
     started = time.monotonic()
-    result = services.batches_sync(connection=default_connection(), full=True)
+    result = sync_services.batches_sync(connection=default_connection(), full=True)
 
     assert time.monotonic() - started < 10
     assert result.stopped_because == "repeated cursor"
@@ -62,7 +62,7 @@ def test_a_list_that_never_ends_stops_at_the_page_cap(sim):
     sim.seed_batches(count=250, status="completed")
     sim.set_faults({"endless_list": True})
 
-    result = services.batches_sync(connection=default_connection(), full=True, max_pages=2)
+    result = sync_services.batches_sync(connection=default_connection(), full=True, max_pages=2)
 
     assert result.stopped_because == "page cap of 2 reached"
     assert calls(sim, "listBatches") == 2
@@ -73,7 +73,7 @@ def test_an_incremental_sync_of_a_list_that_never_ends_stops_once_nothing_is_new
     sim.seed_batches(count=30, status="completed")
     sim.set_faults({"endless_list": True})
 
-    result = services.batches_sync(connection=default_connection())
+    result = sync_services.batches_sync(connection=default_connection())
 
     assert result.stopped_because == "nothing new"
     assert calls(sim, "listBatches") == 2
@@ -86,7 +86,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
     sim.seed_batches(count=5, status="in_progress", requests=1000)
     sim.advance(200)
     sim.seed_batches(count=100, status="completed")
-    services.batches_sync(connection=default_connection())
+    sync_services.batches_sync(connection=default_connection())
     running = Batch.objects.filter(status=Status.IN_PROGRESS)
     assert running.count() == 5
     before = {b.openai_id: b.requests_done for b in running}
@@ -94,7 +94,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
     sim.advance(100)
     retrieved = calls(sim, "retrieveBatch")
     listed = calls(sim, "listBatches")
-    result = services.batches_sync(connection=default_connection())
+    result = sync_services.batches_sync(connection=default_connection())
 
     assert calls(sim, "listBatches") - listed == 1
     assert result.refreshed == 5
@@ -104,7 +104,7 @@ def test_running_batches_are_refreshed_and_move_on_as_the_simulated_clock_advanc
         assert batch.requests_done > before[batch.openai_id]
 
     sim.advance(2000)  # past the 1,000 requests and finalizing
-    services.batches_sync(connection=default_connection())
+    sync_services.batches_sync(connection=default_connection())
 
     finished = Batch.objects.filter(openai_id__in=before)
     assert {b.status for b in finished} == {Status.COMPLETED}

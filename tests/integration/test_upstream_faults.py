@@ -1,5 +1,5 @@
 """Upstream faults, each produced by the simulator over loopback HTTP, met by batchweb's real
-paths: the worker's pass (`services.sync_pass`, `manage.py sync_batches`), the create form, the
+paths: the worker's pass (`sync_services.sync_pass`, `manage.py sync_batches`), the create form, the
 results page and downloads (issue 13, item 5).
 
 Nineteen kinds of fault:
@@ -56,7 +56,6 @@ from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from batches import services
 from batches.models import (
     STATUS_RANK,
     Batch,
@@ -68,7 +67,9 @@ from batches.models import (
     default_connection,
 )
 from batches.openai_client import OpenAIError, UpstreamUnavailable
+from batches.services import batches as batch_services
 from batches.services import housekeeping
+from batches.services import sync as sync_services
 from simulator import SimulatorServer
 from tests.integration.conftest import API_KEY, calls, chat_line
 
@@ -155,18 +156,18 @@ class Worker:
         self.connection = connection
         self.now = T0
 
-    def next_pass(self, *, seconds: float = 6.0) -> services.PassResult:
+    def next_pass(self, *, seconds: float = 6.0) -> sync_services.PassResult:
         """A pass `seconds` later (past the refresh interval of running batches), or right
         after the backoff ends when that is later."""
         self.now += dt.timedelta(seconds=seconds)
         until = SyncState.get(self.connection).backoff_until
         if until and until > self.now:
             self.now = until + dt.timedelta(seconds=1)
-        return services.sync_pass(connection=self.connection, now=self.now)
+        return sync_services.sync_pass(connection=self.connection, now=self.now)
 
-    def pass_now(self) -> services.PassResult:
+    def pass_now(self) -> sync_services.PassResult:
         """A pass at once, without stepping over anything."""
-        return services.sync_pass(connection=self.connection, now=self.now)
+        return sync_services.sync_pass(connection=self.connection, now=self.now)
 
     def backoff(self) -> float:
         state = SyncState.get(self.connection)
@@ -212,7 +213,7 @@ def assert_other_connection_syncs(second: Connection, server: SimulatorServer) -
     """A new batch on the second upstream is found by its pass, during the fault."""
     server.sim.seed_batches(count=1, status="completed")
     before = Batch.objects.filter(connection=second).count()
-    result = services.sync_pass(connection=second)
+    result = sync_services.sync_pass(connection=second)
     assert not result.failed, result.error
     assert Batch.objects.filter(connection=second).count() == before + 1
     assert not SyncState.get(second).is_failing
@@ -228,7 +229,7 @@ def running_and_done(sim, worker: Worker) -> dict[str, tuple]:
     return cache()
 
 
-def assert_recovers(sim, worker: Worker, before: dict[str, tuple]) -> services.PassResult:
+def assert_recovers(sim, worker: Worker, before: dict[str, tuple]) -> sync_services.PassResult:
     """With the fault cleared, the next pass succeeds, and the running batches move on."""
     sim.set_faults({"latency": 0, "operations": None, "drop_batch_fields": []})
     sim.advance(20)
@@ -240,7 +241,7 @@ def assert_recovers(sim, worker: Worker, before: dict[str, tuple]) -> services.P
     return result
 
 
-def assert_failed_pass(worker: Worker, result: services.PassResult, *words: str) -> str:
+def assert_failed_pass(worker: Worker, result: sync_services.PassResult, *words: str) -> str:
     """A failed pass: stored for the pages, said clearly, with a bounded backoff."""
     assert result.failed
     state = SyncState.get(worker.connection)
@@ -513,7 +514,7 @@ def test_a_long_retry_after_becomes_the_workers_backoff(
     assert_other_connection_syncs(second, second_server)
 
     sim.set_faults({"rate_limit": 0})
-    services.sync_pass(connection=default_connection(), now=state.backoff_until)
+    sync_services.sync_pass(connection=default_connection(), now=state.backoff_until)
     assert Batch.objects.filter(connection=default_connection()).count() == 2
 
 
@@ -830,9 +831,9 @@ def _jsonl(count: int) -> bytes:
 def finished_batch(sim, submitter, lines: int = 40) -> Batch:
     """A batch made through batchweb, run to its end upstream and cached."""
     file_id = sim.create_file(filename="in.jsonl", purpose="batch", content=_jsonl(lines))["id"]
-    batch = services.batch_create(user=submitter, input_file_id=file_id, endpoint=ENDPOINT)
+    batch = batch_services.batch_create(user=submitter, input_file_id=file_id, endpoint=ENDPOINT)
     sim.advance(lines + 10)
-    batch = services.batch_refresh(batch=batch)
+    batch = batch_services.batch_refresh(batch=batch)
     assert batch.status == "completed" and batch.output_file_id
     return batch
 

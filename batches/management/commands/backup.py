@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from batches.services.backup import BackupError, backup_create
+from batches.services import backup
 
 
 class Command(BaseCommand):
@@ -32,10 +32,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
-            result = backup_create(
+            result = backup.backup_create(
                 target=options["directory"], method=options["method"], using=options["database"]
             )
-        except BackupError as error:
+        except backup.BackupError as error:
             raise CommandError(str(error)) from None
         for warning in result.warnings:
             self.stderr.write(self.style.WARNING(f"Warning: {warning}"))

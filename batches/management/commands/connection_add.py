@@ -21,7 +21,7 @@ from django.utils.text import slugify
 
 from batches import keystore
 from batches.models import AuthStyle, Connection, Dialect
-from batches.services.connections import ConnectionTestResult, connection_test
+from batches.services import connections as connection_services
 
 
 class Command(BaseCommand):
@@ -136,7 +136,7 @@ class Command(BaseCommand):
                 "for the web and worker processes before using this connection."
             )
         if options["test"]:
-            result = connection_test(connection=connection)
+            result = connection_services.connection_test(connection=connection)
             if not result.ok:
                 raise CommandError(
                     "The connection was added, but the test failed. " + format_result(result)
@@ -158,7 +158,7 @@ class Command(BaseCommand):
             )
 
 
-def format_result(result: ConnectionTestResult) -> str:
+def format_result(result: connection_services.ConnectionTestResult) -> str:
     """A test result as plain text lines (shared with `manage.py connection_test`)."""
     lines = [result.message, *(f"  - {line}" for line in result.details)]
     if result.request_id and not any(result.request_id in line for line in lines):

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 
 from batches.models import Connection
-from batches.services.connections import connection_test
+from batches.services import connections as connection_services
 
 from .connection_add import format_result
 
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         if connection is None:
             known = ", ".join(Connection.objects.values_list("slug", flat=True)) or "none yet"
             raise CommandError(f"No connection with the slug {options['slug']!r} (slugs: {known}).")
-        result = connection_test(connection=connection)
+        result = connection_services.connection_test(connection=connection)
         if not result.ok:
             raise CommandError(format_result(result))
         self.stdout.write(self.style.SUCCESS(format_result(result)))

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from batches.services.costs import costs_recompute
+from batches.services import costs
 
 
 class Command(BaseCommand):
@@ -26,5 +26,5 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, everything: bool = False, **options: Any) -> None:
-        count = costs_recompute(everything=everything)
+        count = costs.costs_recompute(everything=everything)
         self.stdout.write(f"Computed the cost of {count:,} batch{'es' if count != 1 else ''}.")

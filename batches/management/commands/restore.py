@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from batches.services.backup import BackupError, backup_read, backup_restore
+from batches.services import backup
 
 
 class Command(BaseCommand):
@@ -34,8 +34,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         source: Path = options["directory"]
         try:
-            manifest = backup_read(source)
-        except BackupError as error:
+            manifest = backup.backup_read(source)
+        except backup.BackupError as error:
             raise CommandError(str(error)) from None
         if options["interactive"]:
             database = connections[options["database"]].settings_dict["NAME"]
@@ -47,8 +47,8 @@ class Command(BaseCommand):
             if answer.strip().lower() != "yes":
                 raise CommandError("Restore cancelled; nothing was changed.")
         try:
-            result = backup_restore(source=source, using=options["database"])
-        except BackupError as error:
+            result = backup.backup_restore(source=source, using=options["database"])
+        except backup.BackupError as error:
             raise CommandError(str(error)) from None
         for warning in result.warnings:
             self.stderr.write(self.style.WARNING(f"Warning: {warning}"))

@@ -1,12 +1,12 @@
 """The sync worker: `manage.py sync_batches` syncs once, `--loop` keeps going until SIGTERM.
 
-Each pass is `services.sync_pass()` for one connection (see `batches/services/sync.py`) and
+Each pass is `sync.sync_pass()` for one connection (see `batches/services/sync.py`) and
 writes one line. Each connection has its own loop (a thread of its own when there are several),
 so one upstream's outage, backoff or slowness never delays another's refreshes. Several workers
 may share one PostgreSQL database, on one host or several; on SQLite run one worker.
 
 Every few seconds the worker also sends the notifications that are due
-(`services.notifications_deliver`), from the command's own thread: whatever the connections'
+(`notifications.notifications_deliver`), from the command's own thread: whatever the connections'
 loops are doing, and never stopping them when a mail server or receiver fails.
 """
 
@@ -27,9 +27,10 @@ from django.db import Error as DatabaseFailure
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-from batches import services
 from batches.models import Connection
 from batches.openai_client import OpenAIClient, OpenAIError
+from batches.services import connections as connection_services
+from batches.services import notifications, sync
 
 # Waits after a database error: doubling from the first to the last (seconds).
 DB_BACKOFF_MIN = 1.0
@@ -106,7 +107,7 @@ class Command(BaseCommand):
         failures = []
         for connection in self.roster():
             try:
-                result = services.batches_sync(connection=connection, full=full)
+                result = sync.batches_sync(connection=connection, full=full)
             except OpenAIError as error:
                 failures.append(f"{connection.slug}: {error}")
                 self.stderr.write(f"Sync of {connection.slug} failed: {error}")
@@ -186,7 +187,7 @@ class Command(BaseCommand):
         database, or a bug in a sender, must not stop the sync."""
         try:
             _fresh_connection()
-            result = services.notifications_deliver(stop=self.stopping.is_set)
+            result = notifications.notifications_deliver(stop=self.stopping.is_set)
         except DatabaseFailure as error:
             with self.output_lock:
                 self.stderr.write(
@@ -202,7 +203,7 @@ class Command(BaseCommand):
                 with self.output_lock:
                     self.stdout.write(f"notifications: {result}")
 
-    def report(self, connection: Connection, result: services.PassResult) -> None:
+    def report(self, connection: Connection, result: sync.PassResult) -> None:
         with self.output_lock:
             if result.failed:
                 self.stderr.write(f"sync {connection.slug} failed: {result}")
@@ -277,12 +278,12 @@ class ConnectionLoop:
                 _fresh_connection()
                 self.connection.refresh_from_db()  # key, URL or dialect may have changed
                 client = self._client()
-                result = services.sync_pass(
+                result = sync.sync_pass(
                     connection=self.connection, client=client, full=self.full, stop=self.stopped
                 )
             except OpenAIError as error:  # no usable key: recorded like an upstream failure
-                result = services.PassResult(error=str(error), errors=1)
-                result.backoff_seconds = services.record_upstream_failure(
+                result = sync.PassResult(error=str(error), errors=1)
+                result.backoff_seconds = sync.record_upstream_failure(
                     connection=self.connection, error=error, now=timezone.now()
                 )
                 self.command.report(self.connection, result)
@@ -316,7 +317,7 @@ class ConnectionLoop:
                 self.command.stopping.wait(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _client(self) -> OpenAIClient:
-        client = services.get_client(connection=self.connection)
+        client = connection_services.get_client(connection=self.connection)
         # Long Retry-After waits belong to the worker's backoff, which a SIGTERM cuts short,
         # not to the client, which sleeps through it.
         client.config = dataclasses.replace(

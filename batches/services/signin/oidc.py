@@ -20,10 +20,12 @@ import requests
 from django.conf import settings
 from django.contrib.auth.models import Group
 
+from ...errors import Failure
+
 log = logging.getLogger(__name__)
 
 
-class SignInRefused(Exception):
+class SignInRefused(Failure):
     """A company sign-in refused. The message is for the person; `detail` for the audit trail
     (never a token); `username` the name or address the provider gave, when known."""
 
