@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
+from django.db import transaction
 
 from batches.cache import generations as generation
 from batches.models import (
@@ -19,7 +20,7 @@ from batches.models import (
     Watch,
     default_connection,
 )
-from batches.services import batch_upsert
+from batches.services.batches import batch_upsert
 from tests.conftest import make_batch
 
 pytestmark = pytest.mark.django_db
@@ -49,6 +50,30 @@ def test_a_batch_written_raises_its_connection_only(second):
     batch_upsert(payload=make_batch(id="batch_g1"), connection=second)
 
     assert set(raised(before)) == {"second"}
+
+
+def test_a_write_in_a_transaction_raises_its_number_when_the_transaction_ends(second):
+    """As in production: after the commit, not at the write (the tests' conftest runs the
+    callback when the outermost block the code opened ends)."""
+    before = generation.snapshot()
+
+    with transaction.atomic():
+        batch_upsert(payload=make_batch(id="batch_g1"), connection=second)
+        with transaction.atomic():
+            Batch.objects.filter(connection=second).update(label="inner")
+        assert raised(before) == {}
+
+    assert raised(before) == {"second": 1}
+
+
+def test_a_transaction_rolled_back_raises_nothing(second):
+    before = generation.snapshot()
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        batch_upsert(payload=make_batch(id="batch_g1"), connection=second)
+        raise RuntimeError("rolled back")
+
+    assert raised(before) == {}
 
 
 def test_a_bulk_update_raises_the_connections_of_the_rows_it_touches(second):
