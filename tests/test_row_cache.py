@@ -23,9 +23,9 @@ LIST = reverse("batch-list")
 
 @pytest.fixture(autouse=True)
 def empty_cache():
-    caches[row_cache.CACHE_ALIAS].clear()
+    row_cache.forget()
     yield
-    caches[row_cache.CACHE_ALIAS].clear()
+    row_cache.forget()
 
 
 @pytest.fixture
@@ -70,6 +70,37 @@ def test_a_second_look_renders_no_row_again(viewer_client, renders):
     response = viewer_client.get(LIST)
     assert renders == []
     assert "batch_a" in response.content.decode()
+
+
+def test_a_row_this_process_holds_is_served_without_the_shared_cache(viewer_client, renders):
+    add("batch_a")
+    viewer_client.get(LIST)
+    caches[row_cache.CACHE_ALIAS].clear()  # another process's eviction, say
+    caches["pages"].clear()
+
+    response = viewer_client.get(LIST)
+
+    assert renders == ["batch_a"]  # drawn once, the first time only
+    assert "batch_a" in response.content.decode()
+
+
+def test_a_row_another_process_drew_is_read_from_the_shared_cache(viewer_client, renders):
+    add("batch_a")
+    viewer_client.get(LIST)
+    row_cache._local.clear()  # a fresh process: only the shared cache has the row
+    caches["pages"].clear()
+
+    viewer_client.get(LIST)
+
+    assert renders == ["batch_a"]  # drawn by "the other process" only
+    assert len(row_cache._local._rows) == 1  # and this process keeps it from now on
+
+
+def test_the_process_copies_are_bounded_oldest_first():
+    kept = row_cache.LocalRows(size=2)
+    kept.set_many({"a": "1", "b": "2"})
+    kept.set_many({"c": "3"})
+    assert kept.get_many(["a", "b", "c"]) == {"b": "2", "c": "3"}
 
 
 @pytest.mark.parametrize(
