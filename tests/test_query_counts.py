@@ -139,6 +139,25 @@ def test_the_live_rows_make_as_many_queries_for_20_rows_as_for_2(viewer_client):
     assert counts[0] == counts[1]
 
 
+def test_a_batch_page_makes_as_many_queries_with_5_retries_as_with_1(viewer_client):
+    counts, pages = [], []
+    for retries in (1, 5):
+        batches = fill(10)
+        batch = batches[-1]
+        for retry in batches[2 : 2 + retries]:  # finished batches of several people
+            retry.retry_of = batch
+            retry.save(update_fields=["retry_of"])
+        url = batch.get_absolute_url()
+        counts.append(count_queries(lambda url=url: viewer_client.get(url)))
+        pages.append(viewer_client.get(url).content.decode())
+    assert counts[0] == counts[1]
+    retried = batches[2:7]
+    for retry in retried:  # each with its link, status and who created it
+        shown = pages[1].split(f'href="{retry.get_absolute_url()}"', 1)[1].split("</li>", 1)[0]
+        assert retry.display_status() in shown
+        assert f"by {retry.created_by.get_username()}" in shown
+
+
 def test_a_batch_page_makes_as_many_queries_with_30_events_as_with_1(viewer_client, viewer):
     counts = []
     for events in (1, 30):

@@ -33,7 +33,7 @@ from typing import Any
 
 from django.core.cache import caches
 from django.template.loader import render_to_string
-from django.utils.safestring import SafeString, mark_safe
+from django.utils.safestring import SafeString
 
 from ..models import USER_KEY, Access, Batch
 from ..models.batches import TERMINAL_STATUSES
@@ -126,10 +126,11 @@ def page_rows(
     by id (the list's live rows)."""
     connections = {c.pk: c for c in access.connections}
     etas = _estimates([row for row in rows if row["status"] not in TERMINAL_STATUSES])
+    # What every row's key shares: how it is drawn, and the templates (a deploy that changes
+    # them makes new keys).
+    shared = (show_connection, oob, templates_digest())
     keys = {
-        row["id"]: _key(
-            row, connections[row["connection_id"]], etas.get(row["id"]), show_connection, oob
-        )
+        row["id"]: _key(row, connections[row["connection_id"]], etas.get(row["id"]), shared)
         for row in rows
         if row["connection_id"] in connections
     }
@@ -156,7 +157,7 @@ def page_rows(
             _local.set_many(fresh)
     shown = (drawn.get(row["id"]) or found.get(keys.get(row["id"], "")) for row in rows)
     # The template escaped them. A batch deleted since the page's query is left out.
-    return [mark_safe(html) for html in shown if html]  # noqa: S308
+    return [SafeString(html) for html in shown if html]
 
 
 def _estimates(rows: list[dict[str, Any]]) -> dict[int, estimates.Eta | None]:
@@ -190,20 +191,14 @@ def _histories(
 
 
 def _key(
-    row: dict[str, Any],
-    connection: Any,
-    eta: estimates.Eta | None,
-    show_connection: bool,
-    oob: bool,
+    row: dict[str, Any], connection: Any, eta: estimates.Eta | None, shared: tuple[Any, ...]
 ) -> str:
     parts = (
         tuple(row[column] for column in ROW_COLUMNS),
         connection.slug,
         connection.name,
         (eta.state, eta.short(), eta.text()) if eta else None,
-        show_connection,
-        oob,
-        templates_digest(),  # a deploy that changes the templates makes new keys
+        shared,
     )
     # repr() of stored values (text, numbers, dates, None) names them exactly, and is several
     # times cheaper than pickling them: 50 keys are made for every list drawn.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as dt
+import html
 import itertools
 import json
 import re
@@ -14,7 +15,7 @@ from typing import Any
 from django import template
 from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import escape, format_html
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import Truncator
 
@@ -174,7 +175,8 @@ def options(
         if truncate and len(words) > truncate:
             words = Truncator(words).chars(truncate)
         mark = " selected" if shown == chosen else ""
-        parts.append(f'<option value="{escape(shown)}"{mark}>{escape(words)}</option>')
+        # The standard library's escape, as Django's is, without its lazy-text wrapper.
+        parts.append(f'<option value="{html.escape(shown)}"{mark}>{html.escape(words)}</option>')
     return mark_safe("".join(parts))  # noqa: S308 - every value escaped above
 
 

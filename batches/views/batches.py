@@ -315,6 +315,22 @@ def batch_detail(request: HttpRequest, slug: str, openai_id: str) -> HttpRespons
     )
 
 
+# The fields of a batch's events and retries its page shows (templates/batches/detail.html),
+# and the key back to the batch, which Django's related manager reads on each row.
+EVENT_SHOWN = ("at", "action", "detail", "batch", "user__username")
+RETRY_SHOWN = (
+    "retry_of",
+    "openai_id",
+    "status",
+    "request_total",
+    "request_completed",
+    "request_failed",
+    "created_at",
+    "connection__slug",
+    "created_by__username",
+)
+
+
 def _detail_context(request: HttpRequest, batch: Batch, worker: WorkerState | None) -> dict:
     summary = ResultSummary.from_dict(batch.result_summary) if batch.result_summary else None
     batch.eta = estimates.batch_eta(batch=batch)  # finish-time estimate
@@ -324,7 +340,10 @@ def _detail_context(request: HttpRequest, batch: Batch, worker: WorkerState | No
         "poll_seconds": settings.LIVE_POLL_SECONDS,
         "summary": summary,
         "worker": worker,
-        "events": batch.events.select_related("user")[:50],
+        # What the page shows of each, and no more: a query of every column of two models
+        # costs more to build than to run (the page is drawn after every write to the batch).
+        "events": batch.events.select_related("user").only(*EVENT_SHOWN)[:50],
+        "retries": batch.retries.select_related("connection", "created_by").only(*RETRY_SHOWN),
         "can_cancel": batch.can_cancel and roles.may_cancel(request.user, batch),
         "can_retry": may_submit and batch.is_terminal and bool(batch.input_file_id)
         and _has_unsucceeded(batch, summary),
