@@ -181,10 +181,10 @@ def test_callers_import_service_modules_never_names_out_of_them():
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.ImportFrom) or not node.module:
                 continue
-            module = node.module
-            if module.endswith("services") and module.split(".")[-1] == "services":
+            module, parts = node.module, node.module.split(".")
+            if parts[-1] == "services":
                 wrong = [a.name for a in node.names if a.name not in SERVICE_MODULES]
-            elif ".services." in f".{module}." and module.split(".")[-2] == "services":
+            elif parts[-2:-1] == ["services"]:
                 wrong = [a.name for a in node.names]
             else:
                 continue

@@ -56,8 +56,10 @@ class LocalRows:
         self._lock = threading.Lock()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, str]:
-        rows = self._rows
-        return {key: rows[key] for key in keys if key in rows}
+        # Without the lock: one `get` a key is atomic, where a look then a read could meet
+        # another thread's eviction in between.
+        found = {key: self._rows.get(key) for key in keys}
+        return {key: html for key, html in found.items() if html is not None}
 
     def set_many(self, rows: dict[str, str]) -> None:
         with self._lock:
@@ -138,9 +140,9 @@ def page_rows(
     wanted = [key for key in keys.values() if key not in found]
     rows_cache = caches[CACHE_ALIAS]
     if wanted:
-        shared = rows_cache.get_many(wanted)
-        _local.set_many(shared)
-        found.update(shared)
+        read = rows_cache.get_many(wanted)
+        _local.set_many(read)
+        found.update(read)
     missing = [row["id"] for row in rows if keys.get(row["id"]) not in found]
     drawn: dict[int, str] = {}
     if missing:
